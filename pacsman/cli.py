@@ -1,0 +1,179 @@
+"""Command line: argument parsing -> calls.  A PacsmanError becomes one clear message + exit code.
+
+    pacsman --queryfile q.csv --info [--config PATH] [--out_directory DIR] [--pacs NAME]
+    pacsman validate q.csv [--config PATH]
+    pacsman echo [--pacs NAME] [--config PATH]
+
+Exit codes: 0 every row done; 1 some rows failed; 2 bad input or config, nothing sent;
+3 fatal (e.g. the PACS rejects pacsman's AE title).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from pacsman import __version__, dicomnet
+from pacsman.config import Config, load_config
+from pacsman.dicomnet import DicomPeer
+from pacsman.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    ConfigError,
+    InputError,
+    PacsmanError,
+)
+from pacsman.log import configure_logging
+from pacsman.pipeline import RunOptions, RunSummary, run_queryfile
+from pacsman.queryfile import load_queryfile
+
+__all__ = ["main"]
+
+_SUBCOMMANDS = ("validate", "echo")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="config YAML (default: search order)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pacsman",
+        description="Query a PACS for the studies in a query file; --info lists what it holds.",
+        epilog="Other commands: 'pacsman validate Q.CSV', 'pacsman echo'. "
+        "Exit codes: 0 done, 1 some rows failed, 2 bad input (nothing sent), 3 fatal.",
+    )
+    parser.add_argument("--queryfile", "-q", type=Path, required=True, help="query CSV")
+    parser.add_argument("--info", action="store_true", help="write the per-series info CSV")
+    parser.add_argument("--save", action="store_true", help="retrieve the series (C-MOVE/C-GET)")
+    parser.add_argument(
+        "--out_directory",
+        "--out-directory",
+        type=Path,
+        dest="out_directory",
+        help="where the info CSV goes (default: store_root from the config, ./data)",
+    )
+    parser.add_argument("--pacs", help="PACS node for rows without a Pacs column")
+    _common(parser)
+    return parser
+
+
+def _sub_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"pacsman {command}")
+    if command == "validate":
+        parser.add_argument("queryfile", type=Path)
+        parser.description = "Check a query file; report every problem as file:line:column."
+    else:
+        parser.add_argument("--pacs", help="node name (default: default_pacs)")
+        parser.description = "C-ECHO a PACS node: proves both AE titles are known."
+    _common(parser)
+    return parser
+
+
+def _load_config(path: Path | None) -> Config:
+    return load_config(path)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        pacs_names: tuple[str, ...] | None = tuple(_load_config(args.config).pacs)
+    except ConfigError:
+        if args.config is not None:
+            raise
+        pacs_names = None
+    queryfile = load_queryfile(args.queryfile, pacs_names=pacs_names)
+    for warning in queryfile.warnings:
+        print(warning, file=sys.stderr)
+    note = "" if pacs_names is not None else " (no config found: Pacs names not checked)"
+    print(f"{args.queryfile}: {len(queryfile.rows)} row(s) OK{note}")
+    return EXIT_OK
+
+
+def _echo(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    node = config.node(args.pacs)
+    peer = DicomPeer(node, config.local.ae_title, config.local.port)
+    dicomnet.echo(peer)
+    print(f"C-ECHO {config.local.ae_title} -> {peer.describe()}: OK")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.save:
+        raise InputError(
+            "--save (retrieve into pacsman's Storage SCP) is not available in this version yet; "
+            "run with --info to list what the PACS holds"
+        )
+    config = _load_config(args.config)
+    out = args.out_directory if args.out_directory is not None else config.store_root
+    options = RunOptions(queryfile=args.queryfile, out_directory=out, pacs=args.pacs)
+    summary = run_queryfile(options, config)
+    _print_summary(summary)
+    return EXIT_OK if summary.ok else EXIT_SOME_FAILED
+
+
+def _print_summary(summary: RunSummary) -> None:
+    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items()))
+    how = "resumed" if summary.resumed else "new"
+    print(f"run {summary.run_id} ({how}): {summary.rows} row(s): {states}")
+    print(
+        f"{summary.studies} study(ies), {summary.series} series, "
+        f"{summary.expected_instances} instance(s) expected"
+    )
+    if summary.queried_now == 0:
+        print("nothing to query: every row was already settled in the job store")
+    if summary.failed_lines:
+        lines = ", ".join(str(n) for n in summary.failed_lines)
+        print(f"rows that need attention (see the info CSV 'detail' column): lines {lines}")
+    print(f"info: {summary.info_csv}")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = args.log_level or "info"
+    log_file = None
+    config_path = getattr(args, "config", None)
+    try:
+        config = load_config(config_path)
+        level = args.log_level or config.log.level
+        log_file = config.log.file
+        console = config.log.console
+    except PacsmanError:
+        console = "auto"
+    configure_logging(level=level, file=log_file, console=console)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pacsman`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in _SUBCOMMANDS else None
+    parser = _sub_parser(command) if command else _run_parser()
+    args = parser.parse_args(argv[1:] if command else argv)
+    _configure_logging(args)
+    handler = {"validate": _validate, "echo": _echo}.get(command or "", _run)
+    try:
+        return handler(args)
+    except InputError as exc:
+        print(f"pacsman: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except PacsmanError as exc:
+        print(f"pacsman: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pacsman: interrupted; the job store keeps what was done", file=sys.stderr)
+        return EXIT_FATAL
+    except Exception as exc:  # the CLI is one of the two places that catch broadly
+        structlog.get_logger("pacsman.cli").exception("unexpected_error")
+        print(f"pacsman: unexpected error: {exc!r}; please report it", file=sys.stderr)
+        return EXIT_FATAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""The YAML config, validated once, completely, into frozen dataclasses.
+
+:func:`load_config` finds the file (:func:`find_config`), parses it keeping line numbers and
+hands the tree to :func:`parse_config`, which reports every problem at once in one
+:class:`~pacsman.errors.ConfigError`.  Each :class:`~pacsman.errors.Problem` starts with the
+key path (``pacs.main.port: 70000 is not a TCP port; use 1-65535``) and carries the line.
+
+The keys, their types and defaults are documented in ``config/README.md``; every key is
+shown, commented, in ``config/pacsman.example.yaml``.  Secrets never live in the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+import yaml
+
+from pacsman import _config_values as v
+from pacsman._config_reader import Problems, Section, scan_tree
+from pacsman._config_yaml import load_yaml
+from pacsman.errors import ConfigError, Problem
+
+__all__ = [
+    "DEFAULT_SEARCH",
+    "AnonymizationConfig",
+    "Config",
+    "LocalAE",
+    "LogConfig",
+    "PacsNode",
+    "Timeouts",
+    "XnatConfig",
+    "find_config",
+    "load_config",
+    "parse_config",
+]
+
+#: Where :func:`find_config` looks when neither a path nor ``PACSMAN_CONFIG`` is given.
+DEFAULT_SEARCH: tuple[Path, ...] = (Path("config/pacsman.yaml"), Path("/etc/pacsman/pacsman.yaml"))
+ENV_VAR = "PACSMAN_CONFIG"
+_COPY_EXAMPLE = "copy config/pacsman.example.yaml to config/pacsman.yaml and edit it"
+_NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+RetrieveMethod = Literal["move", "get"]
+QueryModel = Literal["study", "patient"]
+CountInstances = Literal["auto", "always", "never"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+ConsoleFormat = Literal["auto", "human", "json"]
+_RETRIEVE_METHODS: tuple[RetrieveMethod, ...] = ("move", "get")
+_QUERY_MODELS: tuple[QueryModel, ...] = ("study", "patient")
+_COUNT_INSTANCES: tuple[CountInstances, ...] = ("auto", "always", "never")
+_LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+_CONSOLE_FORMATS: tuple[ConsoleFormat, ...] = ("auto", "human", "json")
+
+
+@dataclass(frozen=True)
+class LocalAE:
+    """Our own Application Entity: the Storage SCP that receives C-MOVE/C-GET results."""
+
+    ae_title: str = "PACSMAN"
+    bind_host: str = "127.0.0.1"
+    port: int = 11112
+    #: Calling AE titles the Storage SCP accepts; empty = the PACS nodes' called_ae_titles.
+    allowed_calling_ae_titles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Network timeouts towards one PACS, in seconds, all > 0."""
+
+    connect: float = 10.0  # TCP connect
+    acse: float = 30.0  # association negotiation / release
+    dimse: float = 600.0  # one DIMSE response (C-MOVE responses can be minutes apart)
+    network: float = 600.0  # idle socket
+
+
+@dataclass(frozen=True)
+class PacsNode:
+    """One PACS we query and retrieve from; ``name`` is its key under ``pacs:``."""
+
+    name: str
+    host: str
+    port: int
+    called_ae_title: str
+    retrieve_method: RetrieveMethod = "move"
+    max_associations: int = 1  # 1..32
+    timeouts: Timeouts = Timeouts()
+    query_model: QueryModel = "study"
+    #: SpecificCharacterSet sent with C-FIND identifiers (a DICOM defined term).
+    character_set: str = "ISO_IR 192"
+    #: Image-level C-FIND count: when NumberOfSeriesRelatedInstances is missing, always, never.
+    count_instances: CountInstances = "auto"
+    move_interval: float = 0.0  # min seconds between C-MOVE starts
+    retrieve_window: str | None = None  # "HH:MM-HH:MM", may wrap midnight
+    max_attempts: int = 50  # retry budget per operation, 1..1000
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging: level, an optional JSON-lines file (appended), and the console format."""
+
+    level: LogLevel = "info"
+    file: Path | None = None
+    console: ConsoleFormat = "auto"  # auto = human on a TTY, JSON otherwise
+
+
+@dataclass(frozen=True)
+class XnatConfig:
+    """The XNAT target (credentials come from the environment or ~/.netrc, never from here)."""
+
+    url: str | None = None
+    project: str | None = None
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+
+
+@dataclass(frozen=True)
+class AnonymizationConfig:
+    """De-identification: on by default; ``profile`` overrides the built-in profile."""
+
+    enabled: bool = True
+    profile: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated config.  ``pacs`` keeps the file's order and is read-only."""
+
+    local: LocalAE
+    pacs: Mapping[str, PacsNode]
+    default_pacs: str
+    store_root: Path = Path("data")
+    jobstore: Path = Path("pacsman-jobs.sqlite")
+    log: LogConfig = LogConfig()
+    xnat: XnatConfig = XnatConfig()
+    anonymization: AnonymizationConfig = AnonymizationConfig()
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pacs", MappingProxyType(dict(self.pacs)))
+        if self.default_pacs not in self.pacs:
+            raise ValueError(f"default_pacs {self.default_pacs!r} is not one of the PACS nodes")
+        for name, node in self.pacs.items():
+            if node.name != name:
+                raise ValueError(f"PACS node {node.name!r} is filed under {name!r}")
+
+    def node(self, name: str | None = None) -> PacsNode:
+        """Return the PACS node called ``name``, or the default node when ``name`` is None.
+
+        Raises:
+            ConfigError: no node has that name; the message lists the known ones.
+        """
+        key = self.default_pacs if name is None else name
+        if key in self.pacs:
+            return self.pacs[key]
+        near = v.suggest(key, self.pacs)
+        hint = f" (did you mean {near!r}?)" if near else ""
+        known = ", ".join(self.pacs)
+        message = f"pacs.{key}: no such PACS node in the config; known nodes: {known}{hint}"
+        source = str(self.source) if self.source is not None else "<config>"
+        raise ConfigError([Problem(source=source, message=message)])
+
+
+def find_config(explicit: Path | None = None, *, search: Sequence[Path] = DEFAULT_SEARCH) -> Path:
+    """Return the config file to use: ``explicit``, else ``$PACSMAN_CONFIG``, else ``search``.
+
+    Relative paths are taken from the current directory; ``~`` is expanded.
+
+    Raises:
+        ConfigError: the explicit or ``PACSMAN_CONFIG`` path is not a file, or no file in
+            ``search`` exists (the message says where it looked and how to start one).
+    """
+    if explicit is not None:
+        return _must_exist(Path(explicit).expanduser(), "the config file given")
+    from_env = os.environ.get(ENV_VAR, "").strip()
+    if from_env:
+        return _must_exist(Path(from_env).expanduser(), ENV_VAR)
+    for candidate in search:
+        if candidate.expanduser().is_file():
+            return candidate.expanduser()
+    looked = ", ".join([f"{ENV_VAR} (not set)", *(str(p) for p in search)])
+    message = f"no config file found; looked in: {looked}; {_COPY_EXAMPLE}"
+    raise ConfigError([Problem(source="<config>", message=message)])
+
+
+def _must_exist(path: Path, what: str) -> Path:
+    if path.is_file():
+        return path
+    reason = "is a directory" if path.is_dir() else "does not exist"
+    message = f"{what} {reason}; give the path of a YAML config file, or {_COPY_EXAMPLE}"
+    raise ConfigError([Problem(source=str(path), message=message)])
+
+
+def load_config(path: Path | None = None, *, search: Sequence[Path] = DEFAULT_SEARCH) -> Config:
+    """Find, read and validate the config (see :func:`find_config` for the search order).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML, or breaks any rule; every
+            problem is listed at once.
+    """
+    found = find_config(path, search=search)
+    source = str(found)
+    try:
+        content = found.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+        raise ConfigError([Problem(source=source, message=message)]) from None
+    except OSError as exc:
+        message = f"cannot read the file: {exc.strerror}"
+        raise ConfigError([Problem(source=source, message=message)]) from None
+    try:
+        data = load_yaml(content)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(source, exc, content)]) from None
+    return parse_config(data, source=source)
+
+
+def _yaml_problem(source: str, exc: yaml.YAMLError, content: str) -> Problem:
+    """One Problem for a YAML syntax error, placed where the parser stopped."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        reason = "; ".join(str(part) for part in (exc.context, exc.problem) if part)
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        return Problem(source, f"invalid YAML: {reason}", line=line, column=column)
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = content[: exc.position]
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+        reason = f"character U+{exc.character:04X} is not allowed in YAML; delete it"
+        return Problem(source, f"invalid YAML: {reason}", line=line, column=column)
+    return Problem(source, f"invalid YAML: {exc}")
+
+
+def parse_config(data: object, *, source: str) -> Config:
+    """Validate an already-parsed YAML tree (``source`` names where it came from).
+
+    Line numbers are reported when ``data`` came from :func:`pacsman._config_yaml.load_yaml`.
+
+    Raises:
+        ConfigError: every problem found, at once.
+    """
+    problems = Problems(source)
+    if data is None:
+        problems.add("", f"the file is empty; {_COPY_EXAMPLE}", None)
+    elif not isinstance(data, Mapping):
+        got = v.describe(data)
+        problems.add("", f"expected a mapping of keys (local:, pacs:, ...), got {got}", 1)
+    else:
+        for path, message, line in scan_tree(data):
+            problems.add(path, message, line)
+        config = _parse_root(Section(problems, "", data), source)
+        if config is not None and not problems.found:
+            return config
+    raise ConfigError(problems.in_file_order())
+
+
+def _parse_root(root: Section, source: str) -> Config | None:
+    local = _parse_local(root.section("local"))
+    nodes = _parse_nodes(root.section("pacs"))
+    default = _default_pacs(root, nodes)
+    store_root = root.get("store_root", v.file_path, Config.store_root)
+    jobstore = root.get("jobstore", v.file_path, Config.jobstore)
+    log = _parse_log(root.section("log"))
+    xnat = _parse_xnat(root.section("xnat"))
+    anonymization = _parse_anonymization(root.section("anonymization"))
+    root.finish()
+    if root.problems.found or default is None or None in nodes.values():
+        return None
+    return Config(
+        local=local,
+        pacs={name: node for name, node in nodes.items() if node is not None},
+        default_pacs=default,
+        store_root=store_root,
+        jobstore=jobstore,
+        log=log,
+        xnat=xnat,
+        anonymization=anonymization,
+        source=Path(source),
+    )
+
+
+def _default_pacs(root: Section, nodes: Mapping[str, object]) -> str | None:
+    """Return ``default_pacs``, or the first node when it is not set."""
+    default = root.get("default_pacs", v.name, None)
+    if default is None or not nodes:
+        return default if default is not None else next(iter(nodes), None)
+    if default not in nodes:
+        near = v.suggest(default, nodes)
+        hint = f"did you mean {near!r}?" if near else "use one of: " + ", ".join(nodes)
+        where = root.line_of("default_pacs")
+        root.problems.add("default_pacs", f"{default!r} is not a node under pacs; {hint}", where)
+    return default
+
+
+def _parse_local(local: Section) -> LocalAE:
+    result = LocalAE(
+        ae_title=local.get("ae_title", v.ae_title, LocalAE.ae_title),
+        bind_host=local.get("bind_host", v.host, LocalAE.bind_host),
+        port=local.get("port", v.tcp_port, LocalAE.port),
+        allowed_calling_ae_titles=local.get_list("allowed_calling_ae_titles", v.ae_title),
+    )
+    local.finish()
+    return result
+
+
+def _parse_nodes(pacs: Section) -> dict[str, PacsNode | None]:
+    """Return each node by name (``None`` where a required key is missing or wrong)."""
+    names = pacs.keys()
+    if not names:
+        example = "pacs: {orthanc: {host: 127.0.0.1, port: 4242, called_ae_title: ORTHANC}}"
+        pacs.problems.add("pacs", f"at least one PACS node is required, e.g. {example}", pacs.line)
+    nodes: dict[str, PacsNode | None] = {}
+    for name in names:
+        if not _NODE_NAME.fullmatch(name):
+            pacs.problems.add(
+                pacs.child(name),
+                f"{name!r} is not a valid node name; use 1-32 letters, digits, '_', '.' or '-'",
+                pacs.line_of(name),
+            )
+        node = pacs.section(name)
+        nodes[name] = _parse_node(name, node) if node.is_mapping else None
+    return nodes
+
+
+def _parse_node(name: str, node: Section) -> PacsNode | None:
+    """Return the node, or ``None`` when a required key is missing or wrong."""
+    host = node.require("host", v.host, "host: 127.0.0.1")
+    port = node.require("port", v.tcp_port, "port: 4242")
+    called = node.require("called_ae_title", v.ae_title, "called_ae_title: ORTHANC")
+    d = PacsNode  # the class attributes hold the defaults
+    result = PacsNode(
+        name=name,
+        host=host or "",
+        port=port or 0,
+        called_ae_title=called or "",
+        retrieve_method=node.get("retrieve_method", v.choice(_RETRIEVE_METHODS), d.retrieve_method),
+        max_associations=node.get("max_associations", v.int_between(1, 32), d.max_associations),
+        timeouts=_parse_timeouts(node.section("timeouts")),
+        query_model=node.get("query_model", v.choice(_QUERY_MODELS), d.query_model),
+        character_set=node.get("character_set", v.character_set, d.character_set),
+        count_instances=node.get("count_instances", v.choice(_COUNT_INSTANCES), d.count_instances),
+        move_interval=node.get("move_interval", v.seconds(allow_zero=True), d.move_interval),
+        retrieve_window=node.get("retrieve_window", v.time_window, d.retrieve_window),
+        max_attempts=node.get("max_attempts", v.int_between(1, 1000), d.max_attempts),
+    )
+    node.finish()
+    return None if host is None or port is None or called is None else result
+
+
+def _parse_timeouts(section: Section) -> Timeouts:
+    positive = v.seconds()
+    result = Timeouts(
+        connect=section.get("connect", positive, Timeouts.connect),
+        acse=section.get("acse", positive, Timeouts.acse),
+        dimse=section.get("dimse", positive, Timeouts.dimse),
+        network=section.get("network", positive, Timeouts.network),
+    )
+    section.finish()
+    return result
+
+
+def _parse_log(section: Section) -> LogConfig:
+    result = LogConfig(
+        level=section.get("level", v.choice(_LOG_LEVELS), LogConfig.level),
+        file=section.get("file", v.file_path, LogConfig.file),
+        console=section.get("console", v.choice(_CONSOLE_FORMATS), LogConfig.console),
+    )
+    section.finish()
+    return result
+
+
+def _parse_xnat(section: Section) -> XnatConfig:
+    result = XnatConfig(
+        url=section.get("url", v.http_url, XnatConfig.url),
+        project=section.get("project", v.xnat_project, XnatConfig.project),
+        verify_tls=section.get("verify_tls", v.boolean, XnatConfig.verify_tls),
+        ca_bundle=section.get("ca_bundle", v.file_path, XnatConfig.ca_bundle),
+    )
+    if result.ca_bundle is not None and not result.verify_tls:
+        section.problems.add(
+            section.child("ca_bundle"),
+            "is set but verify_tls is false, so it would be ignored; remove one of them",
+            section.line_of("ca_bundle"),
+        )
+    section.finish()
+    return result
+
+
+def _parse_anonymization(section: Section) -> AnonymizationConfig:
+    result = AnonymizationConfig(
+        enabled=section.get("enabled", v.boolean, AnonymizationConfig.enabled),
+        profile=section.get("profile", v.file_path, AnonymizationConfig.profile),
+    )
+    section.finish()
+    return result

@@ -1,0 +1,373 @@
+"""The job store: SQLite (stdlib) state for runs, rows, studies and series.
+
+A *run* is one query file (by content hash) plus one effective config (by hash): the same
+command run again finds the same run and resumes it.  Every change of state is one call and
+one transaction, and is also appended to ``transitions`` so an operator can read what
+happened.  The file is created with mode 0600: it holds patient identifiers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
+
+__all__ = ["InfoRecord", "JobStore", "Run"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    queryfile TEXT NOT NULL,
+    queryfile_sha256 TEXT NOT NULL,
+    config_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (queryfile_sha256, config_sha256)
+);
+CREATE TABLE IF NOT EXISTS rows (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    line INTEGER NOT NULL,
+    pacs TEXT NOT NULL,
+    subject TEXT,
+    session TEXT,
+    keys_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, line)
+);
+CREATE TABLE IF NOT EXISTS studies (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    pacs TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    patient_id TEXT NOT NULL,
+    study_date TEXT NOT NULL,
+    study_time TEXT NOT NULL,
+    accession_number TEXT NOT NULL,
+    study_description TEXT NOT NULL,
+    PRIMARY KEY (run_id, pacs, study_instance_uid, line)
+);
+CREATE TABLE IF NOT EXISTS series (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    pacs TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    series_number TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    series_description TEXT NOT NULL,
+    expected_instances INTEGER,
+    received_instances INTEGER,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, pacs, series_instance_uid)
+);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run: a query file plus a config, found again by their hashes."""
+
+    id: int
+    queryfile: str
+    created_at: str
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class InfoRecord:
+    """One line of the ``--info`` CSV: a series, or a row that selected none."""
+
+    line: int
+    pacs: str
+    subject: str
+    session: str
+    row_state: ItemState
+    row_detail: str
+    study: StudyMatch | None = None
+    series_instance_uid: str = ""
+    series_number: str = ""
+    modality: str = ""
+    series_description: str = ""
+    expected_instances: int | None = None
+    received_instances: int | None = None
+    series_state: ItemState | None = None
+
+
+class JobStore:
+    """SQLite-backed state.  Use as a context manager; one instance per process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _transition(
+        self, db: sqlite3.Connection, run_id: int, kind: str, key: str, state: str, detail: str
+    ) -> None:
+        db.execute(
+            "INSERT INTO transitions(run_id, kind, key, state, detail, at) VALUES (?,?,?,?,?,?)",
+            (run_id, kind, key, state, detail, _now()),
+        )
+
+    def open_run(self, queryfile: QueryFile, config_sha256: str) -> Run:
+        """Find the run for this query file and config, or create it."""
+        with self._tx() as db:
+            found = db.execute(
+                "SELECT id, queryfile, created_at FROM runs "
+                "WHERE queryfile_sha256 = ? AND config_sha256 = ?",
+                (queryfile.sha256, config_sha256),
+            ).fetchone()
+            if found:
+                return Run(found[0], found[1], found[2], resumed=True)
+            created = _now()
+            cursor = db.execute(
+                "INSERT INTO runs(queryfile, queryfile_sha256, config_sha256, created_at) "
+                "VALUES (?,?,?,?)",
+                (str(queryfile.path), queryfile.sha256, config_sha256, created),
+            )
+            run_id = int(cursor.lastrowid or 0)
+            self._transition(db, run_id, "run", str(run_id), "CREATED", str(queryfile.path))
+            return Run(run_id, str(queryfile.path), created, resumed=False)
+
+    def add_rows(self, run: Run, rows: Sequence[tuple[QueryRow, str]]) -> None:
+        """Record (row, PACS node name) pairs as PENDING; rows already known are kept."""
+        with self._tx() as db:
+            for row, pacs in rows:
+                db.execute(
+                    "INSERT OR IGNORE INTO rows(run_id, line, pacs, subject, session, keys_json, "
+                    "state) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        run.id,
+                        row.line,
+                        pacs,
+                        row.subject,
+                        row.session,
+                        json.dumps(dict(row.keys), sort_keys=True),
+                        ItemState.PENDING.value,
+                    ),
+                )
+
+    def row_states(self, run: Run) -> dict[int, ItemState]:
+        """The state of every row of ``run``, by line."""
+        cursor = self._db.execute("SELECT line, state FROM rows WHERE run_id = ?", (run.id,))
+        return {line: ItemState(state) for line, state in cursor}
+
+    def fail_row(self, run: Run, line: int, reason: str) -> None:
+        """Mark one row FAILED with ``reason`` (no patient data in reasons)."""
+        self._set_row(run, line, ItemState.FAILED, reason)
+
+    def _set_row(self, run: Run, line: int, state: ItemState, detail: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE rows SET state = ?, detail = ? WHERE run_id = ? AND line = ?",
+                (state.value, detail, run.id, line),
+            )
+            self._transition(db, run.id, "row", str(line), state.value, detail)
+
+    def record_query(self, run: Run, result: RowResult) -> RowResult:
+        """Store what the PACS holds for one row, claiming each series for the first row.
+
+        Series already claimed by another row of this run are dropped from the result and
+        reported in ``duplicate_of``.  Returns the de-duplicated result.
+        """
+        line = result.row.line
+        kept: list[StudyMatch] = []
+        duplicates: list[tuple[int, StudyMatch]] = []
+        with self._tx() as db:
+            for study in result.studies:
+                fresh = [s for s in study.series if self._claim(db, run, result.pacs, line, s)]
+                if fresh:
+                    kept.append(_replace_series(study, fresh))
+                    self._store_study(db, run, result.pacs, line, study)
+                if len(fresh) < len(study.series):
+                    duplicates.append((self._owner(db, run, result.pacs, study), study))
+            state, detail = _row_outcome(kept, duplicates)
+            db.execute(
+                "UPDATE rows SET state = ?, detail = ? WHERE run_id = ? AND line = ?",
+                (state.value, detail, run.id, line),
+            )
+            self._transition(db, run.id, "row", str(line), state.value, detail)
+        return RowResult(
+            row=result.row,
+            pacs=result.pacs,
+            studies=tuple(kept),
+            duplicate_of=tuple((owner, s.study_instance_uid) for owner, s in duplicates),
+        )
+
+    def _claim(
+        self, db: sqlite3.Connection, run: Run, pacs: str, line: int, s: SeriesMatch
+    ) -> bool:
+        owner = db.execute(
+            "SELECT line FROM series WHERE run_id = ? AND pacs = ? AND series_instance_uid = ?",
+            (run.id, pacs, s.series_instance_uid),
+        ).fetchone()
+        if owner is not None:
+            return bool(owner[0] == line)
+        db.execute(
+            "INSERT INTO series(run_id, pacs, series_instance_uid, study_instance_uid, line, "
+            "series_number, modality, series_description, expected_instances, state) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                run.id,
+                pacs,
+                s.series_instance_uid,
+                s.study_instance_uid,
+                line,
+                s.series_number,
+                s.modality,
+                s.series_description,
+                s.expected_instances,
+                ItemState.QUERIED.value,
+            ),
+        )
+        return True
+
+    def _owner(self, db: sqlite3.Connection, run: Run, pacs: str, study: StudyMatch) -> int:
+        row = db.execute(
+            "SELECT MIN(line) FROM series WHERE run_id = ? AND pacs = ? AND study_instance_uid = ?",
+            (run.id, pacs, study.study_instance_uid),
+        ).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _store_study(
+        self, db: sqlite3.Connection, run: Run, pacs: str, line: int, study: StudyMatch
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO studies(run_id, pacs, study_instance_uid, line, patient_id, "
+            "study_date, study_time, accession_number, study_description) "
+            "VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                run.id,
+                pacs,
+                study.study_instance_uid,
+                line,
+                study.patient_id,
+                study.study_date,
+                study.study_time,
+                study.accession_number,
+                study.study_description,
+            ),
+        )
+
+    def info_records(self, run: Run) -> list[InfoRecord]:
+        """Every row of ``run`` with its series (or alone, when it selected none), in order."""
+        rows = self._db.execute(
+            "SELECT line, pacs, subject, session, state, detail FROM rows "
+            "WHERE run_id = ? ORDER BY line",
+            (run.id,),
+        ).fetchall()
+        records: list[InfoRecord] = []
+        for line, pacs, subject, session, state, detail in rows:
+            base = InfoRecord(line, pacs, subject or "", session or "", ItemState(state), detail)
+            series = self._series_records(run, base)
+            records.extend(series or [base])
+        return records
+
+    def _series_records(self, run: Run, base: InfoRecord) -> list[InfoRecord]:
+        cursor = self._db.execute(
+            "SELECT st.study_instance_uid, st.patient_id, st.study_date, st.study_time, "
+            "st.accession_number, st.study_description, se.series_instance_uid, "
+            "se.series_number, se.modality, se.series_description, se.expected_instances, "
+            "se.received_instances, se.state "
+            "FROM series se JOIN studies st ON st.run_id = se.run_id AND st.pacs = se.pacs "
+            "AND st.study_instance_uid = se.study_instance_uid AND st.line = se.line "
+            "WHERE se.run_id = ? AND se.line = ? "
+            "ORDER BY st.study_date, st.study_time, st.study_instance_uid, "
+            "CAST(se.series_number AS INTEGER), se.series_instance_uid",
+            (run.id, base.line),
+        )
+        records = []
+        for r in cursor:
+            study = StudyMatch(r[0], r[1], "", r[2], r[3], r[4], r[5])
+            records.append(_record(base, study, r))
+        return records
+
+
+def _record(base: InfoRecord, study: StudyMatch, r: Sequence[object]) -> InfoRecord:
+    return InfoRecord(
+        line=base.line,
+        pacs=base.pacs,
+        subject=base.subject,
+        session=base.session,
+        row_state=base.row_state,
+        row_detail=base.row_detail,
+        study=study,
+        series_instance_uid=str(r[6]),
+        series_number=str(r[7]),
+        modality=str(r[8]),
+        series_description=str(r[9]),
+        expected_instances=r[10] if isinstance(r[10], int) else None,
+        received_instances=r[11] if isinstance(r[11], int) else None,
+        series_state=ItemState(str(r[12])),
+    )
+
+
+def _replace_series(study: StudyMatch, series: list[SeriesMatch]) -> StudyMatch:
+    return replace(study, series=tuple(series))
+
+
+def _row_outcome(
+    kept: list[StudyMatch], duplicates: list[tuple[int, StudyMatch]]
+) -> tuple[ItemState, str]:
+    if kept:
+        return ItemState.QUERIED, ""
+    if duplicates:
+        owners = sorted({owner for owner, _ in duplicates})
+        lines = ", ".join(str(o) for o in owners)
+        return ItemState.DUPLICATE, f"every matching series is already selected by line {lines}"
+    return ItemState.NO_MATCH, "the PACS holds no study/series matching this row"

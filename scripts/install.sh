@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install what pacsman needs on a fresh Debian machine: Orthanc and DCMTK (real peers for the
+# tests, the demo and the benchmarks) from apt, and pacsman itself (editable, with test extras).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+[ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+[ -x /usr/bin/findscu ] || need_apt+=(dcmtk)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "==> apt-get install ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Debian's orthanc package may start a system Orthanc on port 4242; pacsman's tests and demo
+# start their own on OS-chosen ports and never touch it.
+
+echo "==> pip install -e .[test]"
+python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: \(Location\|Running pip as\)' || true
+python3 -c 'import pacsman' # fails loudly if the install did not work
