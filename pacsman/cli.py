@@ -107,6 +107,11 @@ def _echo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if not (args.info or args.save):
+        raise InputError(
+            "nothing to do: add --info (list what the PACS holds for each row) "
+            "or --save (retrieve it)"
+        )
     if args.save:
         raise InputError(
             "--save (retrieve into pacsman's Storage SCP) is not available in this version yet; "

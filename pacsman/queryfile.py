@@ -305,9 +305,11 @@ def _check_cells(state: _State, row: _Row) -> tuple[dict[str, str], dict[str, tu
             continue
         broken = _quoting_problem(cell, value)
         problem = broken or _cell_problem(state, name, value)
+        if problem and name in _PHI_COLUMNS:
+            problem = _mask_phi(name, problem, value)
         if note and not broken:
-            message = f"column '{name}': {note}; the value is now {show(value)}"
-            state.report.warn(cell.line, cell.column, message)
+            now = "" if name in _PHI_COLUMNS else f"; the value is now {show(value)}"
+            state.report.warn(cell.line, cell.column, f"column '{name}': {note}{now}")
         if value:
             filled[name] = value
         if problem:
@@ -315,6 +317,21 @@ def _check_cells(state: _State, row: _Row) -> tuple[dict[str, str], dict[str, tu
         elif value:
             good[name] = (cell, value)
     return filled, good
+
+
+#: Columns whose values identify a patient: messages locate them but never quote them, because
+#: messages reach terminals, logs and journald.
+_PHI_COLUMNS = frozenset({"PatientID", "PatientName", "PatientBirthDate", "AccessionNumber"})
+
+
+def _mask_phi(column: str, message: str, value: str) -> str:
+    """Replace every quotation of ``value`` (or a part of it) in ``message``."""
+    parts = {p for p in {value, *re.split(r"[\\=^]", value)} if any(c.isalnum() for c in p)}
+    for part in sorted(parts, key=len, reverse=True):
+        message = message.replace(show(part), "the value")
+    if column == "PatientBirthDate":
+        message = re.sub(r" \(e\.g\. \d{8}\)", "", message)
+    return message
 
 
 def _quoting_problem(cell: Cell, value: str) -> str | None:

@@ -55,7 +55,7 @@ VALUE_ERRORS = [
     ("StudyDate", "20231231-20230101", "range '20231231-20230101' ends before it starts; write START-END, earliest first"),
     ("StudyDate", "2023*", "'2023*' has a wildcard; dates do not take '*' or '?': use a range such as 20230101-20231231"),
     ("StudyDate", "-", "a bare '-' matches every date; leave the cell empty or give a start or end"),
-    ("PatientBirthDate", "1980", "'1980' is not a date; use YYYYMMDD or YYYYMMDD-YYYYMMDD"),
+    ("PatientBirthDate", "1980", "the value is not a date; use YYYYMMDD or YYYYMMDD-YYYYMMDD"),
     ("StudyTime", "12:30:00", "'12:30:00' is not a DICOM time; write it without colons: 123000"),
     ("StudyTime", "2460", "'2460' is not a valid time: hours run 00-23, minutes and seconds 00-59"),
     ("StudyTime", "1200-0800", "'1200-0800' ends before it starts; write START-END, earliest first"),
@@ -78,10 +78,10 @@ VALUE_ERRORS = [
     ("ImageType", "ORIGINAL\\primary", "'primary' is lower case; DICOM code strings are upper case: use 'PRIMARY'"),
     ("PatientName", "*", "a bare '*' matches everything; leave the cell empty or narrow it"),
     ("PatientID", "*?", "'*?' is only wildcards; leave the cell empty or narrow it"),
-    ("PatientName", "DOE\\JANE", "'DOE\\JANE' contains '\\', which separates DICOM values; separate family and given names with '^' (e.g. DOE^JANE)"),
-    ("PatientName", "A=B=C=D", "'A=B=C=D' has more than 3 '='-separated groups; a name has at most 3"),
+    ("PatientName", "DOE\\JANE", "the value contains '\\', which separates DICOM values; separate family and given names with '^' (e.g. DOE^JANE)"),
+    ("PatientName", "A=B=C=D", "the value has more than 3 '='-separated groups; a name has at most 3"),
     ("StudyDescription", "Head\\Neck", "'Head\\Neck' contains '\\', which separates DICOM values; remove it"),
-    ("AccessionNumber", "A" * 17, "'AAAAAAAAAAAAAAAAA' is 17 characters long; AccessionNumber (VR SH) holds at most 16: shorten it, ending with '*' to match the rest"),
+    ("AccessionNumber", "A" * 17, "the value is 17 characters long; AccessionNumber (VR SH) holds at most 16: shorten it, ending with '*' to match the rest"),
     ("SequenceName", "x" * 17, "'xxxxxxxxxxxxxxxxx' is 17 characters long; SequenceName (VR SH) holds at most 16: shorten it, ending with '*' to match the rest"),
     ("ProtocolName", "p" * 65, "'ppppppppppppppppppppppppppppppppppppp...' is 65 characters long; ProtocolName (VR LO) holds at most 64: shorten it, ending with '*' to match the rest"),
 ]  # fmt: skip
@@ -255,11 +255,25 @@ def test_invisible_characters_are_cleaned_with_warning(
     tmp_path: Path, raw: str, clean: str, what: str
 ) -> None:
     """Invisible and space-like characters are removed, and the warning says which ones."""
-    query = load_queryfile(_write(tmp_path, f"StudyDate,PatientID\n20240105,{raw}\n"))
-    assert query.rows[0].keys["PatientID"] == clean
+    text = f"PatientID,StudyDescription\nDEMO001,{raw}\n"
+    query = load_queryfile(_write(tmp_path, text))
+    assert query.rows[0].keys["StudyDescription"] == clean
     assert [str(w) for w in query.warnings] == [
-        f"{tmp_path}/q.csv:2:2: warning: column 'PatientID': {what}; the value is now '{clean}'"
+        f"{tmp_path}/q.csv:2:2: warning: column 'StudyDescription': {what}; "
+        f"the value is now '{clean}'"
     ]
+
+
+@pytest.mark.parametrize("column", ["PatientID", "PatientName", "AccessionNumber"])
+def test_patient_values_are_never_quoted(tmp_path: Path, column: str) -> None:
+    """Messages about PHI columns locate the cell but never repeat the patient's value."""
+    text = f"{column},Modality\n\u00a0SECRET{'X' * 70},MR\n"
+    with pytest.raises(QueryFileError) as caught:
+        load_queryfile(_write(tmp_path, text))
+    messages = [str(p) for p in caught.value.problems]
+    assert len(messages) == 2
+    assert not [m for m in messages if "SECRET" in m]
+    assert f"q.csv:2:1: column '{column}': the value is 76 characters long" in messages[1]
 
 
 def test_leading_bom_is_the_utf8_signature(tmp_path: Path) -> None:
@@ -273,7 +287,7 @@ def test_bom_in_the_middle_is_cleaned_with_warning(tmp_path: Path) -> None:
     data = "PatientID,Subject\nDEMO001,S1\n\ufeffDEMO002,S2\n".encode()
     query = load_queryfile(_write(tmp_path, b"\xef\xbb\xbf" + data))
     assert [(w.line, w.column, w.message) for w in query.warnings] == [
-        (3, 1, "column 'PatientID': removed a byte-order mark (U+FEFF); the value is now 'DEMO002'")
+        (3, 1, "column 'PatientID': removed a byte-order mark (U+FEFF)")
     ]
 
 
@@ -359,7 +373,7 @@ def test_quote_that_opens_nothing(tmp_path: Path, cell: str) -> None:
     """A quote left open (or preceded by a space) would reach the PACS as a literal quote."""
     path = _write(tmp_path, f"PatientID,Modality\n{cell},MR\n")
     assert _problems(path) == [
-        f"q.csv:2:1: column 'PatientID': '{cell.strip()}' starts with a quote that opens no "
+        "q.csv:2:1: column 'PatientID': the value starts with a quote that opens no "
         "quoted value (it is never closed, or something precedes it); remove the quotes"
     ]
 

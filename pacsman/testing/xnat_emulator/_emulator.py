@@ -1,0 +1,221 @@
+"""The Python face of the emulator: start/stop it, set faults, and look at what it holds."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+
+from pacsman.testing.xnat_emulator._app import App
+from pacsman.testing.xnat_emulator._context import Context, LoggedRequest
+from pacsman.testing.xnat_emulator._faults import Faults
+from pacsman.testing.xnat_emulator._http import HttpServer
+from pacsman.testing.xnat_emulator._model import Experiment
+from pacsman.testing.xnat_emulator._store import Store, list_files
+
+__all__ = ["PrearchiveSummary", "SessionSummary", "XnatEmulator"]
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """An archived session: labels, IDs, StudyInstanceUID and files per scan."""
+
+    project: str
+    subject: str
+    label: str
+    id: str
+    xsi_type: str
+    uid: str
+    scan_file_counts: Mapping[str, int]
+
+    @property
+    def file_count(self) -> int:
+        """Files in all the session's scans."""
+        return sum(self.scan_file_counts.values())
+
+
+@dataclass(frozen=True)
+class PrearchiveSummary:
+    """A prearchive entry: where it is, its status and its StudyInstanceUID (``tag``)."""
+
+    project: str
+    timestamp: str
+    name: str
+    subject: str
+    status: str
+    tag: str
+    message: str
+
+
+class XnatEmulator:
+    """An XNAT 1.8.9.1 look-alike HTTP server on 127.0.0.1 for the real ``xnat`` client.
+
+    Use as a context manager (``with XnatEmulator(tmp_path) as xnat: ...``) or call
+    :meth:`start` and :meth:`stop`. State lives in ``data_dir`` and survives restarts;
+    login sessions do not. ``strict_labels`` answers 417 for labels outside
+    ``[A-Za-z0-9_-]`` instead of rewriting them as XNAT's importer does.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        users: Mapping[str, str] | None = None,
+        projects: Iterable[str] = (),
+        strict_labels: bool = True,
+        port: int = 0,
+    ) -> None:
+        self._store = Store(Path(data_dir))
+        self._context = Context(
+            self._store, Faults(), dict(users or {"admin": "secret"}), strict_labels
+        )
+        self._port = port
+        self._server: HttpServer | None = None
+        self._thread: threading.Thread | None = None
+        for project in projects:
+            self.add_project(project)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> XnatEmulator:
+        """Bind 127.0.0.1 (port 0 = OS-chosen) and serve in a background thread."""
+        if self._server is None:
+            self._server = HttpServer(("127.0.0.1", self._port), App(self._context))
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="xnat-emulator",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting requests, then close the socket (the index is always saved)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> XnatEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- addresses and switches -------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port.
+
+        Raises:
+            RuntimeError: the emulator is not running.
+        """
+        if self._server is None:
+            raise RuntimeError("the XNAT emulator is not running; call start() first")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The base URL to give ``xnat.connect``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def faults(self) -> Faults:
+        """The live fault switches."""
+        return self._context.faults
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the index and files live."""
+        return self._store.data_dir
+
+    @property
+    def request_log(self) -> list[LoggedRequest]:
+        """Every answered request so far, oldest first (bounded)."""
+        return list(self._context.log)
+
+    def add_project(self, project_id: str, *, name: str = "", description: str = "") -> None:
+        """Create a project (admin-side in real XNAT); existing ones are left alone."""
+        with self._store.transaction():
+            self._store.add_project(project_id, name=name, description=description)
+
+    def add_user(self, user: str, password: str) -> None:
+        """Allow another login."""
+        self._context.users[user] = password
+
+    # -- inspection -------------------------------------------------------------------------
+
+    def _summary(self, experiment: Experiment) -> SessionSummary:
+        counts = {}
+        for scan in experiment.scans.values():
+            holder = self._store.scan_holder(experiment, scan, "")
+            counts[scan.id] = sum(
+                len(list_files(holder.files_dir(r))) for r in scan.resources.values()
+            )
+        subject = self._store.subjects[experiment.subject_id]
+        return SessionSummary(
+            experiment.project,
+            subject.label,
+            experiment.label,
+            experiment.id,
+            experiment.xsi_type,
+            experiment.uid,
+            MappingProxyType(counts),
+        )
+
+    def sessions(self, project: str | None = None) -> list[SessionSummary]:
+        """Archived sessions (optionally of one project), in creation order."""
+        with self._store.lock:
+            found = self._store.experiments.values()
+            return [self._summary(e) for e in found if project in (None, e.project)]
+
+    def session(self, project: str, label: str) -> SessionSummary | None:
+        """One archived session by project and label (or ID)."""
+        with self._store.lock:
+            experiment = self._store.experiment(project, label)
+            return None if experiment is None else self._summary(experiment)
+
+    def file_count(self, project: str, session: str) -> int:
+        """Files in all scans of a session; 0 if it does not exist."""
+        found = self.session(project, session)
+        return 0 if found is None else found.file_count
+
+    def scan_file_counts(self, project: str, session: str) -> dict[str, int]:
+        """Files per scan ID of a session; empty if it does not exist."""
+        found = self.session(project, session)
+        return {} if found is None else dict(found.scan_file_counts)
+
+    def session_dir(self, project: str, session: str) -> Path | None:
+        """The directory holding a session's files (``.../scans/<id>/resources/...``)."""
+        with self._store.lock:
+            experiment = self._store.experiment(project, session)
+            return None if experiment is None else self._store.experiment_dir(experiment)
+
+    def dicom_files(self, project: str, session: str) -> list[Path]:
+        """Every stored file of a session's scans, sorted (read them with pydicom)."""
+        directory = self.session_dir(project, session)
+        if directory is None:
+            return []
+        return sorted(p for p in (directory / "scans").rglob("*") if p.is_file())
+
+    def prearchive(self) -> list[PrearchiveSummary]:
+        """Prearchive entries, without counting as a poll."""
+        with self._store.lock:
+            return [
+                PrearchiveSummary(
+                    e.project, e.timestamp, e.name, e.subject, e.status, e.tag, e.message
+                )
+                for e in self._store.prearchive.values()
+            ]
