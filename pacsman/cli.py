@@ -11,8 +11,9 @@ Exit codes: 0 every row done; 1 some rows failed; 2 bad input or config, nothing
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -37,6 +38,15 @@ __all__ = ["main"]
 
 _SUBCOMMANDS = ("validate", "echo")
 
+#: Subcommands that live with their stage: name -> (module, function taking argv, returning the
+#: exit code).  They raise PacsmanError subclasses; main() turns those into messages.
+_STAGE_COMMANDS: dict[str, tuple[str, str]] = {
+    "anonymize": ("pacsman.anonymize.cli", "anonymize_main"),
+    "mapping": ("pacsman.anonymize.cli", "mapping_main"),
+    "xnat": ("pacsman.push.cli", "xnat_main"),
+    "upload": ("pacsman.push.cli", "upload_main"),
+}
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="config YAML (default: search order)")
@@ -54,6 +64,22 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queryfile", "-q", type=Path, required=True, help="query CSV")
     parser.add_argument("--info", action="store_true", help="write the per-series info CSV")
     parser.add_argument("--save", action="store_true", help="retrieve the series (C-MOVE/C-GET)")
+    parser.add_argument(
+        "--anonymize",
+        action="store_true",
+        help="de-identify every COMPLETE series into <out_directory>/anonymized (PS3.15)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="de-identification worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--push",
+        nargs="?",
+        const="xnat",
+        choices=("xnat", "dicom", "folder"),
+        help="push every complete, de-identified session (default target: xnat); "
+        "implies --anonymize",
+    )
     parser.add_argument(
         "--out_directory",
         "--out-directory",
@@ -107,19 +133,24 @@ def _echo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not (args.info or args.save):
+    if not (args.info or args.save or args.anonymize or args.push):
         raise InputError(
-            "nothing to do: add --info (list what the PACS holds for each row) "
-            "or --save (retrieve it)"
+            "nothing to do: add --info (list what the PACS holds for each row), "
+            "--save (retrieve it) or --anonymize (de-identify what was retrieved)"
         )
-    if args.save:
-        raise InputError(
-            "--save (retrieve into pacsman's Storage SCP) is not available in this version yet; "
-            "run with --info to list what the PACS holds"
-        )
+    if not 1 <= args.workers <= 64:
+        raise InputError(f"--workers {args.workers}: use 1 to 64 worker processes")
     config = _load_config(args.config)
     out = args.out_directory if args.out_directory is not None else config.store_root
-    options = RunOptions(queryfile=args.queryfile, out_directory=out, pacs=args.pacs)
+    options = RunOptions(
+        queryfile=args.queryfile,
+        out_directory=out,
+        save=args.save,
+        anonymize=args.anonymize,
+        push=args.push,
+        workers=args.workers,
+        pacs=args.pacs,
+    )
     summary = run_queryfile(options, config)
     _print_summary(summary)
     return EXIT_OK if summary.ok else EXIT_SOME_FAILED
@@ -133,8 +164,11 @@ def _print_summary(summary: RunSummary) -> None:
         f"{summary.studies} study(ies), {summary.series} series, "
         f"{summary.expected_instances} instance(s) expected"
     )
-    if summary.queried_now == 0:
-        print("nothing to query: every row was already settled in the job store")
+    if summary.series_states:
+        series = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.series_states.items()))
+        print(f"series: {series}; {summary.received_instances} instance(s) received")
+    if summary.queried_now == 0 and summary.retrieved_now == 0:
+        print("nothing to do: every row and series was already settled in the job store")
     if summary.failed_lines:
         lines = ", ".join(str(n) for n in summary.failed_lines)
         print(f"rows that need attention (see the info CSV 'detail' column): lines {lines}")
@@ -155,16 +189,30 @@ def _configure_logging(args: argparse.Namespace) -> None:
     configure_logging(level=level, file=log_file, console=console)
 
 
+def _stage_command(name: str, argv: list[str]) -> int:
+    module, function = _STAGE_COMMANDS[name]
+    run: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+    configure_logging()
+    return _guarded(lambda: run(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pacsman`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _STAGE_COMMANDS:
+        return _stage_command(argv[0], argv[1:])
     command = argv[0] if argv and argv[0] in _SUBCOMMANDS else None
     parser = _sub_parser(command) if command else _run_parser()
     args = parser.parse_args(argv[1:] if command else argv)
     _configure_logging(args)
     handler = {"validate": _validate, "echo": _echo}.get(command or "", _run)
+    return _guarded(lambda: handler(args))
+
+
+def _guarded(call: Callable[[], int]) -> int:
+    """Run a command; turn pacsman's errors into one clear line and the exit code."""
     try:
-        return handler(args)
+        return call()
     except InputError as exc:
         print(f"pacsman: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -22,6 +22,7 @@ from typing import Literal
 import yaml
 
 from pacsman import _config_values as v
+from pacsman._config_push import DicomTarget, PushConfig, XnatConfig, parse_push, parse_xnat
 from pacsman._config_reader import Problems, Section, scan_tree
 from pacsman._config_yaml import load_yaml
 from pacsman.errors import ConfigError, Problem
@@ -30,9 +31,11 @@ __all__ = [
     "DEFAULT_SEARCH",
     "AnonymizationConfig",
     "Config",
+    "DicomTarget",
     "LocalAE",
     "LogConfig",
     "PacsNode",
+    "PushConfig",
     "Timeouts",
     "XnatConfig",
     "find_config",
@@ -47,11 +50,13 @@ _COPY_EXAMPLE = "copy config/pacsman.example.yaml to config/pacsman.yaml and edi
 _NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 RetrieveMethod = Literal["move", "get"]
+RetrieveLevel = Literal["series", "study"]
 QueryModel = Literal["study", "patient"]
 CountInstances = Literal["auto", "always", "never"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 ConsoleFormat = Literal["auto", "human", "json"]
 _RETRIEVE_METHODS: tuple[RetrieveMethod, ...] = ("move", "get")
+_RETRIEVE_LEVELS: tuple[RetrieveLevel, ...] = ("series", "study")
 _QUERY_MODELS: tuple[QueryModel, ...] = ("study", "patient")
 _COUNT_INSTANCES: tuple[CountInstances, ...] = ("auto", "always", "never")
 _LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
@@ -98,6 +103,8 @@ class PacsNode:
     move_interval: float = 0.0  # min seconds between C-MOVE starts
     retrieve_window: str | None = None  # "HH:MM-HH:MM", may wrap midnight
     max_attempts: int = 50  # retry budget per operation, 1..1000
+    retrieve_level: RetrieveLevel = "series"  # C-MOVE/C-GET per series, or per study
+    retrieve_passes: int = 3  # verify: re-request incomplete series up to this many passes
 
 
 @dataclass(frozen=True)
@@ -107,16 +114,6 @@ class LogConfig:
     level: LogLevel = "info"
     file: Path | None = None
     console: ConsoleFormat = "auto"  # auto = human on a TTY, JSON otherwise
-
-
-@dataclass(frozen=True)
-class XnatConfig:
-    """The XNAT target (credentials come from the environment or ~/.netrc, never from here)."""
-
-    url: str | None = None
-    project: str | None = None
-    verify_tls: bool = True
-    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -137,8 +134,9 @@ class Config:
     store_root: Path = Path("data")
     jobstore: Path = Path("pacsman-jobs.sqlite")
     log: LogConfig = LogConfig()
-    xnat: XnatConfig = XnatConfig()
+    xnat: XnatConfig = XnatConfig()  # noqa: RUF009 - a frozen dataclass (_config_push)
     anonymization: AnonymizationConfig = AnonymizationConfig()
+    push: PushConfig = PushConfig()  # noqa: RUF009 - a frozen dataclass (_config_push)
     source: Path | None = None
 
     def __post_init__(self) -> None:
@@ -265,8 +263,9 @@ def _parse_root(root: Section, source: str) -> Config | None:
     store_root = root.get("store_root", v.file_path, Config.store_root)
     jobstore = root.get("jobstore", v.file_path, Config.jobstore)
     log = _parse_log(root.section("log"))
-    xnat = _parse_xnat(root.section("xnat"))
+    xnat = parse_xnat(root.section("xnat"))
     anonymization = _parse_anonymization(root.section("anonymization"))
+    push = parse_push(root.section("push"))
     root.finish()
     if root.problems.found or default is None or None in nodes.values():
         return None
@@ -279,6 +278,7 @@ def _parse_root(root: Section, source: str) -> Config | None:
         log=log,
         xnat=xnat,
         anonymization=anonymization,
+        push=push,
         source=Path(source),
     )
 
@@ -346,6 +346,8 @@ def _parse_node(name: str, node: Section) -> PacsNode | None:
         move_interval=node.get("move_interval", v.seconds(allow_zero=True), d.move_interval),
         retrieve_window=node.get("retrieve_window", v.time_window, d.retrieve_window),
         max_attempts=node.get("max_attempts", v.int_between(1, 1000), d.max_attempts),
+        retrieve_level=node.get("retrieve_level", v.choice(_RETRIEVE_LEVELS), d.retrieve_level),
+        retrieve_passes=node.get("retrieve_passes", v.int_between(1, 20), d.retrieve_passes),
     )
     node.finish()
     return None if host is None or port is None or called is None else result
@@ -369,23 +371,6 @@ def _parse_log(section: Section) -> LogConfig:
         file=section.get("file", v.file_path, LogConfig.file),
         console=section.get("console", v.choice(_CONSOLE_FORMATS), LogConfig.console),
     )
-    section.finish()
-    return result
-
-
-def _parse_xnat(section: Section) -> XnatConfig:
-    result = XnatConfig(
-        url=section.get("url", v.http_url, XnatConfig.url),
-        project=section.get("project", v.xnat_project, XnatConfig.project),
-        verify_tls=section.get("verify_tls", v.boolean, XnatConfig.verify_tls),
-        ca_bundle=section.get("ca_bundle", v.file_path, XnatConfig.ca_bundle),
-    )
-    if result.ca_bundle is not None and not result.verify_tls:
-        section.problems.add(
-            section.child("ca_bundle"),
-            "is set but verify_tls is false, so it would be ignored; remove one of them",
-            section.line_of("ca_bundle"),
-        )
     section.finish()
     return result
 

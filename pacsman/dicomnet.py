@@ -6,7 +6,7 @@ Three things here are deliberate, each backed by a measurement in DESIGN.md:
 * The association's reactor thread may only take *requests* off the DIMSE queue.  In
   pynetdicom 3.0.4 the reactor can win a race with ``send_c_find`` and swallow a response
   ("Received unexpected C-FIND service message", pynetdicom #875): a pending response vanishes
-  (a silently short answer) or the final one does (a 30 s stall).  :func:`_guard_reactor`
+  (a silently short answer) or the final one does (a 30 s stall).  :func:`guard_reactor`
   closes that race at its root.
 * A DIMSE exchange that ends without a final status raises :class:`TransientError`; a short
   answer is never trusted.
@@ -16,29 +16,39 @@ from __future__ import annotations
 
 import queue
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, build_role, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
+from pacsman._statuses import CONGESTION, REJECT_ADVICE, STATUS_NAMES, status_name
 from pacsman.config import PacsNode
 from pacsman.errors import AssociationRejected, FatalError, ItemFailed, TransientError
 
 __all__ = [
     "FIND_MODELS",
+    "GET_MODELS",
+    "MOVE_MODELS",
     "STATUS_NAMES",
     "VERIFICATION",
     "DicomPeer",
+    "RetrieveProgress",
+    "RetrieveResult",
+    "StorageRole",
     "associate",
     "echo",
     "find",
+    "guard_reactor",
+    "retrieve",
     "status_name",
+    "store",
 ]
 
 # Identifiers carry patient names and IDs: pynetdicom must never format them for its log.
@@ -55,55 +65,15 @@ FIND_MODELS: dict[str, str] = {
     "patient": "1.2.840.10008.5.1.4.1.2.1.1",
 }
 
-#: Named DIMSE statuses (PS3.4 Annex C and PS3.7 Annex C) that pacsman decides on.
-STATUS_NAMES: dict[int, str] = {
-    0x0000: "Success",
-    0x0001: "Warning: requested optional attributes not supported",
-    0x0110: "Failure: processing failure",
-    0x0122: "Failure: SOP class not supported",
-    0xA700: "Refused: out of resources",
-    0xA701: "Refused: out of resources, unable to calculate number of matches",
-    0xA702: "Refused: out of resources, unable to perform sub-operations",
-    0xA801: "Refused: move destination unknown",
-    0xA900: "Error: identifier does not match SOP class",
-    0xB000: "Warning: sub-operations complete, one or more failures",
-    0xFE00: "Cancel: sub-operations terminated",
-    0xFF00: "Pending",
-    0xFF01: "Pending: optional keys not supported",
+#: C-MOVE and C-GET information models (PS3.4 C.6) by ``query_model`` config value.
+MOVE_MODELS: dict[str, str] = {
+    "study": "1.2.840.10008.5.1.4.1.2.2.2",
+    "patient": "1.2.840.10008.5.1.4.1.2.1.2",
 }
-
-#: Statuses that mean "the PACS is busy": back off and retry.
-_CONGESTION = frozenset({0xA700, 0xA701, 0xA702})
-
-#: A-ASSOCIATE-RJ (result source, reason) -> what the user should do (PS3.8 9.3.4).
-_REJECT_ADVICE: dict[tuple[int, int], str] = {
-    (1, 2): "the PACS does not support the DICOM application context",
-    (1, 3): (
-        "the PACS does not know calling AE title {calling!r}: ask its administrator to add "
-        "{calling!r} (this host, port {local_port}) to its known nodes, or set local.ae_title "
-        "to the AE title it knows"
-    ),
-    (1, 7): (
-        "the PACS does not answer to called AE title {called!r}: check "
-        "pacs.{node}.called_ae_title against the PACS's own AE title"
-    ),
-    (3, 1): "the PACS is congested (temporary); pacsman backs off and retries",
-    (3, 2): "the PACS refused a new association (local limit exceeded); lower "
-    "pacs.{node}.max_associations or wait",
+GET_MODELS: dict[str, str] = {
+    "study": "1.2.840.10008.5.1.4.1.2.2.3",
+    "patient": "1.2.840.10008.5.1.4.1.2.1.3",
 }
-
-
-def status_name(status: int) -> str:
-    """Return ``0xA702 (Refused: out of resources, ...)`` for a DIMSE status code."""
-    name = STATUS_NAMES.get(status)
-    if name is None:
-        if 0xC000 <= status <= 0xCFFF:
-            name = "Failure: unable to process"
-        elif 0xA000 <= status <= 0xAFFF:
-            name = "Failure"
-        else:
-            name = "unknown status"
-    return f"0x{status:04X} ({name})"
 
 
 @dataclass(frozen=True)
@@ -118,6 +88,47 @@ class DicomPeer:
         """``'orthanc' (ORTHANC@127.0.0.1:4242)`` -- safe to log, no patient data."""
         node = self.node
         return f"{node.name!r} ({node.called_ae_title}@{node.host}:{node.port})"
+
+
+#: PS3.8: at most 128 presentation contexts per association.
+_MAX_CONTEXTS = 128
+
+
+@dataclass(frozen=True)
+class StorageRole:
+    """What a C-GET requestor must offer to receive its sub-operations on the same association."""
+
+    sop_classes: Sequence[str]
+    transfer_syntaxes: Sequence[str]
+    handle_store: Callable[[evt.Event], int]
+
+    def propose(self, ae: AE, *, room: int) -> list[Any]:
+        """Add up to ``room`` storage contexts to ``ae``; return the SCP role items."""
+        chosen = list(self.sop_classes)[:room]
+        for uid in chosen:
+            ae.add_requested_context(uid, list(self.transfer_syntaxes))
+        return [build_role(uid, scp_role=True) for uid in chosen]
+
+
+@dataclass(frozen=True)
+class RetrieveProgress:
+    """Sub-operation counts from a pending C-MOVE/C-GET response (any may be absent)."""
+
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+
+
+@dataclass(frozen=True)
+class RetrieveResult:
+    """The final C-MOVE/C-GET response: status, counts and the UIDs the PACS says failed."""
+
+    status: int
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+    failed_sop_instance_uids: tuple[str, ...] = ()
 
 
 class _NoDelayAE(AE):
@@ -135,7 +146,7 @@ class _NoDelayAE(AE):
         return sock
 
 
-def _guard_reactor(assoc: Association) -> None:
+def guard_reactor(assoc: Association) -> None:
     """Let the association's reactor thread take only service *requests* off the queue.
 
     The reactor polls with ``get_msg(block=False)``; callers waiting for responses use
@@ -178,7 +189,7 @@ def _rejection(peer: DicomPeer, assoc: Association) -> Exception:
         getattr(rsp, "result_source", None),
         getattr(rsp, "diagnostic", None),
     )
-    advice = _REJECT_ADVICE.get((source or 0, reason or 0), "no reason given")
+    advice = REJECT_ADVICE.get((source or 0, reason or 0), "no reason given")
     advice = advice.format(
         calling=peer.calling_ae_title,
         called=node.called_ae_title,
@@ -195,12 +206,17 @@ def _rejection(peer: DicomPeer, assoc: Association) -> Exception:
 
 @contextmanager
 def associate(
-    peer: DicomPeer, abstract_syntaxes: Sequence[str], *, poll_interval: float | None = None
+    peer: DicomPeer,
+    abstract_syntaxes: Sequence[str],
+    *,
+    poll_interval: float | None = None,
+    storage: StorageRole | None = None,
 ) -> Iterator[Association]:
     """Open one association to ``peer`` proposing ``abstract_syntaxes``; release on exit.
 
     ``poll_interval`` shortens pynetdicom's idle poll of the socket (1 ms by default) for
     chatty associations such as a C-FIND session: less latency, a little more idle CPU.
+    ``storage`` also proposes storage contexts with the SCP role, for C-GET.
 
     Raises:
         AssociationRejected: transient reject, refused connection, abort or timeout.
@@ -208,7 +224,14 @@ def associate(
     """
     node = peer.node
     ae = _make_ae(peer, abstract_syntaxes)
-    assoc = ae.associate(node.host, node.port, ae_title=node.called_ae_title)
+    roles: list[Any] = []
+    handlers: list[Any] = []
+    if storage is not None:
+        roles = storage.propose(ae, room=_MAX_CONTEXTS - len(abstract_syntaxes))
+        handlers = [(evt.EVT_C_STORE, storage.handle_store)]
+    assoc = ae.associate(
+        node.host, node.port, ae_title=node.called_ae_title, ext_neg=roles, evt_handlers=handlers
+    )
     if assoc.is_rejected:
         raise _rejection(peer, assoc)
     if not assoc.is_established:
@@ -217,7 +240,7 @@ def associate(
             f"aborted, or no answer within {node.timeouts.acse:g} s; check that the PACS is "
             f"running and that pacs.{node.name}.host/port are right"
         )
-    _guard_reactor(assoc)
+    guard_reactor(assoc)
     if poll_interval is not None:
         assoc.dul._run_loop_delay = poll_interval
     try:
@@ -284,6 +307,132 @@ def _check_find_final(peer: DicomPeer, final: int | None, matches: list[Dataset]
         )
     if final in (0x0000, 0x0001, 0xB000):
         return matches
-    if final in _CONGESTION or final == 0xFE00:
+    if final in CONGESTION or final == 0xFE00:
         raise TransientError(f"PACS {peer.describe()} answered C-FIND with {status_name(final)}")
     raise ItemFailed(f"PACS {peer.describe()} refused the C-FIND: {status_name(final)}")
+
+
+def _counts(status: Dataset) -> RetrieveProgress:
+    def number(keyword: str) -> int | None:
+        value = getattr(status, keyword, None)
+        return int(value) if isinstance(value, int) else None
+
+    return RetrieveProgress(
+        remaining=number("NumberOfRemainingSuboperations"),
+        completed=number("NumberOfCompletedSuboperations"),
+        failed=number("NumberOfFailedSuboperations"),
+        warning=number("NumberOfWarningSuboperations"),
+    )
+
+
+def _failed_uids(identifier: Dataset | None) -> tuple[str, ...]:
+    value = getattr(identifier, "FailedSOPInstanceUIDList", None) if identifier else None
+    if not value:
+        return ()
+    return tuple(str(v) for v in value) if not isinstance(value, str) else (value,)
+
+
+def retrieve(
+    peer: DicomPeer,
+    assoc: Association,
+    identifier: Dataset,
+    *,
+    model: str,
+    move_destination: str | None,
+    on_progress: Callable[[RetrieveProgress], None] | None = None,
+) -> RetrieveResult:
+    """One C-MOVE (to ``move_destination``) or, when it is ``None``, one C-GET.
+
+    Raises:
+        TransientError: congestion (0xA70x), cancel, abort, or no final status.
+        ItemFailed: the PACS refused this retrieve (0xA900, 0xCxxx, other failures).
+        FatalError: unknown move destination (0xA801), SOP class not supported, or the model
+            is not accepted.
+    """
+    _require_context(peer, assoc, model, "this retrieve model")
+    if move_destination is None:
+        responses = assoc.send_c_get(identifier, model)
+    else:
+        responses = assoc.send_c_move(identifier, move_destination, model)
+    last = RetrieveProgress()
+    for status, answer in responses:
+        code = getattr(status, "Status", None)
+        if code is None:
+            break
+        progress = _counts(status)
+        if code in (0xFF00, 0xFF01):
+            last = progress
+            if on_progress is not None:
+                on_progress(progress)
+            continue
+        return _check_retrieve_final(
+            peer, code, progress, _failed_uids(answer), destination=move_destination
+        )
+    raise TransientError(
+        f"retrieve from PACS {peer.describe()} ended without a final status after "
+        f"{last.completed or 0} completed sub-operation(s) (association aborted or timed out)"
+    )
+
+
+def _check_retrieve_final(
+    peer: DicomPeer,
+    code: int,
+    counts: RetrieveProgress,
+    failed_uids: tuple[str, ...],
+    *,
+    destination: str | None,
+) -> RetrieveResult:
+    if code in (0x0000, 0x0001, 0xB000):
+        return RetrieveResult(code, counts.completed, counts.failed, counts.warning, failed_uids)
+    what = f"PACS {peer.describe()} answered the {'C-GET' if destination is None else 'C-MOVE'}"
+    if code in CONGESTION or code == 0xFE00:
+        raise TransientError(f"{what} with {status_name(code)}")
+    if code == 0xA801:
+        raise FatalError(
+            f"{what} with {status_name(code)}: the PACS does not know move destination "
+            f"{destination!r}; ask its administrator to add AE {destination!r} with this host "
+            "and local.port, or set local.ae_title to the AE title the PACS knows"
+        )
+    if code == 0x0122:
+        raise FatalError(f"{what} with {status_name(code)}; try retrieve_method: move/get")
+    hint = ""
+    if destination is not None and 0xC000 <= code <= 0xCFFF:
+        hint = (
+            f"; some PACSes (Orthanc) answer this way when they do not know move destination "
+            f"{destination!r}"
+        )
+    raise ItemFailed(f"{what} with {status_name(code)}{hint}")
+
+
+def store(peer: DicomPeer, assoc: Association, path: Path) -> int:
+    """C-STORE one DICOM Part 10 file as its encoded bytes, without decoding it.
+
+    The association must have accepted the file's SOP class with its exact transfer syntax
+    (nothing is transcoded).  Returns the status: 0x0000, or a 0xBxxx warning (stored).
+
+    Raises:
+        TransientError: no answer (aborted, timed out) or out of resources (0xA7xx).
+        ItemFailed: the SCP refused the instance, or no accepted presentation context fits it.
+    """
+    # Send the file's own bytes in PDU-sized chunks instead of decoding and re-encoding the
+    # dataset (pynetdicom's switch; it only changes C-STOREs given a path, which only we do).
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        status = assoc.send_c_store(path)
+    except (ValueError, AttributeError) as exc:
+        raise ItemFailed(
+            f"{path.name}: cannot C-STORE it to {peer.describe()} ({exc}); the SCP must accept "
+            "its SOP class in its own transfer syntax"
+        ) from exc
+    code = getattr(status, "Status", None)
+    if code is None:
+        raise TransientError(
+            f"C-STORE of {path.name} to {peer.describe()} got no answer "
+            "(association aborted or timed out)"
+        )
+    if code == 0x0000 or 0xB000 <= code <= 0xBFFF:
+        return int(code)
+    message = f"{peer.describe()} answered the C-STORE of {path.name} with {status_name(code)}"
+    if 0xA700 <= code <= 0xA7FF:
+        raise TransientError(message)
+    raise ItemFailed(message)

@@ -11,114 +11,32 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pacsman._jobstore_schema import (
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    InfoRecord,
+    Run,
+    SeriesTask,
+)
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
 
-__all__ = ["InfoRecord", "JobStore", "Run"]
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY,
-    queryfile TEXT NOT NULL,
-    queryfile_sha256 TEXT NOT NULL,
-    config_sha256 TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    UNIQUE (queryfile_sha256, config_sha256)
-);
-CREATE TABLE IF NOT EXISTS rows (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    line INTEGER NOT NULL,
-    pacs TEXT NOT NULL,
-    subject TEXT,
-    session TEXT,
-    keys_json TEXT NOT NULL,
-    state TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (run_id, line)
-);
-CREATE TABLE IF NOT EXISTS studies (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    pacs TEXT NOT NULL,
-    study_instance_uid TEXT NOT NULL,
-    line INTEGER NOT NULL,
-    patient_id TEXT NOT NULL,
-    study_date TEXT NOT NULL,
-    study_time TEXT NOT NULL,
-    accession_number TEXT NOT NULL,
-    study_description TEXT NOT NULL,
-    PRIMARY KEY (run_id, pacs, study_instance_uid, line)
-);
-CREATE TABLE IF NOT EXISTS series (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    pacs TEXT NOT NULL,
-    series_instance_uid TEXT NOT NULL,
-    study_instance_uid TEXT NOT NULL,
-    line INTEGER NOT NULL,
-    series_number TEXT NOT NULL,
-    modality TEXT NOT NULL,
-    series_description TEXT NOT NULL,
-    expected_instances INTEGER,
-    received_instances INTEGER,
-    state TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (run_id, pacs, series_instance_uid)
-);
-CREATE TABLE IF NOT EXISTS transitions (
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    state TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    at TEXT NOT NULL
-);
-"""
+__all__ = ["InfoRecord", "JobStore", "Run", "SeriesTask"]
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass(frozen=True)
-class Run:
-    """One run: a query file plus a config, found again by their hashes."""
-
-    id: int
-    queryfile: str
-    created_at: str
-    resumed: bool
-
-
-@dataclass(frozen=True)
-class InfoRecord:
-    """One line of the ``--info`` CSV: a series, or a row that selected none."""
-
-    line: int
-    pacs: str
-    subject: str
-    session: str
-    row_state: ItemState
-    row_detail: str
-    study: StudyMatch | None = None
-    series_instance_uid: str = ""
-    series_number: str = ""
-    modality: str = ""
-    series_description: str = ""
-    expected_instances: int | None = None
-    received_instances: int | None = None
-    series_state: ItemState | None = None
-
-
 class JobStore:
-    """SQLite-backed state.  Use as a context manager; one instance per process."""
+    """SQLite-backed state.  Use as a context manager; one per process, shared by its threads."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -126,13 +44,23 @@ class JobStore:
         if not path.exists():
             fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        self._db = sqlite3.connect(
+            path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._lock = threading.RLock()
+        self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        for table, column, kind in MIGRATIONS:
+            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._db.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
 
@@ -148,13 +76,14 @@ class JobStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def _transition(
         self, db: sqlite3.Connection, run_id: int, kind: str, key: str, state: str, detail: str
@@ -304,6 +233,114 @@ class JobStore:
             ),
         )
 
+    def series_tasks(self, run: Run, states: frozenset[ItemState]) -> list[SeriesTask]:
+        """Series of ``run`` in one of ``states``, in query-file order."""
+        marks = ",".join("?" * len(states))
+        cursor = self._db.execute(
+            "SELECT se.pacs, se.line, se.study_instance_uid, se.series_instance_uid, "
+            "se.series_number, se.series_description, se.expected_instances, st.patient_id, "
+            "st.study_date, COALESCE(r.subject, ''), COALESCE(r.session, ''), se.state, se.passes, "
+            "se.anonymization, se.xnat_subject, se.xnat_session "
+            "FROM series se JOIN studies st ON st.run_id = se.run_id AND st.pacs = se.pacs "
+            "AND st.study_instance_uid = se.study_instance_uid AND st.line = se.line "
+            "JOIN rows r ON r.run_id = se.run_id AND r.line = se.line "
+            f"WHERE se.run_id = ? AND se.state IN ({marks}) "
+            "ORDER BY se.line, st.study_date, se.study_instance_uid, "
+            "CAST(se.series_number AS INTEGER), se.series_instance_uid",
+            (run.id, *(s.value for s in states)),
+        )
+        return [_task(row) for row in cursor]
+
+    def update_series(
+        self,
+        run: Run,
+        task: SeriesTask,
+        state: ItemState,
+        *,
+        received: int | None = None,
+        detail: str = "",
+        reported: tuple[int | None, int | None] = (None, None),
+        new_pass: bool = False,
+    ) -> None:
+        """Record one series' state (and counts) in one transaction."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE series SET state = ?, detail = ?, "
+                "received_instances = COALESCE(?, received_instances), "
+                "reported_completed = COALESCE(?, reported_completed), "
+                "reported_failed = COALESCE(?, reported_failed), passes = passes + ? "
+                "WHERE run_id = ? AND pacs = ? AND series_instance_uid = ?",
+                (
+                    state.value,
+                    detail,
+                    received,
+                    *reported,
+                    int(new_pass),
+                    run.id,
+                    task.pacs,
+                    task.series_instance_uid,
+                ),
+            )
+            self._transition(db, run.id, "series", task.series_instance_uid, state.value, detail)
+
+    def record_anonymization(
+        self,
+        run: Run,
+        task: SeriesTask,
+        state: ItemState,
+        *,
+        written: int,
+        detail: str,
+        labels: tuple[str, str],
+    ) -> None:
+        """Record one series' de-identification outcome and the XNAT labels it was given."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE series SET anonymization = ?, anonymized_instances = ?, "
+                "anonymization_detail = ?, xnat_subject = ?, xnat_session = ? "
+                "WHERE run_id = ? AND pacs = ? AND series_instance_uid = ?",
+                (
+                    state.value,
+                    written,
+                    detail,
+                    *labels,
+                    run.id,
+                    task.pacs,
+                    task.series_instance_uid,
+                ),
+            )
+            self._transition(
+                db, run.id, "anonymization", task.series_instance_uid, state.value, detail
+            )
+
+    def push_states(self, run: Run, target: str) -> dict[tuple[str, str], str]:
+        """(subject, session) -> push state for ``target``."""
+        cursor = self._db.execute(
+            "SELECT subject, session, state FROM pushes WHERE run_id = ? AND target = ?",
+            (run.id, target),
+        )
+        return {(subject, session): state for subject, session, state in cursor}
+
+    def record_push(
+        self,
+        run: Run,
+        target: str,
+        labels: tuple[str, str],
+        state: str,
+        *,
+        uri: str = "",
+        files_on_target: int = 0,
+        detail: str = "",
+    ) -> None:
+        """Record one session's push outcome (DONE or FAILED) in one transaction."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO pushes(run_id, target, subject, session, state, uri, "
+                "files_on_target, detail) VALUES (?,?,?,?,?,?,?,?)",
+                (run.id, target, *labels, state, uri, files_on_target, detail),
+            )
+            self._transition(db, run.id, "push", "/".join(labels), state, detail)
+
     def info_records(self, run: Run) -> list[InfoRecord]:
         """Every row of ``run`` with its series (or alone, when it selected none), in order."""
         rows = self._db.execute(
@@ -323,9 +360,12 @@ class JobStore:
             "SELECT st.study_instance_uid, st.patient_id, st.study_date, st.study_time, "
             "st.accession_number, st.study_description, se.series_instance_uid, "
             "se.series_number, se.modality, se.series_description, se.expected_instances, "
-            "se.received_instances, se.state "
+            "se.received_instances, se.state, se.detail, se.anonymized_instances, "
+            "se.anonymization, COALESCE(pu.state, ''), COALESCE(pu.uri, '') "
             "FROM series se JOIN studies st ON st.run_id = se.run_id AND st.pacs = se.pacs "
             "AND st.study_instance_uid = se.study_instance_uid AND st.line = se.line "
+            "LEFT JOIN pushes pu ON pu.run_id = se.run_id AND pu.subject = se.xnat_subject "
+            "AND pu.session = se.xnat_session AND se.xnat_session != '' "
             "WHERE se.run_id = ? AND se.line = ? "
             "ORDER BY st.study_date, st.study_time, st.study_instance_uid, "
             "CAST(se.series_number AS INTEGER), se.series_instance_uid",
@@ -336,6 +376,28 @@ class JobStore:
             study = StudyMatch(r[0], r[1], "", r[2], r[3], r[4], r[5])
             records.append(_record(base, study, r))
         return records
+
+
+def _task(row: Sequence[object]) -> SeriesTask:
+    expected = row[6]
+    return SeriesTask(
+        pacs=str(row[0]),
+        line=int(str(row[1])),
+        study_instance_uid=str(row[2]),
+        series_instance_uid=str(row[3]),
+        series_number=str(row[4]),
+        series_description=str(row[5]),
+        expected_instances=expected if isinstance(expected, int) else None,
+        patient_id=str(row[7]),
+        study_date=str(row[8]),
+        subject=str(row[9]),
+        session=str(row[10]),
+        state=ItemState(str(row[11])),
+        passes=int(str(row[12])),
+        anonymization=str(row[13]),
+        xnat_subject=str(row[14]),
+        xnat_session=str(row[15]),
+    )
 
 
 def _record(base: InfoRecord, study: StudyMatch, r: Sequence[object]) -> InfoRecord:
@@ -354,6 +416,11 @@ def _record(base: InfoRecord, study: StudyMatch, r: Sequence[object]) -> InfoRec
         expected_instances=r[10] if isinstance(r[10], int) else None,
         received_instances=r[11] if isinstance(r[11], int) else None,
         series_state=ItemState(str(r[12])),
+        series_detail=str(r[13]),
+        anonymized_instances=r[14] if isinstance(r[14], int) else None,
+        anonymization=str(r[15]),
+        push=str(r[16]),
+        push_uri=str(r[17]),
     )
 
 

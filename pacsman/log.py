@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, Any, TextIO, cast
 
 import structlog
 
@@ -59,6 +59,19 @@ class _JsonFile:
         return event
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at write time (not the object it was at configure time)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 class _PynetdicomBridge(logging.Handler):
     """Forward pynetdicom's stdlib log records (warnings and up) as structlog events.
 
@@ -80,7 +93,7 @@ def configure_logging(
     stream: TextIO | None = None,
 ) -> None:
     """Configure structlog for the whole process (call once, from the CLI or the daemon)."""
-    stream = stream or sys.stderr
+    stream = stream or cast(TextIO, _Stderr())
     as_json = console == "json" or (console == "auto" and not stream.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,

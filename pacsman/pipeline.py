@@ -1,7 +1,12 @@
 """The pipeline: the one place that wires the stages together.
 
-validate (query file, config) -> job store -> pre-flight C-ECHO -> C-FIND per row -> info CSV.
-Rows already settled in the job store are not queried again, so a killed run resumes.
+validate (query file, config) -> job store -> pre-flight C-ECHO -> C-FIND per row
+-> (--save) Storage SCP + pre-flight move -> C-MOVE/C-GET per series -> verify
+-> (--anonymize) PS3.15 de-identification + leak check per COMPLETE series
+-> (--push) each fully de-identified session to XNAT (or a DICOM/folder target), verified
+-> info CSV.
+Rows and series already settled in the job store are not worked on again, so a killed run
+resumes where it stopped.
 The pre-flight C-ECHO gets at most 3 attempts: a PACS that does not answer at the start of a
 night's run is usually misconfigured, and the user should hear so at once.
 """
@@ -18,11 +23,16 @@ from pathlib import Path
 import structlog
 
 from pacsman import dicomnet
+from pacsman._pipeline_anonymize import anonymize_complete
+from pacsman._pipeline_push import push_ready_sessions
+from pacsman._pipeline_retrieve import retrieve_pending
 from pacsman.config import Config, PacsNode
 from pacsman.dicomnet import DicomPeer
 from pacsman.errors import ItemFailed, TransientError
 from pacsman.jobstore import JobStore, Run
-from pacsman.models import ItemState, QueryFile, QueryRow, RowResult
+from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, StudyMatch
+from pacsman.push import check_anonymization
+from pacsman.push.targets import TargetKind
 from pacsman.query import FindSession, query_row
 from pacsman.queryfile import load_queryfile
 from pacsman.report import info_path, write_info_csv
@@ -44,7 +54,10 @@ class RunOptions:
 
     queryfile: Path
     out_directory: Path
-    info: bool = True
+    save: bool = False
+    anonymize: bool = False
+    push: TargetKind | None = None
+    workers: int = 1
     pacs: str | None = None
 
 
@@ -61,6 +74,9 @@ class RunSummary:
     expected_instances: int = 0
     info_csv: Path | None = None
     queried_now: int = 0
+    retrieved_now: int = 0
+    series_states: dict[str, int] = field(default_factory=dict)
+    received_instances: int = 0
     failed_lines: tuple[int, ...] = ()
 
     @property
@@ -70,8 +86,24 @@ class RunSummary:
 
 
 def config_sha256(config: Config) -> str:
-    """Hash of what defines a run's results (PACS nodes and local AE; not logging or paths)."""
-    material = repr((config.local, sorted(config.pacs.items()), config.default_pacs))
+    """Hash of what defines a run's results: which PACS nodes, and how they are queried.
+
+    Courtesy, retries, timeouts, retrieve method and logging are left out on purpose: tuning
+    them in the middle of a cohort must resume the same run, not start it again.
+    """
+    nodes = sorted(
+        (
+            n.name,
+            n.host,
+            n.port,
+            n.called_ae_title,
+            n.query_model,
+            n.count_instances,
+            n.character_set,
+        )
+        for n in config.pacs.values()
+    )
+    material = repr((nodes, config.default_pacs))
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -93,6 +125,8 @@ def run_queryfile(
         FatalError: a PACS rejects pacsman for good; the run stops, state is kept.
     """
     queryfile = load_queryfile(options.queryfile, pacs_names=tuple(config.pacs))
+    if options.push is not None:
+        check_anonymization(config, kind=options.push)
     for warning in queryfile.warnings:
         _log.warning("queryfile_cleaned", problem=str(warning))
     default_node = config.node(options.pacs).name
@@ -101,7 +135,18 @@ def run_queryfile(
         structlog.contextvars.bind_contextvars(run_id=run.id)
         store.add_rows(run, [(row, row.pacs or default_node) for row in queryfile.rows])
         queried = _query_pending(store, run, queryfile, config, default_node, retry_for)
-        return _finish(store, run, queryfile, options, queried)
+        retrieved = 0
+        if options.save:
+            retrieved = retrieve_pending(store, run, config, options.out_directory, retry_for)
+        if options.anonymize or options.push is not None:
+            retrieved += anonymize_complete(
+                store, run, config, options.out_directory, workers=options.workers
+            )
+        if options.push is not None:
+            retrieved += push_ready_sessions(
+                store, run, config, options.out_directory, kind=options.push
+            )
+        return _finish(store, run, queryfile, options, queried, retrieved)
 
 
 def _query_pending(
@@ -137,6 +182,7 @@ def _query_one(store: JobStore, run: Run, session: FindSession, row: QueryRow) -
     pacs = session.peer.node.name
     try:
         studies = query_row(session, row)
+        _check_one_session(row, studies)
     except (ItemFailed, TransientError) as exc:
         store.fail_row(run, row.line, str(exc))
         _log.error("row_failed", row=row.line, pacs=pacs, reason=str(exc))
@@ -153,13 +199,40 @@ def _query_one(store: JobStore, run: Run, session: FindSession, row: QueryRow) -
     )
 
 
+def _check_one_session(row: QueryRow, studies: tuple[StudyMatch, ...]) -> None:
+    """A Session label names ONE XNAT session, so it must select one study.
+
+    Raises:
+        ItemFailed: the row names a Session but matches several studies.
+    """
+    if row.session and len(studies) > 1:
+        dates = ", ".join(sorted({s.study_date or "no date" for s in studies}))
+        raise ItemFailed(
+            f"the row names Session {row.session!r} but matches {len(studies)} studies "
+            f"(dates {dates}); narrow it with StudyDate, AccessionNumber or StudyInstanceUID, "
+            "or leave Session empty to get one session per study"
+        )
+
+
 def _finish(
-    store: JobStore, run: Run, queryfile: QueryFile, options: RunOptions, queried: int
+    store: JobStore,
+    run: Run,
+    queryfile: QueryFile,
+    options: RunOptions,
+    queried: int,
+    retrieved: int,
 ) -> RunSummary:
     records = store.info_records(run)
     states = store.row_states(run)
     csv_path = write_info_csv(info_path(options.out_directory, queryfile.path), records)
     series = [r for r in records if r.series_state is not None]
+    failed = {line for line, s in states.items() if s in _FAILED}
+    if options.save:
+        failed |= {r.line for r in series if r.series_state is not ItemState.COMPLETE}
+    if options.anonymize or options.push is not None:
+        failed |= {r.line for r in series if r.anonymization != ItemState.ANONYMIZED.value}
+    if options.push is not None:
+        failed |= {r.line for r in series if r.push != "DONE"}
     return RunSummary(
         run_id=run.id,
         resumed=run.resumed,
@@ -170,5 +243,8 @@ def _finish(
         expected_instances=sum(r.expected_instances or 0 for r in series),
         info_csv=csv_path,
         queried_now=queried,
-        failed_lines=tuple(sorted(line for line, s in states.items() if s in _FAILED)),
+        retrieved_now=retrieved,
+        series_states=dict(Counter(r.series_state.value for r in series if r.series_state)),
+        received_instances=sum(r.received_instances or 0 for r in series),
+        failed_lines=tuple(sorted(failed)),
     )

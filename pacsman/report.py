@@ -35,6 +35,10 @@ INFO_COLUMNS: tuple[str, ...] = (
     "received_instances",
     "state",
     "detail",
+    "anonymized_instances",
+    "anonymization",
+    "push",
+    "xnat_uri",
 )
 
 
@@ -68,7 +72,11 @@ def _cells(record: InfoRecord) -> list[str]:
         number(record.expected_instances),
         number(record.received_instances),
         state.value,
-        record.row_detail if record.series_state is None else "",
+        record.row_detail if record.series_state is None else record.series_detail,
+        number(record.anonymized_instances),
+        record.anonymization,
+        record.push,
+        record.push_uri,
     ]
 
 

@@ -2,6 +2,10 @@
 
     python3 scripts/demo.py [--keep-running]
 
+It runs `pacsman --queryfile queryfiles/example.csv --save --push --info`: query, retrieve
+(C-MOVE into pacsman's own Storage SCP), verify, de-identify, push to a local XNAT emulator
+(through the real `xnat` client) and verify there; then a per-row report.
+
 Everything goes to ./demo-work (config, job store, info CSV); it is recreated on every run.
 """
 
@@ -9,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+from pacsman.testing.net import free_port
 from pacsman.testing.orthanc import OrthancServer
 from pacsman.testing.synthetic import DEMO_STUDIES, iter_datasets
+from pacsman.testing.xnat_emulator import XnatEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "demo-work"
@@ -26,7 +33,7 @@ CONFIG = """\
 local:
   ae_title: PACSMAN
   bind_host: 127.0.0.1
-  port: 11112
+  port: {local_port}
 pacs:
   demo:
     host: 127.0.0.1
@@ -34,20 +41,41 @@ pacs:
     called_ae_title: {aet}
 store_root: {work}/data
 jobstore: {work}/pacsman-jobs.sqlite
+xnat:
+  url: {xnat_url}
+  project: DEMO
 log:
   file: {work}/pacsman.log.jsonl
 """
 
 
-def _show_csv(path: Path) -> None:
+def _report(path: Path, xnat: XnatEmulator) -> None:
+    """Per query row: expected, received and pushed counts, the XNAT URI, the state."""
     with path.open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    columns = ["row", "subject", "session", "StudyDate", "SeriesNumber", "Modality"]
-    columns += ["SeriesDescription", "expected_instances", "state"]
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for r in rows:
-        print("  ".join(r[c].ljust(widths[c]) for c in columns))
+    on_xnat = {s.label: s.file_count for s in xnat.sessions("DEMO")}
+    header = ("row", "subject", "session", "expected", "received", "on XNAT", "state", "XNAT URI")
+    lines = [header]
+    for line in dict.fromkeys(r["row"] for r in rows):
+        mine = [r for r in rows if r["row"] == line]
+        uri = mine[0]["xnat_uri"]
+        label = uri.rstrip("/").rsplit("/", 1)[-1] if uri else ""
+        states = {r["push"] or r["anonymization"] or r["state"] for r in mine}
+        lines.append(
+            (
+                line,
+                mine[0]["subject"],
+                mine[0]["session"],
+                str(sum(int(r["expected_instances"] or 0) for r in mine)),
+                str(sum(int(r["received_instances"] or 0) for r in mine)),
+                str(on_xnat.get(label, 0)),
+                ",".join(sorted(states)),
+                uri,
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    for row in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 def main() -> int:
@@ -56,7 +84,11 @@ def main() -> int:
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
-    orthanc = OrthancServer(ae_title="DEMOPACS").start()
+    local_port = free_port()
+    xnat = XnatEmulator(WORK / "xnat", users={"demo": "demo"}, projects=("DEMO",)).start()
+    orthanc = OrthancServer(
+        ae_title="DEMOPACS", modalities={"pacsman": ("PACSMAN", "127.0.0.1", local_port)}
+    ).start()
     try:
         for spec in DEMO_STUDIES:
             orthanc.upload_datasets(iter_datasets(spec))
@@ -65,21 +97,41 @@ def main() -> int:
             f"{orthanc.instance_count()} instances, REST at {orthanc.url}"
         )
         config = WORK / "pacsman.yaml"
-        config.write_text(CONFIG.format(port=orthanc.dicom_port, aet=orthanc.ae_title, work=WORK))
+        config.write_text(
+            CONFIG.format(
+                port=orthanc.dicom_port,
+                aet=orthanc.ae_title,
+                work=WORK,
+                local_port=local_port,
+                xnat_url=xnat.url,
+            )
+        )
         command = [
             "pacsman",
             "--queryfile",
             "queryfiles/example.csv",
+            "--save",
+            "--push",
             "--info",
             "--config",
             str(config),
         ]
         print("$ " + " ".join(command))
-        status = subprocess.run(command, cwd=ROOT, check=False).returncode
+        print(f"demo XNAT: emulator at {xnat.url}, project DEMO (user demo)")
+        env = {**os.environ, "XNAT_USER": "demo", "XNAT_PASS": "demo"}
+        env["XDG_CONFIG_HOME"] = str(WORK / "state")  # the demo's key and mapping table
+        status = subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
         info = WORK / "data" / "example_info.csv"
         if info.exists():
-            print(f"\n{info.relative_to(ROOT)}:")
-            _show_csv(info)
+            print(f"\nper row ({info.relative_to(ROOT)} has the per-series detail):")
+            _report(info, xnat)
+        data = WORK / "data"
+        anonymized = sorted((data / "anonymized").rglob("*.dcm"))
+        raw = [p for p in data.rglob("*.dcm") if "anonymized" not in p.relative_to(data).parts]
+        print(f"\nretrieved, as the PACS sent them: {len(raw)} files, e.g.")
+        print(f"  {sorted(raw)[0].relative_to(ROOT)}" if raw else "  (none)")
+        print(f"de-identified, as pushed to XNAT: {len(anonymized)} files, e.g.")
+        print(f"  {anonymized[0].relative_to(ROOT)}" if anonymized else "  (none)")
         print(f"\npacsman exit code: {status}")
         if args.keep_running:
             print("Orthanc keeps running; press Ctrl-C to stop it.")
@@ -89,6 +141,7 @@ def main() -> int:
         return 0
     finally:
         orthanc.stop()
+        xnat.stop()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, UltrasoundImageS
 from pacsman.anonymize import (
     AnonymizeResult,
     Deidentifier,
+    InstanceFailed,
     Profile,
     load_profile,
     quarantine_dir,
@@ -328,10 +329,15 @@ def test_bad_input_and_labels_fail_clearly(engine: Deidentifier, tmp_path: Path)
 
 
 def test_logs_are_events_without_phi(engine: Deidentifier, tmp_path: Path) -> None:
-    """One event per file; no name, ID, accession or source path in any log entry."""
+    """One (debug) event per file; no name, ID, accession or source path in any log entry."""
     src = write(make_instance(), tmp_path / "in" / "Vandenberghe_MRN4711235.dcm")
-    with structlog.testing.capture_logs() as logs:
-        engine.deidentify_file(src, tmp_path / "out", subject="S01", session="E01")
+    saved = structlog.get_config()
+    structlog.reset_defaults()  # whatever level an earlier test configured
+    try:
+        with structlog.testing.capture_logs() as logs:
+            engine.deidentify_file(src, tmp_path / "out", subject="S01", session="E01")
+    finally:
+        structlog.configure(**saved)
     assert [entry["event"] for entry in logs] == ["anonymize_written"]
     text = repr(logs)
     assert not any(secret in text for secret in ("Vandenberghe", MRN, ACCESSION, STUDY_UID))
@@ -382,3 +388,13 @@ def test_burned_in_accepted_by_profile_or_flagged_no(tmp_path: Path) -> None:
         "1.2.826.0.1.3680043.8.498.1077", Modality="CR", BurnedInAnnotation="NO"
     )
     assert not _deidentify(engine, flagged, tmp_path).quarantined
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom, on writing the bad source
+def test_a_uid_that_is_a_path_fails_the_item(tmp_path: Path) -> None:
+    """Kept UIDs name the output file: one that is not digits and dots is refused."""
+    engine = Deidentifier(profile_from(tmp_path, "options: [retain_uids]\n"), key=KEY, project="T")
+    src = write(make_instance("../../escaped"), tmp_path / "in" / "a.dcm")
+    with pytest.raises(InstanceFailed, match=r"a.dcm: its SOPInstanceUID is not a valid UID"):
+        engine.deidentify_file(src, tmp_path / "out", subject="S01", session="E01")
+    assert not list(tmp_path.rglob("*escaped*"))

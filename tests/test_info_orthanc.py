@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from pacsman.cli import main
 from pacsman.config import PacsNode, load_config
 from pacsman.dicomnet import FIND_MODELS, DicomPeer, associate
-from pacsman.pipeline import RunOptions, run_queryfile
+from pacsman.pipeline import RunOptions, config_sha256, run_queryfile
 from pacsman.query import FindSession
 from pacsman.report import INFO_COLUMNS
 from pacsman.testing.orthanc import OrthancServer
@@ -185,3 +185,19 @@ def test_association_sockets_disable_nagle(demo_orthanc: OrthancServer) -> None:
     with associate(DicomPeer(node, "PACSMAN"), [FIND_MODELS["study"]]) as assoc:
         sock = assoc.dul.socket.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_tuning_courtesy_resumes_the_same_run(tmp_path: Path, demo_orthanc: OrthancServer) -> None:
+    """Changing intervals, timeouts or retries mid-cohort resumes the run; a new PACS does not."""
+    _run(tmp_path, demo_orthanc, ALL_DEMO)
+    config_path = tmp_path / "pacsman.yaml"
+    text = config_path.read_text()
+    config = load_config(config_path)
+    extra = "    move_interval: 30\n    max_attempts: 5\n    called_ae_title:"
+    tuned = text.replace("    called_ae_title:", extra)
+    config_path.write_text(tuned)
+    options = RunOptions(queryfile=tmp_path / "q.csv", out_directory=tmp_path / "data")
+    assert run_queryfile(options, load_config(config_path)).resumed
+    moved = tuned.replace(f"port: {demo_orthanc.dicom_port}", "port: 1")
+    config_path.write_text(moved)
+    assert config_sha256(load_config(config_path)) != config_sha256(config)

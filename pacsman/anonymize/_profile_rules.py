@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -20,6 +21,7 @@ __all__ = [
     "check_overrides",
     "check_private_tags",
     "check_relabel",
+    "effective_vr",
     "tag_for",
     "vr_for",
 ]
@@ -57,12 +59,24 @@ def _problem(source: str, key: str, message: str) -> Problem:
     return Problem(source=source, message=f"key '{key}': {message}")
 
 
+@lru_cache(maxsize=8192)
 def vr_for(tag: int) -> str:
     """The dictionary VR of a public ``tag``; ``"UN"`` when the dictionary does not know it."""
     try:
         return dictionary_VR(tag)
     except KeyError:
         return "UN"
+
+
+def effective_vr(tag: int, vr: str | None) -> str:
+    """The VR an element is handled with: the file's, or the dictionary's for none or UN.
+
+    pydicom reads a UN element of a known public tag with the dictionary VR, so pacsman
+    treats it as such too.
+    """
+    if vr is None or vr == "UN":
+        return vr_for(tag)
+    return vr
 
 
 def tag_for(keyword_or_tag: str) -> int | None:

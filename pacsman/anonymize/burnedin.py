@@ -17,6 +17,8 @@ from collections.abc import Set
 
 from pydicom import Dataset
 
+from pacsman.anonymize._values import peek
+
 __all__ = ["AT_RISK_MODALITIES", "burned_in_risk"]
 
 _SOP = "1.2.840.10008.5.1.4.1.1."
@@ -29,9 +31,13 @@ AT_RISK_MODALITIES = frozenset(
 _PIXELS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
+def _text(ds: Dataset, keyword: str) -> str:
+    return "\\".join(peek(ds, keyword, [])).upper()
+
+
 def _kind(ds: Dataset) -> str:
-    modality = str(ds.get("Modality") or "").strip().upper()
-    sop_class = str(ds.get("SOPClassUID") or "").strip()
+    modality = _text(ds, "Modality")
+    sop_class = _text(ds, "SOPClassUID")
     if sop_class in _SC_CLASSES:
         return "SC"
     if sop_class in _US_CLASSES or modality == "IVUS":
@@ -44,14 +50,14 @@ def burned_in_risk(ds: Dataset, accept: Set[str]) -> str | None:
     if not any(keyword in ds for keyword in _PIXELS):
         return None
     kind = _kind(ds)
-    flag = str(ds.get("BurnedInAnnotation") or "").strip().upper()
+    flag = _text(ds, "BurnedInAnnotation")
     if kind in ("US", "SC"):
         reason = f"{'ultrasound' if kind == 'US' else 'secondary capture'} image"
     elif flag == "YES":
         reason = "BurnedInAnnotation is YES"
     elif not flag and kind in AT_RISK_MODALITIES:
         reason = f"BurnedInAnnotation is absent in modality '{kind}'"
-    elif str(ds.get("RecognizableVisualFeatures") or "").strip().upper() == "YES":
+    elif _text(ds, "RecognizableVisualFeatures") == "YES":
         reason = "RecognizableVisualFeatures is YES"
     else:
         return None

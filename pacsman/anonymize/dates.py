@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import date, timedelta
+from functools import lru_cache
 
 __all__ = ["MAX_SHIFT_DAYS", "cap_age", "date_shift_days", "shift_da", "shift_dt"]
 
@@ -28,6 +29,7 @@ def date_shift_days(key: bytes, project: str, subject: str) -> int:
     return magnitude if number >> 63 else -magnitude
 
 
+@lru_cache(maxsize=4096)  # a study's files share their dates
 def _shift_date(text: str, days: int) -> str | None:
     digits = text.replace(".", "") if len(text) == 10 else text  # ACR-NEMA YYYY.MM.DD
     if len(digits) != 8 or not digits.isdigit():

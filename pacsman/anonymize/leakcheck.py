@@ -8,6 +8,10 @@ or dot), case-insensitively, in
   in the file's character set (name parts, IDs, dates, institutions; UIDs exactly);
 * the raw bytes of the file, encoded in ASCII/UTF-8 and in the file's character set.
 
+The engine calls :func:`leak_check_dataset` with the data set it holds and the exact bytes
+it is about to write (no second parse); :func:`leak_check` and :func:`leak_check_bytes`
+parse a file, for files written by anything else.
+
 Bulk binary values (pixel data, waveforms, ...) are only searched for terms of at least
 :data:`LONG_TERM` bytes: a 3-byte name part occurs by chance in half a megabyte of pixels.
 
@@ -26,20 +30,20 @@ from __future__ import annotations
 import io
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from pacsman.anonymize._profile_rules import vr_for
+from pacsman.anonymize._profile_rules import effective_vr
+from pacsman.anonymize._values import element_texts, encodings_of, peek
 
-__all__ = ["LONG_TERM", "Originals", "leak_check", "leak_check_bytes"]
+__all__ = ["LONG_TERM", "Originals", "leak_check", "leak_check_bytes", "leak_check_dataset"]
 
 LONG_TERM = 6
 _MIN_NAME, _MIN_ID, _MIN_NUMERIC_ID, _MIN_UID = 3, 3, 6, 8
@@ -54,10 +58,11 @@ _TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
     | {"UR", "UT"}
 )
-_CHARSET_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
-_DELIMITERS = {0x5C, 0x3D, 0x5E, 0x0D, 0x0A, 0x09, 0x0C}  # reset ISO 2022 state at these
 #: Characters that may not touch a term, by kind (default: ASCII letters and digits).
 _EDGES = {"original UID": "0-9.", "birth date": "0-9"}
+_WORD = "0-9A-Za-z"
+_NAME_SEPARATORS = re.compile(r"[\^=\s,]+")
+_UID_RUNS = re.compile(r"[0-9.]+")
 _GENERIC = re.compile(
     r"\d+(?:\.\d+){3,}"  # UID-like
     r"|\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b|\b\d{1,2}[-/.]\d{1,2}[-/.]\d{4}\b"  # dates
@@ -79,19 +84,28 @@ class Originals:
     def from_dataset(
         cls, ds: Dataset, *, uids: Iterable[str] = (), keep_institution: bool = False
     ) -> Originals:
-        """Collect the originals from the (top level of the) source dataset ``ds``."""
-        names = [ds.get(k) for k in ("PatientName", "OtherPatientNames", "PatientBirthName")]
-        ids = [ds.get("PatientID"), ds.get("OtherPatientIDs"), ds.get("AccessionNumber")]
-        ids += [item.get("PatientID") for item in ds.get("OtherPatientIDsSequence") or []]
-        places = [] if keep_institution else [ds.get("InstitutionName")]
-        places += [] if keep_institution else [ds.get("InstitutionAddress")]
-        vendor = " ".join(_values([ds.get("Manufacturer"), ds.get("ManufacturerModelName")]))
+        """Collect the originals from the (top level of the) source dataset ``ds``.
+
+        Raw elements are read without converting them (see :mod:`._values`).
+        """
+        encodings = encodings_of(ds)
+
+        def get(keyword: str) -> list[str]:
+            return peek(ds, keyword, encodings)
+
+        names = get("PatientName") + get("OtherPatientNames") + get("PatientBirthName")
+        ids = get("PatientID") + get("OtherPatientIDs") + get("AccessionNumber")
+        if "OtherPatientIDsSequence" in ds:
+            for item in ds.OtherPatientIDsSequence or []:
+                ids += peek(item, "PatientID", encodings_of(item, encodings))
+        places = [] if keep_institution else get("InstitutionName") + get("InstitutionAddress")
+        vendor = " ".join(get("Manufacturer") + get("ManufacturerModelName")).lower()
         return cls(
             name_parts=frozenset(p for p in _name_parts(names) if _long_enough_name(p)),
             ids=frozenset(i for i in _values(ids) if _long_enough_id(i)),
-            dates=frozenset(d for d in _values([ds.get("PatientBirthDate")]) if len(d) == 8),
+            dates=frozenset(d for d in _values(get("PatientBirthDate")) if len(d) == 8),
             institutions=frozenset(
-                i for i in _values(places) if len(i) >= 4 and i.lower() not in vendor.lower()
+                i for i in _values(places) if len(i) >= 4 and i.lower() not in vendor
             ),
         ).with_uids(uids)
 
@@ -114,12 +128,21 @@ class Originals:
     def _patterns(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
         return tuple((kind, _text_pattern(kind, term)) for kind, term in self.terms)
 
+    @cached_property
+    def _screens(self) -> tuple[re.Pattern[str], ...]:
+        """One pattern per edge rule for every term but UIDs: a fast first pass."""
+        return _screens(tuple(pair for pair in self.terms if pair[0] != "original UID"))
+
     def find_in_text(self, text: str) -> str | None:
         """The kind of the first original found in ``text``, else ``None``."""
+        if self.uids and not self.uids.isdisjoint(_UID_RUNS.findall(text)):
+            return "original UID"  # a clear UID occurrence is a whole run of digits and dots
+        if not any(screen.search(text) for screen in self._screens):
+            return None
         for kind, pattern in self._patterns:
             if pattern.search(text):
                 return kind
-        return None
+        return None  # pragma: no cover (a screen hit is always some term's hit)
 
     def scrub(self, text: str) -> str:
         """``text`` without any original, date, UID-like string or long digit run."""
@@ -142,7 +165,7 @@ def _values(values: Iterable[object]) -> Iterator[str]:
 
 def _name_parts(values: Iterable[object]) -> Iterator[str]:
     for text in _values(values):
-        yield from (part for part in re.split(r"[\^=\s,]+", text) if part)
+        yield from (part for part in _NAME_SEPARATORS.split(text) if part)
 
 
 def _long_enough_name(part: str) -> bool:
@@ -157,77 +180,82 @@ def _long_enough_id(value: str) -> bool:
     return len(value) >= (_MIN_NUMERIC_ID if value.isdigit() else _MIN_ID)
 
 
+@lru_cache(maxsize=1024)
+def _screens(terms: tuple[tuple[str, str], ...]) -> tuple[re.Pattern[str], ...]:
+    by_edge: dict[str, list[str]] = {}
+    for kind, term in terms:
+        by_edge.setdefault(_EDGES.get(kind, _WORD), []).append(re.escape(term))
+    return tuple(
+        re.compile(rf"(?<![{edge}])(?:{'|'.join(terms)})(?![{edge}])", re.IGNORECASE)
+        for edge, terms in by_edge.items()
+    )
+
+
+@lru_cache(maxsize=4096)
 def _text_pattern(kind: str, term: str) -> re.Pattern[str]:
-    edge = _EDGES.get(kind, "0-9A-Za-z")
+    edge = _EDGES.get(kind, _WORD)
     return re.compile(rf"(?<![{edge}]){re.escape(term)}(?![{edge}])", re.IGNORECASE)
 
 
-def _walk(
-    ds: Dataset, path: str, regions: list[tuple[int, int]], encodings: list[str]
-) -> Iterator[tuple[str, str, str]]:
-    """Yield ``(location, vr, text)`` for text/UID values; collect bulk binary regions."""
-    if "SpecificCharacterSet" in ds:
-        encodings = _encodings(ds)
-    for tag in list(ds.keys()):
-        raw = ds.get_item(tag)
-        vr = (raw.VR if raw is not None else None) or vr_for(tag)
-        vr = vr_for(tag) if vr == "UN" and vr_for(tag) != "UN" else vr
-        where = f"{path}({tag >> 16:04X},{tag & 0xFFFF:04X})"
+#: ``(path of the item, tag, text)``: a value to search, located lazily.
+_Located = tuple[str, int, str]
+
+
+def _collect(
+    ds: Dataset,
+    path: str,
+    regions: list[tuple[int, int]] | None,
+    encodings: list[str],
+    found: list[_Located],
+) -> None:
+    """Collect the text/UID values of ``ds`` at every depth; binary regions if asked.
+
+    Regions are the offsets of raw values in the file ``ds`` was parsed from.
+    """
+    encodings = encodings_of(ds, encodings)
+    for tag, element in list(ds.items()):
+        vr = effective_vr(int(tag), element.VR)
         if vr in _BINARY_VRS:
-            if isinstance(raw, RawDataElement) and raw.value is not None:
-                regions.append((raw.value_tell, raw.value_tell + len(raw.value)))
+            if regions is not None and isinstance(element, RawDataElement) and element.value:
+                regions.append((element.value_tell, element.value_tell + len(element.value)))
         elif vr == "SQ":
+            where = f"{path}{_location(tag)}"
             for index, item in enumerate(ds[tag].value or []):
-                yield from _walk(item, f"{where}[{index}].", regions, encodings)
+                _collect(item, f"{where}[{index}].", regions, encodings, found)
         elif vr in _TEXT_VRS or vr == "UI":
-            element = raw if isinstance(raw, RawDataElement) else ds[tag]
-            yield from ((where, vr, text) for text in _texts(element, vr, encodings))
+            found += ((path, tag, text) for text in element_texts(element, vr, encodings))
 
 
-def _texts(element: DataElement | RawDataElement, vr: str, encodings: list[str]) -> list[str]:
-    """The element's values as text; raw bytes are decoded here, without pydicom's checks."""
-    value = element.value
-    if isinstance(value, bytes):
-        if vr in _CHARSET_VRS:
-            text = decode_bytes(value, encodings, _DELIMITERS)
-        else:
-            text = value.decode("latin-1")
-        parts = [text] if vr in ("LT", "ST", "UT", "UR") else text.split("\\")
-        return [part.strip("\0 ") for part in parts]
-    if value is None:
-        return []
-    values = value if isinstance(value, MultiValue | list) else [value]
-    return [str(item) for item in values]
+def _location(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _parsed_findings(
-    ds: Dataset, originals: Originals, regions: list[tuple[int, int]]
+    ds: Dataset, originals: Originals, regions: list[tuple[int, int]] | None
 ) -> list[str]:
-    findings: list[str] = []
-    for dataset, prefix in ((ds.file_meta, "file meta "), (ds, "")):
-        for where, vr, value in _walk(dataset, "", regions, _encodings(ds)):
-            kind = "original UID" if vr == "UI" and value in originals.uids else None
-            kind = kind or originals.find_in_text(value)
+    encodings = encodings_of(ds)
+    meta: list[_Located] = []
+    body: list[_Located] = []
+    _collect(ds.file_meta, "", regions, encodings, meta)
+    _collect(ds, "", regions, encodings, body)
+    if originals.find_in_text("\0".join(text for _, _, text in meta + body)) is None:
+        return []  # the usual case: one search over every value at once
+    findings = []
+    for prefix, texts in (("file meta ", meta), ("", body)):
+        for path, tag, text in texts:
+            kind = originals.find_in_text(text)
             if kind is not None:
-                findings.append(f"{kind} found in {prefix}element {where}")
+                findings.append(f"{kind} found in {prefix}element {path}{_location(tag)}")
     return findings
 
 
-def _encodings(ds: Dataset) -> list[str]:
-    charset = ds.get("SpecificCharacterSet") or "ISO_IR 6"
-    try:
-        return list(convert_encodings(charset))
-    except LookupError:
-        return ["iso8859"]
-
-
 def _raw_findings(
-    data: bytes, originals: Originals, regions: list[tuple[int, int]], encodings: list[str]
+    data: bytes, originals: Originals, regions: Sequence[tuple[int, int]], encodings: list[str]
 ) -> list[str]:
     lowered = data.lower()
     findings = []
     for kind, term in originals.terms:
-        edge = _EDGES.get(kind, "0-9a-z").encode()
+        edge = _BYTE_EDGES[_EDGES.get(kind, _WORD)]
         for needle in _encoded(term.lower(), encodings):
             offset = _find(lowered, needle, edge, regions)
             if offset is not None:
@@ -246,14 +274,23 @@ def _encoded(term: str, encodings: list[str]) -> set[bytes]:
     return needles
 
 
-def _find(data: bytes, needle: bytes, edge: bytes, regions: list[tuple[int, int]]) -> int | None:
-    boundary = re.compile(rb"[" + edge + rb"]")
+_DIGITS = b"0123456789"
+#: The edge rules as byte sets (the raw scan runs on lower-cased bytes).
+_BYTE_EDGES = {
+    _WORD: frozenset(_DIGITS + b"abcdefghijklmnopqrstuvwxyz"),
+    _EDGES["original UID"]: frozenset(_DIGITS + b"."),
+    _EDGES["birth date"]: frozenset(_DIGITS),
+}
+
+
+def _find(
+    data: bytes, needle: bytes, edge: frozenset[int], regions: Sequence[tuple[int, int]]
+) -> int | None:
     start = data.find(needle)
     while start != -1:
         end = start + len(needle)
-        before, after = data[start - 1 : start] if start else b"", data[end : end + 1]
+        clear = not ((start and data[start - 1] in edge) or (end < len(data) and data[end] in edge))
         in_binary = any(low <= start < high for low, high in regions)
-        clear = not (boundary.fullmatch(before) or boundary.fullmatch(after))
         if clear and not (in_binary and len(needle) < LONG_TERM):
             return start
         start = data.find(needle, start + 1)
@@ -272,7 +309,21 @@ def leak_check_bytes(data: bytes, originals: Originals) -> list[str]:
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         regions = []  # offsets are into the inflated stream: search it whole
         data = data + zlib.decompress(data[_meta_end(data) :], -zlib.MAX_WBITS)
-    findings += _raw_findings(data, originals, regions, ["utf-8", *_encodings(ds)])
+    findings += _raw_findings(data, originals, regions, ["utf-8", *encodings_of(ds)])
+    return findings
+
+
+def leak_check_dataset(
+    ds: Dataset, data: bytes, binary: Sequence[tuple[int, int]], originals: Originals
+) -> list[str]:
+    """Findings for ``data``, the exact encoding of ``ds``, without parsing it again.
+
+    Every element of ``ds`` (its file meta included) is searched as parsed values, and
+    ``data`` as raw bytes; ``binary`` holds the ``[start, end)`` ranges of bulk binary
+    values in ``data``.  The transfer syntax must not be deflated.
+    """
+    findings = _parsed_findings(ds, originals, None)
+    findings += _raw_findings(data, originals, binary, ["utf-8", *encodings_of(ds)])
     return findings
 
 

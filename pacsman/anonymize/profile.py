@@ -29,7 +29,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from functools import cache
 from importlib import resources
@@ -186,6 +186,12 @@ class Profile:
         object.__setattr__(self, "_private_index", MappingProxyType(frozen))
         object.__setattr__(self, "rules", MappingProxyType(dict(self.rules)))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle from the fields (worker processes get the profile this way)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_private_index"}
+        values["rules"] = dict(self.rules)
+        return (_profile_from_fields, (values,))
+
     @property
     def date_mode(self) -> DateMode:
         """The date handling the options select."""
@@ -207,6 +213,10 @@ class Profile:
     def keeps_private(self, group: int, creator: str, element: int) -> bool:
         """True when the allow-list retains private element offset ``element`` (0x00-0xFF)."""
         return element in self._private_index.get((group, creator), frozenset())
+
+
+def _profile_from_fields(values: dict[str, Any]) -> Profile:
+    return Profile(**values)
 
 
 @cache

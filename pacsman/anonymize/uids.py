@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from pydicom.uid import UID
-
 __all__ = ["CLASS_UID_KEYWORDS", "is_constant_uid", "remap_uid"]
 
 #: UID attributes that name a class, syntax or registry, never an instance: kept as they are.
@@ -45,6 +43,9 @@ def remap_uid(key: bytes, project: str, uid: str) -> str:
 
 
 def is_constant_uid(uid: str) -> bool:
-    """True for well-known UIDs (SOP classes, transfer syntaxes, DICOM's own registry)."""
-    value = uid.strip()
-    return value.startswith(_STANDARD_ROOT) or bool(UID(value).keyword)
+    """True for well-known UIDs (SOP classes, transfer syntaxes, DICOM's own registry).
+
+    Every UID the standard issues -- the whole registry, pydicom's UID dictionary
+    included -- is under ``1.2.840.10008.``, and only the standard issues UIDs there.
+    """
+    return uid.strip().startswith(_STANDARD_ROOT)

@@ -26,6 +26,7 @@ from pynetdicom import AE, StoragePresentationContexts, build_context, evt
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacsman.dicomnet import guard_reactor
 from pacsman.testing._matching import LEVELS, UNIQUE_KEYS, build_response, match_entities
 from pacsman.testing.synthetic import StudySpec, iter_datasets, synthetic_uid
 
@@ -106,6 +107,11 @@ class Faults:
     * ``pending_delay``: seconds between consecutive pending C-FIND answers / sub-operations.
     * ``find_delay``: seconds before the first C-FIND answer (to trip client timeouts).
     * ``omit_instance_count``: Number of Patient/Study/Series Related Instances left out.
+    * ``fault_moves``: the retrieve faults above (``abort_mid_move``, ``failed_suboperations``,
+      ``short_delivery``, ``pending_delay``) hit only the first N series- or study-level
+      C-MOVE/C-GETs; ``None`` means every one.  Image-level retrieves (pacsman's one-instance
+      pre-flight) are then never faulted.  Lets a test see a fault, then the retry that
+      completes.
     * ``response_charset``: C-FIND answers declare this Specific Character Set and are encoded
       in it (e.g. ``ISO_IR 100``, ``ISO_IR 192``, ``ISO 2022 IR 6\\ISO 2022 IR 87``).
 
@@ -125,6 +131,7 @@ class Faults:
     find_delay: float = 0.0
     omit_instance_count: bool = False
     response_charset: str | None = None
+    fault_moves: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -345,7 +352,10 @@ class FakePacs:
         contexts = [
             build_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for uid in classes
         ]
-        handlers: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, _set_nodelay)]
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_ESTABLISHED, _guard_sub_association),
+        ]
         yield (*destination, {"contexts": contexts, "evt_handlers": handlers})
         yield from self._suboperations(event, faults, instances)
 
@@ -374,6 +384,10 @@ class FakePacs:
             yield max(1, len(instances))  # zero would make pynetdicom answer Success
             yield Status.OUT_OF_RESOURCES_SUBOPERATIONS, None
             return
+        if faults.fault_moves is not None:
+            level = str(event.identifier.get("QueryRetrieveLevel", ""))
+            if level == "IMAGE" or not self._take("fault_moves", faults.fault_moves):
+                faults = Faults()
         to_send = instances[: max(0, len(instances) - faults.short_delivery)]
         yield len(to_send)
         abort_at = len(to_send) // 2 if faults.abort_mid_move else -1
@@ -387,6 +401,15 @@ class FakePacs:
                 return
             self._pause(faults.pending_delay if i else 0.0)
             yield Status.PENDING, _unsendable(ds) if i < faults.failed_suboperations else ds
+
+
+def _guard_sub_association(event: Event) -> None:
+    """The C-MOVE sub-association sends C-STOREs: keep its reactor off their responses.
+
+    Without it, pynetdicom 3.0.4's reactor can swallow a C-STORE response under load and the
+    move stalls for the 30 s DIMSE timeout (the same race as pynetdicom #875).
+    """
+    guard_reactor(event.assoc)
 
 
 def _level_allowed(sop_class_uid: str, level: str) -> bool:

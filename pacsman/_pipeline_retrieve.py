@@ -1,0 +1,349 @@
+"""The retrieve half of the pipeline: Storage SCP up, C-MOVE/C-GET per series, verify, record.
+
+Private to :mod:`pacsman.pipeline`.  Per PACS node:
+
+1. pre-flight: move ONE real instance of the first series to pacsman and check it arrived, so a
+   misconfigured move destination fails the night's run at its first minute;
+2. passes: retrieve every unsettled series (``max_associations`` workers, paced by
+   :class:`~pacsman.throttle.Courtesy`), verify each, and re-request only the INCOMPLETE ones,
+   up to ``retrieve_passes`` times.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pacsman import storescp
+from pacsman.config import Config, PacsNode
+from pacsman.dicomnet import DicomPeer, StorageRole
+from pacsman.errors import FatalError, ItemFailed, TransientError
+from pacsman.jobstore import JobStore, Run, SeriesTask
+from pacsman.models import ItemState
+from pacsman.query import FindSession
+from pacsman.retrieve import Level, RetrieveSession, SeriesRequest
+from pacsman.storescp import InstanceWriter, StorageSCP
+from pacsman.throttle import Courtesy, RetryPolicy
+from pacsman.verify import verify_series
+
+__all__ = ["ALL_SERIES", "RETRIEVABLE", "retrieve_pending", "series_directories"]
+
+_log = structlog.get_logger("pacsman.pipeline")
+
+#: Series states the retrieve stage works on (FAILED is tried again on the next run).
+RETRIEVABLE = frozenset(
+    {ItemState.QUERIED, ItemState.RETRIEVING, ItemState.INCOMPLETE, ItemState.FAILED}
+)
+ALL_SERIES = frozenset(ItemState)
+
+
+@dataclass(frozen=True)
+class _Node:
+    """Everything one PACS node's workers share."""
+
+    node: PacsNode
+    peer: DicomPeer
+    retry: RetryPolicy
+    courtesy: Courtesy
+    writer: InstanceWriter
+    move_destination: str | None
+    storage: StorageRole | None
+
+    def session(self, *, retry: RetryPolicy | None = None) -> RetrieveSession:
+        return RetrieveSession(
+            self.peer,
+            receiver=self.writer,
+            retry=retry or self.retry,
+            courtesy=self.courtesy,
+            move_destination=self.move_destination,
+            storage=self.storage,
+        )
+
+
+def series_directories(tasks: Sequence[SeriesTask], out: Path) -> dict[str, Path]:
+    """SeriesInstanceUID -> directory; default session labels kept unique per study."""
+    sessions: dict[str, tuple[str, str]] = {}
+    used: set[tuple[str, str]] = set()
+    for task in tasks:
+        if task.study_instance_uid in sessions:
+            continue
+        subject, session = storescp.default_labels(task.patient_id, task.study_date)
+        subject, session = task.subject or subject, task.session or session
+        base, n = session, 1
+        while (subject, session) in used:
+            n += 1
+            session = f"{base}_{n}"
+        used.add((subject, session))
+        sessions[task.study_instance_uid] = (subject, session)
+    return {
+        t.series_instance_uid: storescp.series_directory(
+            out,
+            subject=sessions[t.study_instance_uid][0],
+            session=sessions[t.study_instance_uid][1],
+            series_number=t.series_number,
+            series_description=t.series_description,
+        )
+        for t in tasks
+    }
+
+
+def _allowed_callers(config: Config) -> tuple[str, ...]:
+    configured = config.local.allowed_calling_ae_titles
+    return configured or tuple(sorted({n.called_ae_title for n in config.pacs.values()}))
+
+
+@contextmanager
+def _storage_scp(config: Config, writer: InstanceWriter, needed: bool) -> Iterator[None]:
+    if not needed:
+        with nullcontext():
+            yield
+        return
+    local = config.local
+    scp = StorageSCP(
+        writer,
+        ae_title=local.ae_title,
+        bind_host=local.bind_host,
+        port=local.port,
+        allowed_calling_ae_titles=_allowed_callers(config),
+    )
+    with scp:
+        _log.info("storage_scp_listening", ae_title=local.ae_title, port=scp.port)
+        yield
+
+
+def retrieve_pending(
+    store: JobStore,
+    run: Run,
+    config: Config,
+    out_directory: Path,
+    retry_for: Callable[[PacsNode], RetryPolicy],
+) -> int:
+    """Retrieve and verify every unsettled series of ``run``; return how many were worked on.
+
+    Raises:
+        FatalError: a PACS refuses pacsman for good (pre-flight or mid-run); state is kept.
+    """
+    every = store.series_tasks(run, ALL_SERIES)
+    pending = [t for t in every if t.state in RETRIEVABLE]
+    if not pending:
+        _log.info("nothing_to_retrieve", series=len(every))
+        return 0
+    directories = series_directories(every, out_directory)
+    writer = InstanceWriter(unrouted_directory=out_directory / "_unrouted")
+    methods = {config.node(t.pacs).retrieve_method for t in pending}
+    with _storage_scp(config, writer, needed="move" in methods):
+        for pacs in dict.fromkeys(t.pacs for t in pending):
+            shared = _node(config, pacs, writer, retry_for)
+            tasks = [t for t in pending if t.pacs == pacs]
+            _preflight(store, run, shared, tasks[0], directories)
+            _passes(store, run, shared, tasks, directories)
+    return len(pending)
+
+
+def _node(
+    config: Config,
+    pacs: str,
+    writer: InstanceWriter,
+    retry_for: Callable[[PacsNode], RetryPolicy],
+) -> _Node:
+    node = config.node(pacs)
+    move = node.retrieve_method == "move"
+    storage = None
+    if not move:
+        storage = StorageRole(
+            storescp.STORAGE_SOP_CLASSES, storescp.TRANSFER_SYNTAXES, writer.handle_store
+        )
+    return _Node(
+        node=node,
+        peer=DicomPeer(node, config.local.ae_title, config.local.port),
+        retry=retry_for(node),
+        courtesy=Courtesy(interval=node.move_interval, window=node.retrieve_window),
+        writer=writer,
+        move_destination=config.local.ae_title if move else None,
+        storage=storage,
+    )
+
+
+def _preflight(
+    store: JobStore, run: Run, shared: _Node, task: SeriesTask, directories: dict[str, Path]
+) -> None:
+    """Move one real instance; prove it arrived.  Raises FatalError with the fix if not."""
+    quick = RetryPolicy(max_attempts=min(3, shared.retry.max_attempts))
+    with FindSession(shared.peer, retry=quick) as finder:
+        scope = {"StudyInstanceUID": task.study_instance_uid}
+        scope["SeriesInstanceUID"] = task.series_instance_uid
+        if shared.node.query_model == "patient":
+            scope["PatientID"] = task.patient_id
+        answers = finder.find("IMAGE", scope, ("SOPInstanceUID",))
+    uids = sorted({str(a.get("SOPInstanceUID", "")) for a in answers} - {""})
+    if not uids:
+        return
+    request = _request(task, directories)
+    try:
+        with shared.session(retry=quick) as session:
+            fetched = session.fetch([request], level="IMAGE", sop_instance_uids=uids[:1])
+    except (ItemFailed, TransientError) as exc:
+        raise FatalError(_preflight_advice(shared, f"the PACS refused ({exc})")) from exc
+    if fetched.received[task.series_instance_uid] == 0:
+        reported = fetched.result.completed
+        if reported:
+            what = f"the PACS reported {reported} instance(s) sent, but none arrived here"
+            raise FatalError(_preflight_advice(shared, what))
+        _log.warning("preflight_inconclusive", pacs=shared.node.name, reported=reported)
+        return
+    _log.info("preflight_ok", pacs=shared.node.name, method=shared.node.retrieve_method)
+
+
+def _preflight_advice(shared: _Node, what: str) -> str:
+    node = shared.node
+    if shared.move_destination is None:
+        return f"pre-flight C-GET of one instance from PACS {shared.peer.describe()}: {what}"
+    return (
+        f"pre-flight C-MOVE of one instance from PACS {shared.peer.describe()} to "
+        f"{shared.move_destination!r}: {what}. The PACS must know AE "
+        f"{shared.move_destination!r} at this host's address and local.port "
+        f"{shared.peer.local_port} (Orthanc: DicomModalities), and pacsman must accept its "
+        f"calling AE {node.called_ae_title!r} (local.allowed_calling_ae_titles)"
+    )
+
+
+def _request(task: SeriesTask, directories: dict[str, Path]) -> SeriesRequest:
+    return SeriesRequest(
+        study_instance_uid=task.study_instance_uid,
+        series_instance_uid=task.series_instance_uid,
+        directory=directories[task.series_instance_uid],
+        patient_id=task.patient_id,
+    )
+
+
+def _passes(
+    store: JobStore,
+    run: Run,
+    shared: _Node,
+    tasks: list[SeriesTask],
+    directories: dict[str, Path],
+) -> None:
+    pending = tasks
+    for number in range(1, shared.node.retrieve_passes + 1):
+        units = _units(pending, shared.node.retrieve_level)
+        verdicts = _run_workers(
+            units,
+            workers=shared.node.max_associations,
+            make_session=shared.session,
+            work=lambda session, unit: _fetch_unit(store, run, session, unit, directories),
+        )
+        pending = [
+            t for t in pending if verdicts.get(t.series_instance_uid) is ItemState.INCOMPLETE
+        ]
+        if not pending:
+            return
+        _log.warning("series_incomplete", pacs=shared.node.name, series=len(pending), pass_=number)
+
+
+def _units(tasks: list[SeriesTask], level: str) -> list[list[SeriesTask]]:
+    if level == "series":
+        return [[t] for t in tasks]
+    studies: dict[str, list[SeriesTask]] = {}
+    for task in tasks:
+        studies.setdefault(task.study_instance_uid, []).append(task)
+    return list(studies.values())
+
+
+def _fetch_unit(
+    store: JobStore,
+    run: Run,
+    session: RetrieveSession,
+    unit: list[SeriesTask],
+    directories: dict[str, Path],
+) -> dict[str, ItemState]:
+    for task in unit:
+        store.update_series(run, task, ItemState.RETRIEVING)
+    level: Level = "STUDY" if len(unit) > 1 else "SERIES"
+    try:
+        fetched = session.fetch([_request(t, directories) for t in unit], level=level)
+    except (ItemFailed, TransientError) as exc:
+        for task in unit:
+            store.update_series(run, task, ItemState.FAILED, detail=str(exc), new_pass=True)
+        _log.error("series_failed", pacs=unit[0].pacs, row=unit[0].line, reason=str(exc))
+        return {t.series_instance_uid: ItemState.FAILED for t in unit}
+    return {t.series_instance_uid: _record(store, run, t, fetched) for t in unit}
+
+
+def _record(store: JobStore, run: Run, task: SeriesTask, fetched: Any) -> ItemState:
+    received = fetched.received[task.series_instance_uid]
+    result = fetched.result
+    single = len(fetched.received) == 1
+    verdict = verify_series(
+        received=received,
+        expected=task.expected_instances,
+        reported_completed=result.completed if single else None,
+        reported_failed=result.failed if single else None,
+    )
+    store.update_series(
+        run,
+        task,
+        verdict.state,
+        received=received,
+        detail=verdict.detail,
+        reported=(result.completed, result.failed) if single else (None, None),
+        new_pass=True,
+    )
+    _log.info(
+        "series_retrieved",
+        pacs=task.pacs,
+        row=task.line,
+        series_number=task.series_number,
+        state=verdict.state.value,
+        received=received,
+        expected=verdict.target,
+    )
+    return verdict.state
+
+
+def _run_workers(
+    units: list[list[SeriesTask]],
+    *,
+    workers: int,
+    make_session: Callable[[], RetrieveSession],
+    work: Callable[[RetrieveSession, list[SeriesTask]], dict[str, ItemState]],
+) -> dict[str, ItemState]:
+    """Run ``work`` over ``units`` on ``workers`` threads, one association each.
+
+    A FatalError (or any unexpected error) in one worker stops the others after their
+    current unit and is raised here.
+    """
+    todo: queue.Queue[list[SeriesTask]] = queue.Queue()
+    for unit in units:
+        todo.put(unit)
+    results: dict[str, ItemState] = {}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def worker() -> None:
+        with make_session() as session:
+            while not stop.is_set():
+                try:
+                    unit = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results.update(work(session, unit))
+                except Exception as exc:  # re-raised in the calling thread below
+                    errors.append(exc)
+                    stop.set()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, workers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -1,0 +1,117 @@
+"""XNAT credentials: from the environment, a credentials file, or ``~/.netrc``.
+
+The order is: ``XNAT_USER`` + ``XNAT_PASS``; then ``xnat.credentials_file`` (mode 0600,
+``user:password`` on one line, or the user on the first line and the password on the
+second; an XNAT alias token works as ``alias:secret``); then the ``~/.netrc`` entry (or
+``$NETRC``) for the URL's host.  The password is never logged, printed or stored: only
+where it came from (``source``) may be.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pacsman.errors import InputError
+
+__all__ = ["Credentials", "resolve_credentials"]
+
+_FIX = (
+    "set XNAT_USER and XNAT_PASS, add a 'machine {host} login ... password ...' line to "
+    "~/.netrc (mode 600), or set xnat.credentials_file"
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A user (or alias token) and its password; ``source`` says where they came from."""
+
+    user: str
+    password: str = field(repr=False)
+    source: str
+
+    def __str__(self) -> str:
+        return f"user {self.user!r} from {self.source}"
+
+
+def resolve_credentials(
+    url: str,
+    *,
+    credentials_file: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Credentials:
+    """Find the credentials for the XNAT at ``url``.
+
+    Raises:
+        InputError: none found, only half of the environment pair set, or the credentials
+            file is unreadable, readable by others, or malformed (the message names the fix,
+            never the secret).
+    """
+    env = dict(os.environ if environ is None else environ)
+    host = urlsplit(url).hostname or url
+    user, password = env.get("XNAT_USER", ""), env.get("XNAT_PASS", "")
+    if user and password:
+        return Credentials(user, password, "the environment (XNAT_USER/XNAT_PASS)")
+    if user or password:
+        missing = "XNAT_PASS" if user else "XNAT_USER"
+        raise InputError(f"XNAT_USER and XNAT_PASS must be set together; {missing} is not set")
+    if credentials_file is not None:
+        return _from_file(credentials_file)
+    found = _from_netrc(url, env)
+    if found is not None:
+        return found
+    raise InputError(f"no XNAT credentials found for {host}; " + _FIX.format(host=host))
+
+
+def _private(path: Path, mode: int, where: str) -> None:
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InputError(
+            f"{where}: mode is {stat.filemode(mode)}, readable by others; run 'chmod 600 {path}'"
+        )
+
+
+def _from_file(path: Path) -> Credentials:
+    where = f"xnat.credentials_file {path}"
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{where}: cannot read it ({exc.strerror}); check the path") from None
+    _private(path, mode, where)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) >= 2:
+        user, password = lines[0], lines[1]
+    elif lines and ":" in lines[0]:
+        user, _, password = lines[0].partition(":")
+    else:
+        user = password = ""
+    if not user or not password:
+        raise InputError(
+            f"{where}: expected 'user:password' on one line, or the user and the password "
+            "on two lines"
+        )
+    return Credentials(user, password, where)
+
+
+def _from_netrc(url: str, env: dict[str, str]) -> Credentials | None:
+    path = Path(env["NETRC"]) if env.get("NETRC") else Path.home() / ".netrc"
+    if not path.is_file():
+        return None
+    _private(path, path.stat().st_mode, str(path))
+    try:
+        entries = netrc.netrc(str(path))
+    except netrc.NetrcParseError as exc:  # its text may quote a token: name the line only
+        reason = exc.msg if exc.msg.startswith("~/.netrc") else f"syntax error on line {exc.lineno}"
+        raise InputError(f"{path}: cannot use it ({reason}); fix the file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror})") from None
+    parts = urlsplit(url)
+    for machine in (parts.netloc, parts.hostname or ""):
+        found = entries.authenticators(machine) if machine else None
+        if found is not None and found[0] and found[2]:
+            return Credentials(found[0], found[2], f"{path} (machine {machine})")
+    return None

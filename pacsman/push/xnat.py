@@ -1,0 +1,307 @@
+"""The XNAT target: one zip per session through ``session.services.import_``, no duplicates,
+verified on arrival.
+
+Every attempt starts by asking XNAT what it already holds for the session (contract §16):
+
+* archived with the same subject, study and every file -> DONE, nothing is sent (a timed-out
+  or reset import that actually succeeded is never sent twice);
+* archived under another subject, or with another study -> the item fails, nothing is sent
+  (unless ``xnat.overwrite: delete`` for another study);
+* archived with fewer files (a "success" with 0 files, a partial import) -> sent again, and
+  XNAT merges the missing files in;
+* absent -> sent.
+
+After the import the session is read back: it is DONE only when every expected scan holds its
+files.  Prearchive leftovers of this study (CONFLICT/ERROR entries from a clash) are deleted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+from xnat import exceptions as xnat_errors
+
+from pacsman._config_push import XnatConfig
+from pacsman.errors import ItemFailed, PacsmanError, TransientError
+from pacsman.push import _xnat_state as state
+from pacsman.push._xnat_session import (
+    SessionExpired,
+    classify,
+    connect,
+    disconnect,
+    http_status,
+    xnat_message,
+)
+from pacsman.push.credentials import Credentials
+from pacsman.push.labels import archive_problems, local_problems
+from pacsman.push.models import (
+    LabelProblem,
+    PushOutcome,
+    SessionUpload,
+    describe_counts,
+    dicom_files,
+)
+from pacsman.push.zipper import session_zip
+
+__all__ = ["XnatTarget", "complete"]
+
+_log = structlog.get_logger("pacsman.push.xnat")
+_HANDLER = "DICOM-zip"
+_CONNECT_TIMEOUT = 30.0
+_LEFTOVERS = frozenset({"CONFLICT", "ERROR"})
+
+
+def complete(upload: SessionUpload, scans: Mapping[str, int]) -> bool:
+    """True when ``scans`` holds exactly the files the upload sends."""
+    if sum(scans.values()) != upload.expected_files:
+        return False
+    return all(scans.get(scan, 0) == n for scan, n in upload.expected_scans.items())
+
+
+class XnatTarget:
+    """Pushes sessions to one XNAT through one reused ``xnat`` session (thread-safe)."""
+
+    name = "xnat"
+
+    def __init__(
+        self, config: XnatConfig, credentials: Credentials, *, work_dir: Path | None = None
+    ) -> None:
+        self.config = config
+        self._credentials = credentials
+        self._work_dir = work_dir
+        self._lock = threading.Lock()
+        self._session: Any = None
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _connected(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                self._session = connect(self.config, self._credentials)
+                _log.info("xnat_connected", url=self.config.url, via=self._credentials.source)
+            return self._session
+
+    def close(self) -> None:
+        """Log out and close the connection (safe to call twice)."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            problem = disconnect(session)
+            if problem is not None:
+                _log.warning("xnat_logout_failed", url=self.config.url, reason=problem)
+
+    def __enter__(self) -> XnatTarget:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _failure(self, exc: Exception, what: str) -> PacsmanError:
+        error = classify(exc, what)
+        if isinstance(error, SessionExpired):
+            self.close()
+        return error
+
+    # -- labels -----------------------------------------------------------------------------
+
+    def check_labels(self, uploads: Sequence[SessionUpload]) -> list[LabelProblem]:
+        """Local label rules, then each project against what XNAT holds (GETs only).
+
+        Raises:
+            TransientError: XNAT did not answer.
+            FatalError: the login was refused.
+        """
+        problems = local_problems(uploads)
+        session = self._connected()
+        replace = self.config.overwrite == "delete"
+        for project in sorted({u.project for u in uploads}):
+            mine = [u for u in uploads if u.project == project]
+            try:
+                problems += self._project_problems(session, project, mine, replace)
+            except PacsmanError:
+                raise
+            except Exception as exc:  # xnat/requests errors: sorted by classify
+                raise self._failure(exc, f"checking labels of project {project!r}") from exc
+        return problems
+
+    def _project_problems(
+        self, session: Any, project: str, uploads: list[SessionUpload], replace: bool
+    ) -> list[LabelProblem]:
+        if not state.project_exists(session, project):
+            message = (
+                f"project {project!r} does not exist on {self.config.url}, or user "
+                f"{self._credentials.user!r} may not see it; create it or fix the project ID"
+            )
+            return [LabelProblem(u, message) for u in uploads]
+        sessions = state.project_sessions(session, project)
+        subjects = state.project_subjects(session, project)
+        return archive_problems(uploads, sessions, subjects, replace=replace)
+
+    # -- push -------------------------------------------------------------------------------
+
+    def push(self, upload: SessionUpload) -> PushOutcome:
+        """One attempt: check what XNAT holds, import if needed, read it back.
+
+        Raises:
+            TransientError: XNAT did not answer, answered 5xx, or holds too few files.
+            ItemFailed: the label clashes, XNAT refused the upload, or the files are wrong.
+            FatalError: the login was refused, or permission is missing.
+        """
+        session = self._connected()
+        try:
+            if self.config.destination == "/prearchive":
+                return self._attempt_prearchive(session, upload)
+            return self._attempt(session, upload)
+        except PacsmanError:
+            raise
+        except Exception as exc:  # xnat/requests errors: sorted by classify
+            raise self._failure(exc, f"pushing {upload.describe()}") from exc
+
+    def _attempt(self, session: Any, upload: SessionUpload) -> PushOutcome:
+        found = state.find_archived(session, upload.project, upload.session)
+        if found is None or not self._settled(session, upload, found):
+            self._send(session, upload)
+            found = state.find_archived(session, upload.project, upload.session)
+            if found is None or not self._arrived(upload, found.study_instance_uid, found.scans):
+                raise _short_of(upload, found.scans if found else None)
+            detail = f"pushed {upload.expected_files} file(s), verified on XNAT"
+        else:  # an earlier attempt or run got it there: clear what a clash may have left
+            self._clean_leftovers(session, upload)
+            detail = f"already on XNAT with all {upload.expected_files} file(s); nothing sent"
+        return PushOutcome(upload, "DONE", found.uri, found.files, detail)
+
+    def _settled(self, session: Any, upload: SessionUpload, found: state.ArchivedSession) -> bool:
+        """True if ``found`` already is the upload, complete; raise if it clashes."""
+        where = f"session {upload.session!r} in project {upload.project!r}"
+        if found.subject != upload.subject:
+            raise ItemFailed(
+                f"{where} already belongs to subject {found.subject!r}, not "
+                f"{upload.subject!r}; nothing was sent: choose another session label"
+            )
+        replace = self.config.overwrite == "delete"
+        if found.study_instance_uid != upload.study_instance_uid and not replace:
+            raise ItemFailed(
+                f"{where} already holds another study (StudyInstanceUID "
+                f"{found.study_instance_uid}); nothing was sent: choose another session label, "
+                "or set xnat.overwrite: delete to replace it"
+            )
+        if self._arrived(upload, found.study_instance_uid, found.scans):
+            return True
+        if found.files > upload.expected_files and not replace:
+            raise ItemFailed(
+                f"{where} holds {found.files} file(s), more than the {upload.expected_files} "
+                "this push sends; set xnat.overwrite: delete to replace it"
+            )
+        _log.info("xnat_session_incomplete", session=upload.describe(), files=found.files)
+        return False
+
+    @staticmethod
+    def _arrived(upload: SessionUpload, uid: str, scans: Mapping[str, int]) -> bool:
+        return uid == upload.study_instance_uid and complete(upload, scans)
+
+    def _send(self, session: Any, upload: SessionUpload) -> None:
+        files = dicom_files(upload.directory)
+        if len(files) != upload.expected_files:
+            raise ItemFailed(
+                f"{upload.directory} holds {len(files)} *.dcm file(s) but "
+                f"{upload.expected_files} are expected; de-identify the session again"
+            )
+        with (
+            session_zip(upload.directory, files, work_dir=self._work_dir) as path,
+            path.open("rb") as stream,  # a stream, not a path: xnatpy draws no progress bar
+        ):
+            _log.info("xnat_import", session=upload.describe(), files=len(files))
+            try:
+                session.services.import_(
+                    data=stream,
+                    project=upload.project,
+                    subject=upload.subject,
+                    experiment=upload.session,
+                    import_handler=_HANDLER,
+                    destination=self.config.destination,
+                    overwrite=self.config.overwrite,
+                    content_type="application/zip",
+                    timeout=(_CONNECT_TIMEOUT, self.config.import_timeout),
+                )
+            except (xnat_errors.XNATUploadError, xnat_errors.XNATResponseError) as exc:
+                if http_status(exc) not in (400, 409):
+                    raise
+                self._clash(session, upload, exc)
+
+    def _clash(self, session: Any, upload: SessionUpload, exc: Exception) -> None:
+        """XNAT refused the import (400/409): fine if the session is complete after all."""
+        self._clean_leftovers(session, upload)
+        found = state.find_archived(session, upload.project, upload.session)
+        if found is not None and self._arrived(upload, found.study_instance_uid, found.scans):
+            return
+        if found is not None:
+            self._settled(session, upload, found)  # raises the clear message if it clashes
+        raise ItemFailed(
+            f"XNAT refused the import of {upload.describe()} ({http_status(exc)}: "
+            f"{xnat_message(exc)}); its prearchive leftovers were deleted"
+        )
+
+    def _clean_leftovers(self, session: Any, upload: SessionUpload) -> None:
+        entries = state.find_prearchived(session, upload.project, upload.study_instance_uid)
+        for entry in entries:
+            if entry.status.upper() in _LEFTOVERS:
+                state.delete_prearchive(session, entry)
+                _log.info("xnat_prearchive_cleaned", session=upload.describe(), url=entry.url)
+
+    # -- destination /prearchive ------------------------------------------------------------
+
+    def _attempt_prearchive(self, session: Any, upload: SessionUpload) -> PushOutcome:
+        archived = state.find_archived(session, upload.project, upload.session)
+        if archived is not None and self._settled(session, upload, archived):
+            detail = "already archived (someone archived it from the prearchive); nothing sent"
+            return PushOutcome(upload, "DONE", archived.uri, archived.files, detail)
+        found = self._in_prearchive(session, upload)
+        detail = f"already in the prearchive with all {upload.expected_files} file(s)"
+        if found is None:
+            self._send(session, upload)
+            found = self._in_prearchive(session, upload, after_send=True)
+            detail = f"pushed {upload.expected_files} file(s) to the prearchive, verified"
+        return PushOutcome(upload, "DONE", found, upload.expected_files, detail)
+
+    def _in_prearchive(
+        self, session: Any, upload: SessionUpload, *, after_send: bool = False
+    ) -> str | None:
+        """The URI of a complete READY prearchive entry; stale copies are deleted first."""
+        entries = state.find_prearchived(session, upload.project, upload.study_instance_uid)
+        if any(e.busy for e in entries):
+            raise TransientError(f"XNAT is still building {upload.describe()} in its prearchive")
+        best: dict[str, int] | None = None
+        for entry in entries:
+            counts = state.scan_counts(session, f"/data{entry.url}")
+            if entry.status.upper() == "READY" and complete(upload, counts):
+                return f"/data{entry.url}"
+            if best is None or sum(counts.values()) > sum(best.values()):
+                best = counts
+            if not after_send:
+                state.delete_prearchive(session, entry)
+        if after_send:
+            raise _short_of(upload, best)
+        return None
+
+
+def _short_of(upload: SessionUpload, scans: Mapping[str, int] | None) -> TransientError:
+    """The error for a session that is missing (``scans`` None) or short of files."""
+    have = sum(scans.values()) if scans else 0
+    if scans is None:
+        differs = "the session is not there"
+    else:
+        differs = describe_counts(upload.expected_scans, scans) or "other scans"
+    return TransientError(
+        f"XNAT accepted {upload.describe()} but holds {have} of {upload.expected_files} "
+        f"file(s) ({differs}); sending it again"
+    )

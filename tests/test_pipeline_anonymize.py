@@ -1,0 +1,61 @@
+"""`--save --anonymize`: every COMPLETE series de-identified once, leak-free, labelled."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from pacsman.cli import main
+from pacsman.testing.net import free_port
+from pacsman.testing.orthanc import OrthancServer
+from tests.helpers import write_config, write_queryfile
+
+QUERY = "PatientID,Subject,Session\nDEMO001,SUBJ01,SESS01\nDEMO002,,\n"
+
+
+def _run(tmp_path: Path, orthanc: OrthancServer) -> tuple[int, list[dict[str, str]]]:
+    port = free_port()
+    orthanc.add_modality("pacsman", "PACSMAN", "127.0.0.1", port)
+    config = write_config(tmp_path, port=orthanc.dicom_port, called_ae_title=orthanc.ae_title)
+    config.write_text(config.read_text().replace("local:\n", f"local:\n  port: {port}\n", 1))
+    queryfile = write_queryfile(tmp_path, QUERY)
+    argv = ["-q", str(queryfile), "--save", "--anonymize", "--info", "--config", str(config)]
+    status = main(argv)
+    with (tmp_path / "data" / "q_info.csv").open(encoding="utf-8") as fh:
+        return status, list(csv.DictReader(fh))
+
+
+def test_save_then_anonymize_every_series(
+    tmp_path: Path,
+    demo_orthanc: OrthancServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Labelled rows keep their labels, others get pseudonyms; no original identifier leaks."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    status, rows = _run(tmp_path, demo_orthanc)
+    anonymized = tmp_path / "data" / "anonymized"
+    files = sorted(anonymized.rglob("*.dcm"))
+    assert status == 0
+    assert {r["anonymization"] for r in rows} == {"ANONYMIZED"}
+    assert sum(int(r["anonymized_instances"]) for r in rows) == len(files) == 36
+    assert {p.relative_to(anonymized).parts[:2] for p in files} == {
+        ("SUBJ01", "SESS01"),
+        ("pacsman_S0001", "pacsman_E00001"),
+    }
+    for path in files:
+        raw = path.read_bytes()
+        assert b"DEMO00" not in raw
+        assert b"Doe" not in raw
+        assert "Müller".encode() not in raw
+        assert dcmread(path).PatientIdentityRemoved == "YES"
+    assert (tmp_path / "xdg" / "pacsman" / "pacsman.key").stat().st_mode & 0o077 == 0
+    capsys.readouterr()
+    status, _ = _run(tmp_path, demo_orthanc)
+    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert status == 0
+    assert "nothing_to_anonymize" in events
