@@ -154,3 +154,4 @@ class SeriesTask:
     anonymization: str = ""
     xnat_subject: str = ""
     xnat_session: str = ""
+    anonymized_instances: int | None = None

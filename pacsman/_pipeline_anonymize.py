@@ -13,6 +13,7 @@ The key and the mapping table are the ones ``pacsman anonymize`` and
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 import structlog
@@ -69,11 +70,7 @@ def anonymize_complete(
         _log.info("nothing_to_anonymize", series=len(every))
         return 0
     project = project_name(config)
-    spec = EngineSpec(
-        profile=load_profile(config.anonymization.profile),
-        key=load_or_create_key(default_key_path(project)),
-        project=project,
-    )
+    spec = _engine_spec(config.anonymization.profile, project)
     sources = series_directories(every, out_directory)
     mapping = MappingTable(default_mapping_path(project))
     try:
@@ -87,6 +84,16 @@ def anonymize_complete(
 def session_directory(out_directory: Path, subject: str, session: str) -> Path:
     """Where one session's de-identified series are: ``<out>/anonymized/<subject>/<session>``."""
     return out_directory / ANONYMIZED_DIRECTORY / subject / session
+
+
+@lru_cache(maxsize=4)
+def _engine_spec(profile: Path | None, project: str) -> EngineSpec:
+    """Profile and key, read once per process (the later-stages process runs many passes)."""
+    return EngineSpec(
+        profile=load_profile(profile),
+        key=load_or_create_key(default_key_path(project)),
+        project=project,
+    )
 
 
 def _labels(mapping: MappingTable, task: SeriesTask, project: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ push (:mod:`pacsman.push`), and sessions already DONE are not pushed again.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 
 import structlog
@@ -18,7 +19,14 @@ from pacsman._pipeline_retrieve import ALL_SERIES
 from pacsman.config import Config
 from pacsman.jobstore import JobStore, Run, SeriesTask
 from pacsman.models import ItemState
-from pacsman.push import PushOutcome, SessionUpload, open_target, push_all, retry_policy
+from pacsman.push import (
+    PushOutcome,
+    SessionUpload,
+    Target,
+    open_target,
+    push_all,
+    retry_policy,
+)
 from pacsman.push.targets import TargetKind
 
 __all__ = ["push_ready_sessions"]
@@ -33,25 +41,56 @@ def _ready(tasks: list[SeriesTask]) -> bool:
     )
 
 
+def _sessions(tasks: list[SeriesTask]) -> tuple[dict[tuple[str, str], int], int]:
+    """Ready sessions (labels -> de-identified files) and how many studies are held back.
+
+    A session is one study: EVERY selected series of it must be COMPLETE and ANONYMIZED.
+    Series get their labels only when de-identified, so a study is grouped by its
+    StudyInstanceUID, never by labels (which would make a half-done study look whole).
+    """
+    studies: dict[tuple[str, int], list[SeriesTask]] = defaultdict(list)
+    for task in tasks:
+        studies[(task.study_instance_uid, task.line)].append(task)
+    ready: dict[tuple[str, str], int] = {}
+    held = 0
+    for members in studies.values():
+        if not _ready(members):
+            held += any(t.state is ItemState.COMPLETE for t in members)
+            continue
+        labels = (members[0].xnat_subject, members[0].xnat_session)
+        ready[labels] = ready.get(labels, 0) + sum(t.anonymized_instances or 0 for t in members)
+    return ready, held
+
+
+def _needs_push(pushed: tuple[str, int] | None, files: int) -> bool:
+    """Not DONE yet, or DONE with fewer files than are de-identified now (XNAT merges)."""
+    return pushed is None or pushed[0] != "DONE" or pushed[1] < files
+
+
 def push_ready_sessions(
-    store: JobStore, run: Run, config: Config, out_directory: Path, *, kind: TargetKind
+    store: JobStore,
+    run: Run,
+    config: Config,
+    out_directory: Path,
+    *,
+    kind: TargetKind,
+    target: Target | None = None,
 ) -> int:
-    """Push every ready session not yet DONE on ``kind``; return how many were pushed.
+    """Push every ready session not yet DONE (with all its files) on ``kind``.
+
+    Returns how many sessions were pushed.  ``target`` reuses an open target (one XNAT login
+    for many passes); without it, one is opened and closed here.
 
     Raises:
         FatalError: the target refuses pacsman for good (credentials, TLS); state is kept.
     """
-    sessions: dict[tuple[str, str], list[SeriesTask]] = defaultdict(list)
-    for task in store.series_tasks(run, ALL_SERIES):
-        if task.xnat_session:
-            sessions[(task.xnat_subject, task.xnat_session)].append(task)
-    done = store.push_states(run, kind)
-    labels = [k for k, tasks in sessions.items() if _ready(tasks) and done.get(k) != "DONE"]
-    held = [k for k, tasks in sessions.items() if not _ready(tasks)]
+    ready, held = _sessions(store.series_tasks(run, ALL_SERIES))
     if held:
-        _log.warning("sessions_held_back", sessions=len(held), reason="not complete or quarantined")
+        _log.warning("sessions_held_back", sessions=held, reason="not complete or quarantined")
+    pushed = store.push_states(run, kind)
+    labels = [k for k, files in ready.items() if _needs_push(pushed.get(k), files)]
     if not labels:
-        _log.info("nothing_to_push", sessions=len(sessions))
+        _log.info("nothing_to_push", sessions=len(ready))
         return 0
     project = project_name(config)
     uploads = [
@@ -76,10 +115,10 @@ def push_ready_sessions(
             detail=outcome.detail,
         )
 
-    with open_target(config, kind=kind) as target:
+    with nullcontext(target) if target is not None else open_target(config, kind=kind) as opened:
         push_all(
             uploads,
-            target,
+            opened,
             max_concurrent=config.push.max_concurrent,
             interval=config.push.interval,
             retry=retry_policy(config.push),

@@ -94,6 +94,35 @@ def series_directories(tasks: Sequence[SeriesTask], out: Path) -> dict[str, Path
     }
 
 
+class StudyTracker:
+    """Knows when every selected series of a study is COMPLETE, and says so once."""
+
+    def __init__(
+        self, tasks: Sequence[SeriesTask], on_complete: Callable[[str], None] | None
+    ) -> None:
+        self._series: dict[str, set[str]] = {}
+        for task in tasks:
+            self._series.setdefault(task.study_instance_uid, set()).add(task.series_instance_uid)
+        self._complete = {t.series_instance_uid for t in tasks if t.state is ItemState.COMPLETE}
+        self._announced: set[str] = set()
+        self._on_complete = on_complete
+        self._lock = threading.Lock()
+
+    def update(self, unit: Sequence[SeriesTask], states: dict[str, ItemState]) -> None:
+        """Record the verdicts of ``unit``; call back for a study that just became complete."""
+        if self._on_complete is None:
+            return
+        ready = []
+        with self._lock:
+            self._complete |= {uid for uid, s in states.items() if s is ItemState.COMPLETE}
+            for study in {t.study_instance_uid for t in unit} - self._announced:
+                if self._series[study] <= self._complete:
+                    self._announced.add(study)
+                    ready.append(study)
+        for study in ready:
+            self._on_complete(study)
+
+
 def _allowed_callers(config: Config) -> tuple[str, ...]:
     configured = config.local.allowed_calling_ae_titles
     return configured or tuple(sorted({n.called_ae_title for n in config.pacs.values()}))
@@ -124,8 +153,13 @@ def retrieve_pending(
     config: Config,
     out_directory: Path,
     retry_for: Callable[[PacsNode], RetryPolicy],
+    *,
+    on_study_complete: Callable[[str], None] | None = None,
 ) -> int:
     """Retrieve and verify every unsettled series of ``run``; return how many were worked on.
+
+    ``on_study_complete(StudyInstanceUID)`` is called (from a worker thread) as soon as every
+    selected series of a study is COMPLETE, so later stages can start on it.
 
     Raises:
         FatalError: a PACS refuses pacsman for good (pre-flight or mid-run); state is kept.
@@ -136,6 +170,7 @@ def retrieve_pending(
         _log.info("nothing_to_retrieve", series=len(every))
         return 0
     directories = series_directories(every, out_directory)
+    tracker = StudyTracker(every, on_study_complete)
     writer = InstanceWriter(unrouted_directory=out_directory / "_unrouted")
     methods = {config.node(t.pacs).retrieve_method for t in pending}
     with _storage_scp(config, writer, needed="move" in methods):
@@ -143,7 +178,7 @@ def retrieve_pending(
             shared = _node(config, pacs, writer, retry_for)
             tasks = [t for t in pending if t.pacs == pacs]
             _preflight(store, run, shared, tasks[0], directories)
-            _passes(store, run, shared, tasks, directories)
+            _passes(store, run, shared, tasks, directories, tracker)
     return len(pending)
 
 
@@ -229,6 +264,7 @@ def _passes(
     shared: _Node,
     tasks: list[SeriesTask],
     directories: dict[str, Path],
+    tracker: StudyTracker,
 ) -> None:
     pending = tasks
     for number in range(1, shared.node.retrieve_passes + 1):
@@ -237,7 +273,7 @@ def _passes(
             units,
             workers=shared.node.max_associations,
             make_session=shared.session,
-            work=lambda session, unit: _fetch_unit(store, run, session, unit, directories),
+            work=lambda session, unit: _fetch_unit(store, run, session, unit, directories, tracker),
         )
         pending = [
             t for t in pending if verdicts.get(t.series_instance_uid) is ItemState.INCOMPLETE
@@ -262,6 +298,7 @@ def _fetch_unit(
     session: RetrieveSession,
     unit: list[SeriesTask],
     directories: dict[str, Path],
+    tracker: StudyTracker,
 ) -> dict[str, ItemState]:
     for task in unit:
         store.update_series(run, task, ItemState.RETRIEVING)
@@ -273,7 +310,9 @@ def _fetch_unit(
             store.update_series(run, task, ItemState.FAILED, detail=str(exc), new_pass=True)
         _log.error("series_failed", pacs=unit[0].pacs, row=unit[0].line, reason=str(exc))
         return {t.series_instance_uid: ItemState.FAILED for t in unit}
-    return {t.series_instance_uid: _record(store, run, t, fetched) for t in unit}
+    states = {t.series_instance_uid: _record(store, run, t, fetched) for t in unit}
+    tracker.update(unit, states)
+    return states
 
 
 def _record(store: JobStore, run: Run, task: SeriesTask, fetched: Any) -> ItemState:

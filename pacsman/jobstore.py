@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pacsman._jobstore_schema import (
     MIGRATIONS,
@@ -74,6 +75,11 @@ class JobStore:
         """Close the database connection."""
         self._db.close()
 
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """One SELECT, under the same lock as the writers (threads share this connection)."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -92,6 +98,18 @@ class JobStore:
             "INSERT INTO transitions(run_id, kind, key, state, detail, at) VALUES (?,?,?,?,?,?)",
             (run_id, kind, key, state, detail, _now()),
         )
+
+    def run_by_id(self, run_id: int) -> Run:
+        """An existing run, for a helper process that works on it.
+
+        Raises:
+            KeyError: no such run.
+        """
+        found = self._read("SELECT id, queryfile, created_at FROM runs WHERE id = ?", (run_id,))
+        if not found:
+            raise KeyError(f"run {run_id} is not in the job store {self.path}")
+        run_id_, queryfile, created = found[0]
+        return Run(int(run_id_), str(queryfile), str(created), resumed=True)
 
     def open_run(self, queryfile: QueryFile, config_sha256: str) -> Run:
         """Find the run for this query file and config, or create it."""
@@ -133,7 +151,7 @@ class JobStore:
 
     def row_states(self, run: Run) -> dict[int, ItemState]:
         """The state of every row of ``run``, by line."""
-        cursor = self._db.execute("SELECT line, state FROM rows WHERE run_id = ?", (run.id,))
+        cursor = self._read("SELECT line, state FROM rows WHERE run_id = ?", (run.id,))
         return {line: ItemState(state) for line, state in cursor}
 
     def fail_row(self, run: Run, line: int, reason: str) -> None:
@@ -236,11 +254,11 @@ class JobStore:
     def series_tasks(self, run: Run, states: frozenset[ItemState]) -> list[SeriesTask]:
         """Series of ``run`` in one of ``states``, in query-file order."""
         marks = ",".join("?" * len(states))
-        cursor = self._db.execute(
+        cursor = self._read(
             "SELECT se.pacs, se.line, se.study_instance_uid, se.series_instance_uid, "
             "se.series_number, se.series_description, se.expected_instances, st.patient_id, "
             "st.study_date, COALESCE(r.subject, ''), COALESCE(r.session, ''), se.state, se.passes, "
-            "se.anonymization, se.xnat_subject, se.xnat_session "
+            "se.anonymization, se.xnat_subject, se.xnat_session, se.anonymized_instances "
             "FROM series se JOIN studies st ON st.run_id = se.run_id AND st.pacs = se.pacs "
             "AND st.study_instance_uid = se.study_instance_uid AND st.line = se.line "
             "JOIN rows r ON r.run_id = se.run_id AND r.line = se.line "
@@ -313,13 +331,16 @@ class JobStore:
                 db, run.id, "anonymization", task.series_instance_uid, state.value, detail
             )
 
-    def push_states(self, run: Run, target: str) -> dict[tuple[str, str], str]:
-        """(subject, session) -> push state for ``target``."""
-        cursor = self._db.execute(
-            "SELECT subject, session, state FROM pushes WHERE run_id = ? AND target = ?",
+    def push_states(self, run: Run, target: str) -> dict[tuple[str, str], tuple[str, int]]:
+        """(subject, session) -> (push state, files verified on ``target``)."""
+        cursor = self._read(
+            "SELECT subject, session, state, files_on_target FROM pushes "
+            "WHERE run_id = ? AND target = ?",
             (run.id, target),
         )
-        return {(subject, session): state for subject, session, state in cursor}
+        return {
+            (subject, session): (state, int(files)) for subject, session, state, files in cursor
+        }
 
     def record_push(
         self,
@@ -343,11 +364,11 @@ class JobStore:
 
     def info_records(self, run: Run) -> list[InfoRecord]:
         """Every row of ``run`` with its series (or alone, when it selected none), in order."""
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT line, pacs, subject, session, state, detail FROM rows "
             "WHERE run_id = ? ORDER BY line",
             (run.id,),
-        ).fetchall()
+        )
         records: list[InfoRecord] = []
         for line, pacs, subject, session, state, detail in rows:
             base = InfoRecord(line, pacs, subject or "", session or "", ItemState(state), detail)
@@ -356,7 +377,7 @@ class JobStore:
         return records
 
     def _series_records(self, run: Run, base: InfoRecord) -> list[InfoRecord]:
-        cursor = self._db.execute(
+        cursor = self._read(
             "SELECT st.study_instance_uid, st.patient_id, st.study_date, st.study_time, "
             "st.accession_number, st.study_description, se.series_instance_uid, "
             "se.series_number, se.modality, se.series_description, se.expected_instances, "
@@ -397,6 +418,7 @@ def _task(row: Sequence[object]) -> SeriesTask:
         anonymization=str(row[13]),
         xnat_subject=str(row[14]),
         xnat_session=str(row[15]),
+        anonymized_instances=row[16] if isinstance(row[16], int) else None,
     )
 
 

@@ -14,8 +14,12 @@ night's run is usually misconfigured, and the user should hear so at once.
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -28,7 +32,7 @@ from pacsman._pipeline_push import push_ready_sessions
 from pacsman._pipeline_retrieve import retrieve_pending
 from pacsman.config import Config, PacsNode
 from pacsman.dicomnet import DicomPeer
-from pacsman.errors import ItemFailed, TransientError
+from pacsman.errors import FatalError, ItemFailed, TransientError
 from pacsman.jobstore import JobStore, Run
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, StudyMatch
 from pacsman.push import check_anonymization
@@ -135,17 +139,19 @@ def run_queryfile(
         structlog.contextvars.bind_contextvars(run_id=run.id)
         store.add_rows(run, [(row, row.pacs or default_node) for row in queryfile.rows])
         queried = _query_pending(store, run, queryfile, config, default_node, retry_for)
+        later = _LaterStages(store, run, config, options)
         retrieved = 0
         if options.save:
-            retrieved = retrieve_pending(store, run, config, options.out_directory, retry_for)
-        if options.anonymize or options.push is not None:
-            retrieved += anonymize_complete(
-                store, run, config, options.out_directory, workers=options.workers
-            )
-        if options.push is not None:
-            retrieved += push_ready_sessions(
-                store, run, config, options.out_directory, kind=options.push
-            )
+            with later.beside_retrieval() as on_study_complete:
+                retrieved = retrieve_pending(
+                    store,
+                    run,
+                    config,
+                    options.out_directory,
+                    retry_for,
+                    on_study_complete=on_study_complete,
+                )
+        retrieved += later.run()
         return _finish(store, run, queryfile, options, queried, retrieved)
 
 
@@ -197,6 +203,102 @@ def _query_one(store: JobStore, run: Run, session: FindSession, row: QueryRow) -
         studies=len(result.studies),
         series=sum(len(s.series) for s in result.studies),
     )
+
+
+class _LaterStages:
+    """Anonymize and push: after retrieval, and beside it for studies already complete.
+
+    While retrieval runs, a helper process (or thread) de-identifies and pushes each study as
+    soon as all its series are COMPLETE, so study k is pushed while study k+1 is retrieved.  Both
+    stages are idempotent, so the final :meth:`run` simply picks up whatever is left.
+    """
+
+    def __init__(self, store: JobStore, run: Run, config: Config, options: RunOptions) -> None:
+        self.store, self.run_, self.config, self.options = store, run, config, options
+        self.enabled = options.anonymize or options.push is not None
+        self._wake = threading.Event()
+        self._closing = False
+        self._error: BaseException | None = None
+
+    def run(self) -> int:
+        """Run the stages once over everything ready; return how many items were worked on."""
+        if not self.enabled:
+            return 0
+        options, out = self.options, self.options.out_directory
+        done = anonymize_complete(self.store, self.run_, self.config, out, workers=options.workers)
+        if options.push is not None:
+            done += push_ready_sessions(self.store, self.run_, self.config, out, kind=options.push)
+        return done
+
+    @contextmanager
+    def beside_retrieval(self) -> Iterator[Callable[[str], None] | None]:
+        """Yield the study-complete callback for retrieval (``None`` when not needed).
+
+        The stages run in a process of their own when the config came from a file (the usual
+        case): retrieval and de-identification are both CPU-bound Python, and only separate
+        processes use both cores.  Otherwise they run in a thread.
+        """
+        if not self.enabled:
+            yield None
+        elif self.config.source is not None:
+            with self._process() as notify:
+                yield notify
+        else:
+            with self._thread() as notify:
+                yield notify
+
+    @contextmanager
+    def _process(self) -> Iterator[Callable[[str], None]]:
+        options = self.options
+        command = [sys.executable, "-m", "pacsman._later_process", str(self.config.source)]
+        command += [str(self.run_.id), str(options.out_directory), "--workers"]
+        command += [str(options.workers)] + (["--push", options.push] if options.push else [])
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, text=True)
+        lock = threading.Lock()
+
+        def notify(study_uid: str) -> None:
+            with lock, suppress(BrokenPipeError, ValueError):
+                assert child.stdin is not None
+                child.stdin.write("study\n")
+                child.stdin.flush()
+
+        try:
+            yield notify
+        finally:
+            with lock, suppress(BrokenPipeError):
+                assert child.stdin is not None
+                child.stdin.close()
+            status = child.wait()
+        if status != 0:
+            raise FatalError(
+                f"the de-identify/push stage stopped (exit {status}); its reason is logged "
+                "above, and the job store keeps everything done so far"
+            )
+
+    @contextmanager
+    def _thread(self) -> Iterator[Callable[[str], None]]:
+        thread = threading.Thread(target=self._loop, name="pacsman-later-stages", daemon=True)
+        thread.start()
+        try:
+            yield lambda study_uid: self._wake.set()
+        finally:
+            self._closing = True
+            self._wake.set()
+            thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            if self._closing:
+                return
+            self._wake.clear()
+            try:
+                self.run()
+            except BaseException as exc:  # re-raised by beside_retrieval in the main thread
+                self._error = exc
+                return
 
 
 def _check_one_session(row: QueryRow, studies: tuple[StudyMatch, ...]) -> None:

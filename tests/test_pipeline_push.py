@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from pacsman._pipeline_push import _sessions
 from pacsman.cli import main
+from pacsman.jobstore import SeriesTask
+from pacsman.models import ItemState
 from pacsman.testing.net import free_port
 from pacsman.testing.orthanc import OrthancServer
 from pacsman.testing.xnat_emulator import XnatEmulator
@@ -52,3 +55,34 @@ def test_query_to_xnat_each_session_once_and_complete(
     assert {r["push"] for r in rows} == {"DONE"}
     assert all(r["xnat_uri"].startswith("/data/") for r in rows)
     assert "nothing_to_push" in events
+
+
+def _task(series: str, state: ItemState, anonymization: str, files: int) -> SeriesTask:
+    return SeriesTask(
+        pacs="p",
+        line=2,
+        study_instance_uid="1.2.3",
+        series_instance_uid=series,
+        series_number=series[-1],
+        series_description="",
+        expected_instances=files,
+        patient_id="P1",
+        study_date="20240101",
+        subject="S1",
+        session="E1",
+        state=state,
+        passes=1,
+        anonymization=anonymization,
+        xnat_subject="S1" if anonymization else "",
+        xnat_session="E1" if anonymization else "",
+        anonymized_instances=files if anonymization else None,
+    )
+
+
+def test_a_study_is_never_pushed_in_part() -> None:
+    """A study with one series still incomplete (so not yet labelled) is held back whole."""
+    done = _task("1.1", ItemState.COMPLETE, "ANONYMIZED", 10)
+    waiting = _task("1.2", ItemState.INCOMPLETE, "", 0)
+    assert _sessions([done, waiting]) == ({}, 1)
+    finished = _task("1.2", ItemState.COMPLETE, "ANONYMIZED", 5)
+    assert _sessions([done, finished]) == ({("S1", "E1"): 15}, 0)
