@@ -193,7 +193,10 @@ def _node(
     storage = None
     if not move:
         storage = StorageRole(
-            storescp.STORAGE_SOP_CLASSES, storescp.TRANSFER_SYNTAXES, writer.handle_store
+            storescp.STORAGE_SOP_CLASSES,
+            storescp.TRANSFER_SYNTAXES,
+            writer.handle_store,
+            on_established=lambda assoc: storescp.accelerate(assoc, writer),
         )
     return _Node(
         node=node,

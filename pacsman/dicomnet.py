@@ -101,6 +101,8 @@ class StorageRole:
     sop_classes: Sequence[str]
     transfer_syntaxes: Sequence[str]
     handle_store: Callable[[evt.Event], int]
+    #: Called once the association is up, before the first C-GET (e.g. the SCP's fast path).
+    on_established: Callable[[Association], None] | None = None
 
     def propose(self, ae: AE, *, room: int) -> list[Any]:
         """Add up to ``room`` storage contexts to ``ae``; return the SCP role items."""
@@ -241,6 +243,8 @@ def associate(
             f"running and that pacs.{node.name}.host/port are right"
         )
     guard_reactor(assoc)
+    if storage is not None and storage.on_established is not None:
+        storage.on_established(assoc)
     if poll_interval is not None:
         assoc.dul._run_loop_delay = poll_interval
     try:
