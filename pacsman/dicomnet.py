@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "DicomPeer",
     "RetrieveProgress",
     "RetrieveResult",
+    "ReusedAssociation",
     "StorageRole",
     "associate",
     "echo",
@@ -253,6 +255,43 @@ def associate(
         if assoc.is_established:
             assoc.release()
         ae.shutdown()
+
+
+class ReusedAssociation:
+    """One association kept open across many operations, and opened again after a fault."""
+
+    def __init__(
+        self,
+        peer: DicomPeer,
+        abstract_syntaxes: Sequence[str],
+        *,
+        poll_interval: float | None = None,
+        storage: StorageRole | None = None,
+    ) -> None:
+        self.peer = peer
+        self._open = partial(
+            associate, peer, abstract_syntaxes, poll_interval=poll_interval, storage=storage
+        )
+        self._context: Any = None
+        self._assoc: Association | None = None
+
+    def get(self) -> Association:
+        """The open association (opening it if needed).
+
+        Raises:
+            AssociationRejected, FatalError: as :func:`associate`.
+        """
+        if self._assoc is None or not self._assoc.is_established:
+            self.close()
+            self._context = self._open()
+            self._assoc = self._context.__enter__()
+        return self._assoc
+
+    def close(self) -> None:
+        """Release the association, if one is open."""
+        context, self._context, self._assoc = self._context, None, None
+        if context is not None:
+            context.__exit__(None, None, None)
 
 
 def _require_context(peer: DicomPeer, assoc: Association, uid: str, what: str) -> None:

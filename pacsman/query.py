@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
 
 import structlog
 from pydicom import config as pydicom_config
@@ -66,8 +65,9 @@ class FindSession:
         self.peer = peer
         self.retry = retry
         self.model = dicomnet.FIND_MODELS[peer.node.query_model]
-        self._context: Any = None
-        self._assoc: Any = None
+        self._link = dicomnet.ReusedAssociation(
+            peer, [self.model], poll_interval=_FIND_POLL_INTERVAL
+        )
         self.queries = 0
 
     def __enter__(self) -> FindSession:
@@ -83,9 +83,7 @@ class FindSession:
 
     def close(self) -> None:
         """Release the association, if one is open."""
-        context, self._context, self._assoc = self._context, None, None
-        if context is not None:
-            context.__exit__(None, None, None)
+        self._link.close()
 
     def find(self, level: str, keys: Mapping[str, str], returns: Iterable[str]) -> list[Dataset]:
         """One C-FIND at ``level`` with matching ``keys`` and empty return ``returns``.
@@ -103,15 +101,10 @@ class FindSession:
         )
 
     def _find_once(self, identifier: Dataset) -> list[Dataset]:
-        if self._assoc is None or not self._assoc.is_established:
-            self.close()
-            self._context = dicomnet.associate(
-                self.peer, [self.model], poll_interval=_FIND_POLL_INTERVAL
-            )
-            self._assoc = self._context.__enter__()
+        assoc = self._link.get()
         self.queries += 1
         try:
-            return dicomnet.find(self.peer, self._assoc, identifier, model=self.model)
+            return dicomnet.find(self.peer, assoc, identifier, model=self.model)
         except TransientError:
             self.close()
             raise

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import structlog
 from pydicom.dataset import Dataset
@@ -80,8 +80,7 @@ class RetrieveSession:
         node = peer.node
         models = dicomnet.MOVE_MODELS if move_destination is not None else dicomnet.GET_MODELS
         self.model = models[node.query_model]
-        self._context: Any = None
-        self._assoc: Any = None
+        self._link = dicomnet.ReusedAssociation(peer, [self.model], storage=storage)
 
     def __enter__(self) -> RetrieveSession:
         return self
@@ -96,9 +95,7 @@ class RetrieveSession:
 
     def close(self) -> None:
         """Release the association, if one is open."""
-        context, self._context, self._assoc = self._context, None, None
-        if context is not None:
-            context.__exit__(None, None, None)
+        self._link.close()
 
     def fetch(
         self,
@@ -134,7 +131,7 @@ class RetrieveSession:
     def _once(self, identifier: Dataset) -> RetrieveResult:
         self.courtesy.wait_turn(pacs=self.peer.node.name)
         try:
-            assoc = self._association()
+            assoc = self._link.get()
             result = dicomnet.retrieve(
                 self.peer,
                 assoc,
@@ -149,13 +146,6 @@ class RetrieveSession:
             raise
         self.courtesy.succeeded()
         return result
-
-    def _association(self) -> Any:
-        if self._assoc is None or not self._assoc.is_established:
-            self.close()
-            self._context = dicomnet.associate(self.peer, [self.model], storage=self.storage)
-            self._assoc = self._context.__enter__()
-        return self._assoc
 
     def _progress(self, progress: RetrieveProgress) -> None:
         _log.debug(
