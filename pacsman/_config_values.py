@@ -248,6 +248,25 @@ def time_window(value: object) -> str:
     return match.group(0)
 
 
+def label_template(value: object) -> str:
+    """A label template with the fields ``project`` and ``n`` giving valid XNAT labels."""
+    template = text(value)
+    try:
+        example = template.format(project="P", n=1)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise Invalid(
+            f"{template!r} is not a valid template ({exc}); use fields {{project}} and {{n}}, "
+            "e.g. '{project}_{n:04d}'"
+        ) from exc
+    if "{n" not in template:
+        raise Invalid(f"{template!r} has no {{n}}: every label would be the same")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", example):
+        raise Invalid(
+            f"{template!r} gives labels like {example!r}; XNAT labels are 1-64 of A-Z a-z 0-9 _ -"
+        )
+    return template
+
+
 def file_path(value: object) -> Path:
     """A file or directory path; ``~`` is expanded, relative paths stay relative."""
     if isinstance(value, PathLike):

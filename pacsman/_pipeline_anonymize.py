@@ -5,7 +5,8 @@ where ``n`` is the SeriesNumber (never the SeriesDescription, which may hold PHI
 quarantined files in ``<that folder>.quarantine/`` with their reasons.
 
 Labels: the query row's ``Subject``/``Session`` when it has them; otherwise stable
-pseudonyms from the project's mapping table (``<project>_S0001``, ``<project>_E00001``).
+pseudonyms from the project's mapping table, made from ``anonymization.subject_template`` and
+``session_template`` (default ``<project>_S0001``, ``<project>_E00001``).
 The key and the mapping table are the ones ``pacsman anonymize`` and
 ``pacsman mapping export`` use.
 """
@@ -38,8 +39,6 @@ __all__ = ["ANONYMIZED_DIRECTORY", "anonymize_complete", "project_name", "sessio
 _log = structlog.get_logger("pacsman.pipeline")
 
 ANONYMIZED_DIRECTORY = "anonymized"
-SUBJECT_TEMPLATE = "{project}_S{n:04d}"
-SESSION_TEMPLATE = "{project}_E{n:05d}"
 
 
 def project_name(config: Config) -> str:
@@ -75,7 +74,10 @@ def anonymize_complete(
     mapping = MappingTable(default_mapping_path(project))
     try:
         for task in todo:
-            _anonymize_series(store, run, task, sources, mapping, spec, out_directory, workers)
+            labels = _labels(mapping, task, project, config)
+            _anonymize_series(
+                store, run, task, labels, sources, mapping, spec, out_directory, workers
+            )
     finally:
         mapping.close()
     return len(todo)
@@ -96,12 +98,15 @@ def _engine_spec(profile: Path | None, project: str) -> EngineSpec:
     )
 
 
-def _labels(mapping: MappingTable, task: SeriesTask, project: str) -> tuple[str, str]:
+def _labels(
+    mapping: MappingTable, task: SeriesTask, project: str, config: Config
+) -> tuple[str, str]:
+    templates = config.anonymization
     subject = task.subject or mapping.label_for(
-        "subject", task.patient_id, project=project, template=SUBJECT_TEMPLATE
+        "subject", task.patient_id, project=project, template=templates.subject_template
     )
     session = task.session or mapping.label_for(
-        "session", task.study_instance_uid, project=project, template=SESSION_TEMPLATE
+        "session", task.study_instance_uid, project=project, template=templates.session_template
     )
     return subject, session
 
@@ -110,13 +115,14 @@ def _anonymize_series(
     store: JobStore,
     run: Run,
     task: SeriesTask,
+    labels: tuple[str, str],
     sources: Mapping[str, Path],
     mapping: MappingTable,
     spec: EngineSpec,
     out_directory: Path,
     workers: int,
 ) -> None:
-    subject, session = _labels(mapping, task, spec.project)
+    subject, session = labels
     destination = session_directory(out_directory, subject, session) / safe_component(
         task.series_number, fallback="series"
     )

@@ -122,6 +122,9 @@ class AnonymizationConfig:
 
     enabled: bool = True
     profile: Path | None = None
+    #: Labels for query rows without Subject/Session; fields {project} and {n} (stable numbering).
+    subject_template: str = "{project}_S{n:04d}"
+    session_template: str = "{project}_E{n:05d}"
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,12 @@ def _parse_anonymization(section: Section) -> AnonymizationConfig:
     result = AnonymizationConfig(
         enabled=section.get("enabled", v.boolean, AnonymizationConfig.enabled),
         profile=section.get("profile", v.file_path, AnonymizationConfig.profile),
+        subject_template=section.get(
+            "subject_template", v.label_template, AnonymizationConfig.subject_template
+        ),
+        session_template=section.get(
+            "session_template", v.label_template, AnonymizationConfig.session_template
+        ),
     )
     section.finish()
     return result

@@ -597,3 +597,21 @@ def test_environment_path_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PACSMAN_CONFIG", str(missing))
     with pytest.raises(ConfigError, match=re.escape(f"{missing}: PACSMAN_CONFIG does not exist")):
         find_config(search=(_write(tmp_path / "ok.yaml"),))
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("fixed", r"'fixed' has no \{n\}: every label would be the same"),
+        ("{project} {n}", r"'\{project\} \{n\}' gives labels like 'P 1'; XNAT labels are 1-64"),
+        ("{x}_{n}", r"'\{x\}_\{n\}' is not a valid template"),
+    ],
+)
+def test_label_templates_are_checked(template: str, message: str) -> None:
+    """Label templates must number labels and yield valid XNAT labels."""
+    data = {
+        "pacs": {"o": {"host": "127.0.0.1", "port": 4242, "called_ae_title": "O"}},
+        "anonymization": {"session_template": template},
+    }
+    with pytest.raises(ConfigError, match=rf"anonymization\.session_template: {message}"):
+        parse_config(data, source="c.yaml")
