@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,8 +131,7 @@ def _allowed_callers(config: Config) -> tuple[str, ...]:
 @contextmanager
 def _storage_scp(config: Config, writer: InstanceWriter, needed: bool) -> Iterator[None]:
     if not needed:
-        with nullcontext():
-            yield
+        yield
         return
     local = config.local
     scp = StorageSCP(

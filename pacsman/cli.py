@@ -167,7 +167,7 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.series_states:
         series = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.series_states.items()))
         print(f"series: {series}; {summary.received_instances} instance(s) received")
-    if summary.queried_now == 0 and summary.retrieved_now == 0:
+    if summary.queried_now == 0 and summary.worked_now == 0:
         print("nothing to do: every row and series was already settled in the job store")
     if summary.failed_lines:
         lines = ", ".join(str(n) for n in summary.failed_lines)

@@ -78,7 +78,7 @@ class RunSummary:
     expected_instances: int = 0
     info_csv: Path | None = None
     queried_now: int = 0
-    retrieved_now: int = 0
+    worked_now: int = 0  # series retrieved or de-identified plus sessions pushed, this run
     series_states: dict[str, int] = field(default_factory=dict)
     received_instances: int = 0
     failed_lines: tuple[int, ...] = ()
@@ -140,10 +140,10 @@ def run_queryfile(
         store.add_rows(run, [(row, row.pacs or default_node) for row in queryfile.rows])
         queried = _query_pending(store, run, queryfile, config, default_node, retry_for)
         later = _LaterStages(store, run, config, options)
-        retrieved = 0
+        worked = 0
         if options.save:
             with later.beside_retrieval() as on_study_complete:
-                retrieved = retrieve_pending(
+                worked = retrieve_pending(
                     store,
                     run,
                     config,
@@ -151,8 +151,8 @@ def run_queryfile(
                     retry_for,
                     on_study_complete=on_study_complete,
                 )
-        retrieved += later.run()
-        return _finish(store, run, queryfile, options, queried, retrieved)
+        worked += later.run()
+        return _finish(store, run, queryfile, options, queried, worked)
 
 
 def _query_pending(
@@ -322,7 +322,7 @@ def _finish(
     queryfile: QueryFile,
     options: RunOptions,
     queried: int,
-    retrieved: int,
+    worked: int,
 ) -> RunSummary:
     records = store.info_records(run)
     states = store.row_states(run)
@@ -345,7 +345,7 @@ def _finish(
         expected_instances=sum(r.expected_instances or 0 for r in series),
         info_csv=csv_path,
         queried_now=queried,
-        retrieved_now=retrieved,
+        worked_now=worked,
         series_states=dict(Counter(r.series_state.value for r in series if r.series_state)),
         received_instances=sum(r.received_instances or 0 for r in series),
         failed_lines=tuple(sorted(failed)),

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from types import TracebackType
 
 import structlog
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from pacsman import dicomnet
+from pacsman._closing import Closing
 from pacsman._matching import matches
 from pacsman.dicomnet import DicomPeer
 from pacsman.errors import TransientError
@@ -58,7 +59,7 @@ _SERIES_RETURN_KEYS = (
 _FIND_POLL_INTERVAL = 0.0001
 
 
-class FindSession:
+class FindSession(Closing):
     """C-FINDs against one PACS node over one reused association, reopened after faults."""
 
     def __init__(self, peer: DicomPeer, *, retry: RetryPolicy) -> None:
@@ -69,17 +70,6 @@ class FindSession:
             peer, [self.model], poll_interval=_FIND_POLL_INTERVAL
         )
         self.queries = 0
-
-    def __enter__(self) -> FindSession:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the association, if one is open."""
@@ -149,7 +139,7 @@ def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword, "")
     if value is None:
         return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+    if isinstance(value, list | tuple | MultiValue):
         return "\\".join(str(v) for v in value)
     return str(value)
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Literal, Protocol
 
 import structlog
 from pydicom.dataset import Dataset
 
 from pacsman import dicomnet
+from pacsman._closing import Closing
 from pacsman.dicomnet import DicomPeer, RetrieveProgress, RetrieveResult, StorageRole
 from pacsman.errors import TransientError
 from pacsman.throttle import Courtesy, RetryPolicy
@@ -58,7 +58,7 @@ class FetchResult:
     received: dict[str, int]
 
 
-class RetrieveSession:
+class RetrieveSession(Closing):
     """C-MOVEs or C-GETs against one PACS node over one reused association."""
 
     def __init__(
@@ -81,17 +81,6 @@ class RetrieveSession:
         models = dicomnet.MOVE_MODELS if move_destination is not None else dicomnet.GET_MODELS
         self.model = models[node.query_model]
         self._link = dicomnet.ReusedAssociation(peer, [self.model], storage=storage)
-
-    def __enter__(self) -> RetrieveSession:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Release the association, if one is open."""

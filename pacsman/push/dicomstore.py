@@ -11,13 +11,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import structlog
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 
 from pacsman import dicomnet
+from pacsman._closing import Closing
 from pacsman._config_push import DicomTarget
 from pacsman.config import PacsNode
 from pacsman.dicomnet import DicomPeer
@@ -31,7 +31,7 @@ _log = structlog.get_logger("pacsman.push.dicom")
 _MAX_SOP_CLASSES = 128  # presentation contexts in one association (PS3.8)
 
 
-class DicomStoreTarget:
+class DicomStoreTarget(Closing):
     """Pushes sessions to one Storage SCP by C-STORE."""
 
     name = "dicom"
@@ -91,17 +91,6 @@ class DicomStoreTarget:
 
     def close(self) -> None:
         """Nothing stays open between attempts."""
-
-    def __enter__(self) -> DicomStoreTarget:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _sop_class(path: Path) -> str:

@@ -11,10 +11,10 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import structlog
 
+from pacsman._closing import Closing
 from pacsman.errors import ItemFailed
 from pacsman.push.labels import local_problems
 from pacsman.push.models import LabelProblem, PushOutcome, SessionUpload, dicom_files
@@ -24,7 +24,7 @@ __all__ = ["FolderTarget"]
 _log = structlog.get_logger("pacsman.push.folder")
 
 
-class FolderTarget:
+class FolderTarget(Closing):
     """Copies sessions below ``root``."""
 
     name = "folder"
@@ -84,14 +84,3 @@ class FolderTarget:
 
     def close(self) -> None:
         """Nothing to release."""
-
-    def __enter__(self) -> FolderTarget:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

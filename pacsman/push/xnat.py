@@ -20,12 +20,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import structlog
 from xnat import exceptions as xnat_errors
 
+from pacsman._closing import Closing
 from pacsman._config_push import XnatConfig
 from pacsman.errors import ItemFailed, PacsmanError, TransientError
 from pacsman.push import _xnat_state as state
@@ -63,7 +63,7 @@ def complete(upload: SessionUpload, scans: Mapping[str, int]) -> bool:
     return all(scans.get(scan, 0) == n for scan, n in upload.expected_scans.items())
 
 
-class XnatTarget:
+class XnatTarget(Closing):
     """Pushes sessions to one XNAT through one reused ``xnat`` session (thread-safe)."""
 
     name = "xnat"
@@ -94,17 +94,6 @@ class XnatTarget:
             problem = disconnect(session)
             if problem is not None:
                 _log.warning("xnat_logout_failed", url=self.config.url, reason=problem)
-
-    def __enter__(self) -> XnatTarget:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _failure(self, exc: Exception, what: str) -> PacsmanError:
         error = classify(exc, what)
