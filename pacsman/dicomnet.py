@@ -8,6 +8,9 @@ Three things here are deliberate, each backed by a measurement in DESIGN.md:
   ("Received unexpected C-FIND service message", pynetdicom #875): a pending response vanishes
   (a silently short answer) or the final one does (a 30 s stall).  :func:`guard_reactor`
   closes that race at its root.
+* C-FIND runs in the caller's thread on the association's socket
+  (:mod:`pacsman._find_fast`), not through pynetdicom's DIMSE queues: 2.6 ms -> 1.3 ms a
+  query against Orthanc, where DCMTK ``findscu`` takes 1.1 ms.
 * A DIMSE exchange that ends without a final status raises :class:`TransientError`; a short
   answer is never trusted.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import queue
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +32,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
+from pacsman._find_fast import FindChannel, Interrupted, TimedOut
 from pacsman._statuses import CONGESTION, REJECT_ADVICE, STATUS_NAMES, status_name
 from pacsman.config import PacsNode
 from pacsman.errors import AssociationRejected, FatalError, ItemFailed, TransientError
@@ -329,8 +333,7 @@ def find(peer: DicomPeer, assoc: Association, identifier: Dataset, *, model: str
     _require_context(peer, assoc, model, "this C-FIND query model")
     matches: list[Dataset] = []
     final: int | None = None
-    for status, match in assoc.send_c_find(identifier, model):
-        code = getattr(status, "Status", None)
+    for code, match in _find_responses(peer, assoc, identifier, model):
         if code is None:
             break
         if code in (0xFF00, 0xFF01):
@@ -340,6 +343,22 @@ def find(peer: DicomPeer, assoc: Association, identifier: Dataset, *, model: str
             continue
         final = code
     return _check_find_final(peer, final, matches)
+
+
+def _find_responses(
+    peer: DicomPeer, assoc: Association, identifier: Dataset, model: str
+) -> Iterable[tuple[int | None, Dataset | None]]:
+    """``(status, identifier)`` per C-FIND response: by the fast channel where it works."""
+    channel = FindChannel.of(assoc)
+    if channel is None:
+        return ((getattr(s, "Status", None), m) for s, m in assoc.send_c_find(identifier, model))
+    try:
+        return channel.c_find(identifier, model, timeout=peer.node.timeouts.dimse)
+    except Interrupted as exc:
+        hint = ""
+        if isinstance(exc, TimedOut):
+            hint = f" (a slow PACS needs a longer pacs.{peer.node.name}.timeouts.dimse)"
+        raise TransientError(f"C-FIND to PACS {peer.describe()}: {exc}{hint}; retrying") from exc
 
 
 def _check_find_final(peer: DicomPeer, final: int | None, matches: list[Dataset]) -> list[Dataset]:

@@ -55,10 +55,6 @@ _SERIES_RETURN_KEYS = (
 )
 
 
-#: C-FIND sessions are chatty request/response: poll the socket every 0.1 ms, not 1 ms.
-_FIND_POLL_INTERVAL = 0.0001
-
-
 class FindSession(Closing):
     """C-FINDs against one PACS node over one reused association, reopened after faults."""
 
@@ -66,9 +62,7 @@ class FindSession(Closing):
         self.peer = peer
         self.retry = retry
         self.model = dicomnet.FIND_MODELS[peer.node.query_model]
-        self._link = dicomnet.ReusedAssociation(
-            peer, [self.model], poll_interval=_FIND_POLL_INTERVAL
-        )
+        self._link = dicomnet.ReusedAssociation(peer, [self.model])
         self.queries = 0
 
     def close(self) -> None:

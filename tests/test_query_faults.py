@@ -96,7 +96,8 @@ def test_silent_pacs_times_out_and_row_fails(
         rows = list(csv.DictReader(fh))
     assert status == 1
     assert rows[0]["state"] == "FAILED"
-    assert "ended without a final status" in rows[0]["detail"]
+    assert "no C-FIND response within 0.5 s" in rows[0]["detail"]
+    assert "pacs.fake.timeouts.dimse" in rows[0]["detail"]
 
 
 def test_missing_instance_count_is_counted_at_image_level(fake_pacs: FakePacsFactory) -> None:

@@ -96,6 +96,7 @@ class Faults:
     * ``reject_permanent``: every association gets A-ASSOCIATE-RJ (1, 1, 3): rejected
       permanent, service user, calling AE title not recognised.
     * ``a700_finds``: C-FIND answered at once with final status 0xA700 (out of resources).
+    * ``abort_mid_finds``: C-FIND answered with its first pending match, then A-ABORT.
     * ``a702_moves``: C-MOVE/C-GET answered with 0xA702, failed count = matches (for C-MOVE,
       pynetdicom opens and releases an empty association to the destination first).
     * ``abort_mid_move``: after half the C-STORE sub-operations of a C-MOVE/C-GET
@@ -123,6 +124,7 @@ class Faults:
     reject_reason: int = LOCAL_LIMIT_EXCEEDED
     reject_permanent: bool = False
     a700_finds: int = 0
+    abort_mid_finds: int = 0
     a702_moves: int = 0
     abort_mid_move: bool = False
     failed_suboperations: int = 0
@@ -137,6 +139,7 @@ class Faults:
         for name in (
             "reject_associations",
             "a700_finds",
+            "abort_mid_finds",
             "a702_moves",
             "failed_suboperations",
             "short_delivery",
@@ -339,6 +342,10 @@ class FakePacs:
                 omit_instance_count=faults.omit_instance_count,
             )
             yield Status.PENDING, answer
+            if self._take("abort_mid_finds", faults.abort_mid_finds):
+                self._record("A-ABORT")
+                event.assoc.abort()
+                return
 
     def _on_move(self, event: Event) -> Iterator[Any]:
         faults = self.faults
