@@ -242,6 +242,8 @@ def associate(
     )
     if assoc.is_rejected:
         raise _rejection(peer, assoc)
+    if not assoc.is_established and not assoc.accepted_contexts and assoc.rejected_contexts:
+        raise _all_contexts_refused(peer, assoc)
     if not assoc.is_established:
         raise AssociationRejected(
             f"could not open an association to PACS {peer.describe()}: connection refused, "
@@ -259,6 +261,29 @@ def associate(
         if assoc.is_established:
             assoc.release()
         ae.shutdown()
+
+
+_CONTEXT_RESULTS = {
+    1: "user rejection",
+    2: "no reason",
+    3: "abstract syntax not supported",
+    4: "transfer syntaxes not supported",
+}
+
+
+def _all_contexts_refused(peer: DicomPeer, assoc: Association) -> FatalError:
+    """The PACS accepted the association but none of its presentation contexts: a config
+    matter on one side or the other, never cured by retrying."""
+    refused = ", ".join(
+        f"{cx.abstract_syntax} ({_CONTEXT_RESULTS.get(cx.result or 0, f'result {cx.result}')})"
+        for cx in assoc.rejected_contexts
+    )
+    return FatalError(
+        f"PACS {peer.describe()} refused every presentation context pacsman proposed: "
+        f"{refused}; ask the PACS administrator to allow these SOP classes for calling AE "
+        f"{peer.calling_ae_title!r}, or check pacs.{peer.node.name}.query_model and "
+        f"retrieve_method"
+    )
 
 
 class ReusedAssociation:

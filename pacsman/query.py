@@ -19,7 +19,7 @@ from pacsman import dicomnet
 from pacsman._closing import Closing
 from pacsman._matching import matches
 from pacsman.dicomnet import DicomPeer
-from pacsman.errors import TransientError
+from pacsman.errors import ItemFailed, TransientError
 from pacsman.models import (
     IMAGE_LEVEL_KEYS,
     SERIES_LEVEL_KEYS,
@@ -162,8 +162,10 @@ def _studies(session: FindSession, row: QueryRow) -> list[Dataset]:
     for patient_id in _patient_ids(session, row):
         if patient_id is not None:
             keys["PatientID"] = patient_id
-        for answer in session.find("STUDY", keys, _STUDY_RETURN_KEYS):
-            if all(matches(k, v, _text(answer, k)) for k, v in keys.items() if k in answer):
+        answers = session.find("STUDY", keys, _STUDY_RETURN_KEYS)
+        _require_checkable(session, "study-level answer(s)", keys, answers)
+        for answer in answers:
+            if all(matches(k, v, _text(answer, k)) for k, v in keys.items()):
                 uid = _text(answer, "StudyInstanceUID")
                 if uid:
                     found.setdefault(uid, answer)
@@ -195,12 +197,39 @@ def _image_level(
     if session.peer.node.query_model == "patient":
         scope["PatientID"] = _text(study, "PatientID")
     answers = session.find("IMAGE", {**scope, **keys}, ("SOPInstanceUID", *keys))
+    number = _text(series, "SeriesNumber") or "?"
+    _require_checkable(session, f"instance(s) of series {number}", keys, answers)
     kept = [
         a
         for a in answers
         if all(matches(k, v, _text(a, k)) for k, v in keys.items() if _text(a, k))
     ]
     return len({_text(a, "SOPInstanceUID") for a in kept})
+
+
+def _require_checkable(
+    session: FindSession, what: str, keys: Mapping[str, str], answers: Sequence[Dataset]
+) -> None:
+    """Refuse keys no answer carries a value for: the PACS ignored them, pacsman cannot check.
+
+    Such a key would otherwise select everything (DCMTK dcmqrscp returns SeriesDescription
+    and ImageType at no level).  Patterns that match an empty value (``*``) need no value.
+
+    Raises:
+        ItemFailed: naming the keys, the answers and what to do instead.
+    """
+    blind = [
+        k
+        for k, v in keys.items()
+        if answers and not matches(k, v, "") and not any(_text(a, k) for a in answers)
+    ]
+    if blind:
+        raise ItemFailed(
+            f"PACS {session.peer.describe()} returned no {', '.join(blind)} for any of the "
+            f"{len(answers)} {what}, so pacsman cannot check the row's {', '.join(blind)}: "
+            "this PACS cannot select by it. Drop that column, or select by keys it returns "
+            "(e.g. StudyDate, SeriesNumber, Modality)"
+        )
 
 
 def _series_match(

@@ -80,7 +80,12 @@ class RetrieveSession(Closing):
         node = peer.node
         models = dicomnet.MOVE_MODELS if move_destination is not None else dicomnet.GET_MODELS
         self.model = models[node.query_model]
-        self._link = dicomnet.ReusedAssociation(peer, [self.model], storage=storage)
+        # The C-FIND context rides along with C-MOVE: archives that keep the RSNA'93 CTN rule
+        # (DCMTK dcmqrscp --require-find) refuse a C-MOVE context proposed without it.
+        contexts = [self.model]
+        if move_destination is not None:
+            contexts.append(dicomnet.FIND_MODELS[node.query_model])
+        self._link = dicomnet.ReusedAssociation(peer, contexts, storage=storage)
 
     def close(self) -> None:
         """Release the association, if one is open."""

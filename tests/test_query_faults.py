@@ -12,8 +12,8 @@ from structlog.testing import capture_logs
 
 from pacsman.cli import main
 from pacsman.config import PacsNode, Timeouts
-from pacsman.dicomnet import DicomPeer, echo
-from pacsman.errors import FatalError, TransientError
+from pacsman.dicomnet import DicomPeer, associate, echo
+from pacsman.errors import FatalError, ItemFailed, TransientError
 from pacsman.models import QueryRow
 from pacsman.query import FindSession, query_row
 from pacsman.testing.fakepacs import TEMPORARY_CONGESTION, FakePacs, Faults
@@ -191,3 +191,28 @@ def test_echo_times_out_quickly_when_nothing_listens(tmp_path: Path) -> None:
     )
     with pytest.raises(TransientError, match=r"pacs\.gone\.host/port"):
         echo(peer)
+
+
+def test_every_context_refused_is_fatal_and_names_them(fake_pacs: FakePacsFactory) -> None:
+    """A PACS that accepts the association but none of its SOP classes: no retry, a reason."""
+    pacs = fake_pacs()
+    unknown = "1.2.826.0.1.3680043.10.1234.1"  # a SOP class no PACS supports
+    with pytest.raises(FatalError) as caught, associate(_peer(pacs), [unknown]):
+        pass
+    message = str(caught.value)
+    assert "refused every presentation context" in message
+    assert f"{unknown} (abstract syntax not supported)" in message
+    assert "pacs.fake.query_model" in message
+
+
+def test_study_key_the_pacs_ignores_fails_the_row(fake_pacs: FakePacsFactory) -> None:
+    """A PACS that neither matches on nor returns StudyDescription cannot narrow a pull by it:
+    the row fails with the reason, instead of selecting every study of the patient."""
+    pacs = fake_pacs(faults=Faults(ignored_keys=("StudyDescription",)))
+    row = QueryRow(line=2, keys={"PatientID": "DEMO001", "StudyDescription": "no such study"})
+    with FindSession(_peer(pacs), retry=FAST) as session, pytest.raises(ItemFailed) as caught:
+        query_row(session, row)
+    assert "returned no StudyDescription for any of the 1 study-level answer(s)" in str(
+        caught.value
+    )
+    assert "Drop that column" in str(caught.value)

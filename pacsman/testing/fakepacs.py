@@ -113,6 +113,8 @@ class Faults:
       C-MOVE/C-GETs; ``None`` means every one.  Image-level retrieves (pacsman's one-instance
       pre-flight) are then never faulted.  Lets a test see a fault, then the retry that
       completes.
+    * ``ignored_keys``: C-FIND keys (keywords) the PACS does not support: it neither matches
+      on them nor returns them, as many PACSes do with optional keys.
     * ``response_charset``: C-FIND answers declare this Specific Character Set and are encoded
       in it (e.g. ``ISO_IR 100``, ``ISO_IR 192``, ``ISO 2022 IR 6\\ISO 2022 IR 87``).
 
@@ -133,6 +135,7 @@ class Faults:
     find_delay: float = 0.0
     omit_instance_count: bool = False
     response_charset: str | None = None
+    ignored_keys: tuple[str, ...] = ()
     fault_moves: int | None = None
 
     def __post_init__(self) -> None:
@@ -321,6 +324,9 @@ class FakePacs:
     def _on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
         faults = self.faults
         identifier = event.identifier
+        for keyword in faults.ignored_keys:
+            if keyword in identifier:
+                delattr(identifier, keyword)
         level = str(identifier.get("QueryRetrieveLevel", ""))
         self._record(f"C-FIND {level}".rstrip())
         self._pause(faults.find_delay)
