@@ -94,6 +94,12 @@ def main() -> int:
     parser.add_argument("--instances", type=int, default=3000)
     parser.add_argument("--studies", type=int, default=30)
     parser.add_argument("--rows", type=int, default=128, help="image rows and columns")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where both runs write (default: the system temporary directory); e.g. /dev/shm",
+    )
     args = parser.parse_args()
     cohort = benchmark_cohort(
         args.instances,
@@ -102,7 +108,10 @@ def main() -> int:
         rows=args.rows,
         columns=args.rows,
     )
-    with OrthancServer() as orthanc, tempfile.TemporaryDirectory() as tmp:
+    with (
+        OrthancServer() as orthanc,
+        tempfile.TemporaryDirectory(prefix="pacsman-e2e-", dir=args.workdir) as tmp,
+    ):
         for spec in cohort:
             orthanc.upload_datasets(iter_datasets(spec))
         lines = ["PatientID,StudyInstanceUID,Subject,Session"]

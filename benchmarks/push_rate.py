@@ -87,12 +87,9 @@ def _reference(url: str, uploads: list[SessionUpload], work: Path) -> None:
     with xnat.connect(url, **login) as session:
         for upload in uploads:
             files = dicom_files(upload.directory)
-            with (
-                session_zip(upload.directory, files, work_dir=work) as path,
-                path.open("rb") as stream,  # as pacsman does: no progress bar on stdout
-            ):
+            with session_zip(upload.directory, files, work_dir=work) as stream:
                 session.services.import_(
-                    data=stream,
+                    data=stream,  # as pacsman does: no progress bar on stdout
                     content_type="application/zip",
                     project=upload.project,
                     subject=upload.subject,

@@ -6,8 +6,10 @@ started fresh (``spawn``, never ``fork`` of a process full of network threads), 
 other core and shares the job store through SQLite.
 
 Protocol: the parent writes one line to our stdin each time a study becomes complete; each
-line (or several at once) triggers one pass of the stages.  When stdin closes, we make a last
-pass and exit: 0 done, 3 failed (the reason is on stderr).
+line (or several at once) triggers one pass of de-identification.  Each study de-identified
+wakes a push thread here, so a session travels while the next study is de-identified.  When
+stdin closes, we make a last pass of both, print how many items the passes worked on (one
+line on stdout), and exit: 0 done, 3 failed (the reason is on stderr).
 
     python -m pacsman._later_process CONFIG RUN_ID OUT_DIRECTORY [--push KIND] [--workers N]
 """
@@ -15,17 +17,19 @@ pass and exit: 0 done, 3 failed (the reason is on stderr).
 from __future__ import annotations
 
 import argparse
+import os
 import select
 import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TextIO
 
 from pacsman._pipeline_anonymize import anonymize_complete
-from pacsman._pipeline_push import push_ready_sessions
+from pacsman._pipeline_push import PushInBackground, push_ready_sessions
 from pacsman.config import Config, load_config
 from pacsman.errors import EXIT_FATAL, EXIT_OK, PacsmanError
-from pacsman.jobstore import JobStore
+from pacsman.jobstore import JobStore, Run
 from pacsman.log import configure_logging
 from pacsman.push import Target, open_target
 from pacsman.push.targets import TargetKind
@@ -62,23 +66,57 @@ def _target(config: Config, kind: TargetKind | None) -> AbstractContextManager[T
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the later stages on every announcement, then once more at the end."""
     args = _parse(sys.argv[1:] if argv is None else argv)
+    report = _private_stdout()
     config = load_config(args.config)
     configure_logging(level=config.log.level, file=config.log.file, console="json")
     try:
         with JobStore(config.jobstore) as store, _target(config, args.push) as target:
-            run = store.run_by_id(args.run_id)
-            more = True
-            while more:
-                more = _wait_for_work()
-                anonymize_complete(store, run, config, args.out_directory, workers=args.workers)
-                if args.push is not None:
-                    push_ready_sessions(
-                        store, run, config, args.out_directory, kind=args.push, target=target
-                    )
+            worked = _passes(store, store.run_by_id(args.run_id), config, args, target)
     except PacsmanError as exc:
         print(f"pacsman (later stages): {exc}", file=sys.stderr)
         return EXIT_FATAL
+    print(worked, file=report, flush=True)  # the parent adds it to the run's summary
     return EXIT_OK
+
+
+def _private_stdout() -> TextIO:
+    """Keep stdout (a pipe the parent reads only at the end) for the final count alone.
+
+    Anything else written to file descriptor 1, by this process, a library or a worker
+    process, goes to stderr: a chatty library could otherwise fill the pipe and block us.
+    """
+    sys.stdout.flush()
+    report = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return report
+
+
+def _passes(
+    store: JobStore, run: Run, config: Config, args: argparse.Namespace, target: Target | None
+) -> int:
+    """De-identify on every announcement; push in a thread beside it; return items worked on.
+
+    Each study de-identified wakes the push thread, so pushing study k overlaps
+    de-identifying study k+1 instead of waiting for it: a push mostly waits for the target,
+    and a real XNAT takes seconds to archive a session.
+    """
+    out, kind = args.out_directory, args.push
+
+    def push() -> int:
+        if kind is None:
+            return 0
+        return push_ready_sessions(store, run, config, out, kind=kind, target=target)
+
+    worked = 0
+    with PushInBackground(push) as pushing:
+        more = True
+        while more:
+            more = _wait_for_work()
+            worked += anonymize_complete(
+                store, run, config, out, workers=args.workers, on_study_done=pushing.wake
+            )
+            pushing.wake()  # a study de-identified by an earlier run, or by the parent
+    return worked + pushing.worked  # after the block: the last push pass has ended
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ The key and the mapping table are the ones ``pacsman anonymize`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,9 +47,18 @@ def project_name(config: Config) -> str:
 
 
 def anonymize_complete(
-    store: JobStore, run: Run, config: Config, out_directory: Path, *, workers: int = 1
+    store: JobStore,
+    run: Run,
+    config: Config,
+    out_directory: Path,
+    *,
+    workers: int = 1,
+    on_study_done: Callable[[], None] | None = None,
 ) -> int:
     """De-identify every COMPLETE series not yet ANONYMIZED; return how many were worked on.
+
+    ``on_study_done`` is called each time the last series of a study (of those worked on
+    now) is recorded, so that a push can start while the next study is de-identified.
 
     Raises:
         InputError: anonymization is switched off in the config, or the profile is invalid.
@@ -73,14 +82,21 @@ def anonymize_complete(
     sources = series_directories(every, out_directory)
     mapping = MappingTable(default_mapping_path(project))
     try:
-        for task in todo:
+        for task, following in zip(todo, [*todo[1:], None], strict=True):
             labels = _labels(mapping, task, project, config)
             _anonymize_series(
                 store, run, task, labels, sources, mapping, spec, out_directory, workers
             )
+            if on_study_done is not None and _study(task) != _study(following):
+                on_study_done()
     finally:
         mapping.close()
     return len(todo)
+
+
+def _study(task: SeriesTask | None) -> tuple[str, int] | None:
+    """What makes a study one session to push: its UID and its query row."""
+    return None if task is None else (task.study_instance_uid, task.line)
 
 
 def session_directory(out_directory: Path, subject: str, session: str) -> Path:

@@ -8,9 +8,12 @@ push (:mod:`pacsman.push`), and sessions already DONE are not pushed again.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from types import TracebackType
 
 import structlog
 
@@ -29,7 +32,7 @@ from pacsman.push import (
 )
 from pacsman.push.targets import TargetKind
 
-__all__ = ["push_ready_sessions"]
+__all__ = ["PushInBackground", "push_ready_sessions"]
 
 _log = structlog.get_logger("pacsman.pipeline")
 
@@ -62,6 +65,20 @@ def _sessions(tasks: list[SeriesTask]) -> tuple[dict[tuple[str, str], int], int]
     return ready, held
 
 
+def _log_held(held: int, tasks: list[SeriesTask]) -> None:
+    """A warning when a quarantined series holds a study back (someone must look at it);
+    otherwise the studies are only waiting for retrieval or de-identification."""
+    quarantined = {
+        (t.study_instance_uid, t.line)
+        for t in tasks
+        if t.anonymization == ItemState.QUARANTINED.value
+    }
+    if quarantined:
+        _log.warning("sessions_held_back", sessions=held, quarantined=len(quarantined))
+    else:
+        _log.info("sessions_held_back", sessions=held, reason="not complete or not de-identified")
+
+
 def _needs_push(pushed: tuple[str, int] | None, files: int) -> bool:
     """Not DONE yet, or DONE with fewer files than are de-identified now (XNAT merges)."""
     return pushed is None or pushed[0] != "DONE" or pushed[1] < files
@@ -84,9 +101,10 @@ def push_ready_sessions(
     Raises:
         FatalError: the target refuses pacsman for good (credentials, TLS); state is kept.
     """
-    ready, held = _sessions(store.series_tasks(run, ALL_SERIES))
+    tasks = store.series_tasks(run, ALL_SERIES)
+    ready, held = _sessions(tasks)
     if held:
-        _log.warning("sessions_held_back", sessions=held, reason="not complete or quarantined")
+        _log_held(held, tasks)
     pushed = store.push_states(run, kind)
     labels = [k for k, files in ready.items() if _needs_push(pushed.get(k), files)]
     if not labels:
@@ -125,3 +143,64 @@ def push_ready_sessions(
             on_done=record,
         )
     return len(uploads)
+
+
+class PushInBackground:
+    """Runs ``push`` (one pass of :func:`push_ready_sessions`) in a thread, once per wake-up.
+
+    A push mostly waits for the target to archive and answer, so the thread lets session k
+    travel while study k+1 is de-identified.  Wake-ups during a pass coalesce into one more
+    pass; leaving the ``with`` block makes a last pass and waits for it.  Leaving it with an
+    exception (Ctrl-C, a failed de-identification) does not wait: the thread is a daemon and
+    dies with the process, as a push would in the owner's thread, and the next run checks
+    the target before it sends anything again.  An error in the thread ends it and is raised
+    by the next :meth:`wake` or on leaving the block.
+    """
+
+    def __init__(self, push: Callable[[], int]) -> None:
+        self._push = push
+        self._wake = threading.Event()
+        self._closing = self._abandoned = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="pacsman-push", daemon=True)
+        #: Sessions pushed by the passes so far.
+        self.worked = 0
+
+    def __enter__(self) -> PushInBackground:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing, self._abandoned = True, exc is not None
+        self._wake.set()
+        if exc is not None:
+            return
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def wake(self) -> None:
+        """Ask for one more pass (soon, not now); raise the error that ended the thread."""
+        if self._error is not None:
+            raise self._error
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            last = self._closing
+            if self._abandoned:
+                return
+            try:
+                self.worked += self._push()
+            except BaseException as exc:  # raised again in the owner's thread
+                self._error = exc
+                return
+            if last:
+                return

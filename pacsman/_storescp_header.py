@@ -1,4 +1,4 @@
-"""Find StudyInstanceUID and SeriesInstanceUID in raw dataset bytes, cheaply.
+"""Find StudyInstanceUID and SeriesInstanceUID (or a few other early values) in raw bytes.
 
 A C-STORE'd dataset arrives as bytes in the negotiated transfer syntax.  Routing needs two
 UIDs from group 0020, which come long before the pixel data: this walks element headers
@@ -7,16 +7,19 @@ from the start, skips values (and whole sequences), and stops at the first tag a
 
 :func:`routing_uids` returns ``None`` when the bytes end before the answer is known, so a
 caller can retry with more bytes; a malformed header yields ``("", "")`` (unroutable).
+:func:`part10_values` does the same walk over the first bytes of a Part 10 file (the push
+stage reads StudyInstanceUID and SeriesNumber of every file it sends this way).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["Syntax", "routing_uids", "syntax_of"]
+__all__ = ["Syntax", "part10_values", "routing_uids", "syntax_of"]
 
 _STUDY_UID = 0x0020000D
 _SERIES_UID = 0x0020000E
@@ -31,6 +34,7 @@ _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _RAW_LE, _RAW_BE = struct.Struct("<HHL"), struct.Struct(">HHL")
 _EXPLICIT_LE, _EXPLICIT_BE = struct.Struct("<HH2sH"), struct.Struct(">HH2sH")
 _U32_LE, _U32_BE = struct.Struct("<L"), struct.Struct(">L")
+_GROUP_LE = struct.Struct("<H")
 
 _IMPLICIT = "1.2.840.10008.1.2"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -126,11 +130,11 @@ class _Reader:
             pos = self.skip_value(length, value, implicit_items, depth)
 
 
-def _scan(reader: _Reader, found: dict[int, str]) -> None:
-    pos = 0
-    while True:  # ends at the first tag past (0020,000E), or with struct.error
+def _scan(reader: _Reader, found: dict[int, str], pos: int = 0) -> None:
+    last = max(found)
+    while True:  # ends at the first tag past the last one wanted, or with struct.error
         tag, length, value, implicit_items = reader.header(pos)
-        if tag > _SERIES_UID:
+        if tag > last:
             break
         if tag in found and length != _UNDEFINED:
             if value + length > len(reader.buffer):
@@ -168,3 +172,46 @@ def routing_uids(
         if not syntax.implicit:  # tolerate a sender that mislabels implicit VR data
             return routing_uids(data, Syntax(True, True, syntax.deflated), final=final)
     return found[_STUDY_UID], found[_SERIES_UID]
+
+
+def _meta_end(buffer: Bytes) -> tuple[str, int]:
+    """Return the file meta's transfer syntax and where the data set starts.
+
+    Raises:
+        _Malformed: no ``DICM`` marker, or a meta element of undefined length.
+        struct.error: the bytes end inside the file meta.
+    """
+    if bytes(buffer[128:132]) != b"DICM":
+        raise _Malformed
+    reader, pos, syntax = _Reader(buffer, implicit=False, little=True), 132, ""
+    while True:
+        if _GROUP_LE.unpack_from(buffer, pos)[0] != 0x0002:  # the data set may be implicit VR
+            return syntax, pos
+        tag, length, value, _ = reader.header(pos)
+        if length == _UNDEFINED:
+            raise _Malformed
+        if tag == 0x00020010:
+            syntax = bytes(buffer[value : value + length]).decode("ascii", "replace")
+        pos = value + length
+
+
+def part10_values(data: Bytes, tags: Collection[int]) -> dict[int, str] | None:
+    """Return the raw text of ``tags`` (data set tags, not group 0002) from a file's first bytes.
+
+    ``data`` starts with the 128-byte preamble and ``DICM``.  A tag that is absent maps to
+    ``""``; values are ASCII-decoded with trailing NULs and spaces removed, nothing else.
+    Returns ``None`` whenever the answer is not certain: no ``DICM`` marker, no transfer
+    syntax, a malformed header, a deflated or big-endian data set, or ``data`` ending before
+    the last tag is passed.  The caller then asks a full DICOM parser.
+    """
+    try:
+        transfer_syntax, start = _meta_end(data)
+        transfer_syntax = transfer_syntax.rstrip("\0 ")
+        syntax = syntax_of(transfer_syntax)
+        if not transfer_syntax or syntax.deflated or not syntax.little_endian:
+            return None
+        found = dict.fromkeys(tags, "")
+        _scan(_Reader(data, implicit=syntax.implicit, little=True), found, start)
+    except (struct.error, _Malformed):
+        return None
+    return found

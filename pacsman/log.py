@@ -110,7 +110,9 @@ def configure_logging(
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write per event (line and newline together): the lines of the later-stages
+        # process, which shares stderr, never cut into ours, even when stderr is unbuffered.
+        logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     _quiet_pynetdicom()

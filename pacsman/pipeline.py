@@ -14,12 +14,14 @@ night's run is usually misconfigured, and the user should hear so at once.
 from __future__ import annotations
 
 import hashlib
+import os
+import select
 import subprocess
 import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -138,11 +140,12 @@ def run_queryfile(
         run = store.open_run(queryfile, config_sha256(config))
         structlog.contextvars.bind_contextvars(run_id=run.id)
         store.add_rows(run, [(row, row.pacs or default_node) for row in queryfile.rows])
-        queried = _query_pending(store, run, queryfile, config, default_node, retry_for)
         later = _LaterStages(store, run, config, options)
         worked = 0
-        if options.save:
-            with later.beside_retrieval() as on_study_complete:
+        # Started before the queries, so that its start-up overlaps them, not retrieval.
+        with later.beside_retrieval() if options.save else nullcontext() as on_study_complete:
+            queried = _query_pending(store, run, queryfile, config, default_node, retry_for)
+            if options.save:
                 worked = retrieve_pending(
                     store,
                     run,
@@ -151,7 +154,7 @@ def run_queryfile(
                     retry_for,
                     on_study_complete=on_study_complete,
                 )
-        worked += later.run()
+        worked += later.worked_beside + later.run()
         return _finish(store, run, queryfile, options, queried, worked)
 
 
@@ -219,6 +222,8 @@ class _LaterStages:
         self._wake = threading.Event()
         self._closing = False
         self._error: BaseException | None = None
+        #: Items the stages worked on beside retrieval (a resume may do all its work there).
+        self.worked_beside = 0
 
     def run(self) -> int:
         """Run the stages once over everything ready; return how many items were worked on."""
@@ -253,7 +258,7 @@ class _LaterStages:
         command = [sys.executable, "-m", "pacsman._later_process", str(self.config.source)]
         command += [str(self.run_.id), str(options.out_directory), "--workers"]
         command += [str(options.workers)] + (["--push", options.push] if options.push else [])
-        child = subprocess.Popen(command, stdin=subprocess.PIPE, text=True)
+        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         lock = threading.Lock()
 
         def notify(study_uid: str) -> None:
@@ -269,6 +274,7 @@ class _LaterStages:
                 assert child.stdin is not None
                 child.stdin.close()
             status = child.wait()
+            self.worked_beside = _reported_count(child)
         if status != 0:
             raise FatalError(
                 f"the de-identify/push stage stopped (exit {status}); its reason is logged "
@@ -295,10 +301,28 @@ class _LaterStages:
                 return
             self._wake.clear()
             try:
-                self.run()
+                self.worked_beside += self.run()
             except BaseException as exc:  # re-raised by beside_retrieval in the main thread
                 self._error = exc
                 return
+
+
+def _reported_count(child: subprocess.Popen[str]) -> int:
+    """The count an exited helper printed last on its stdout (0 if none).
+
+    Only what is already in the pipe is read, never up to end-of-file: a grandchild left over
+    from a helper that was killed could hold the pipe open for ever.
+    """
+    assert child.stdout is not None
+    fd, data = child.stdout.fileno(), b""
+    while select.select([fd], [], [], 0)[0]:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    child.stdout.close()
+    words = data.split()
+    return int(words[-1]) if words and words[-1].isdigit() else 0
 
 
 def _check_one_session(row: QueryRow, studies: tuple[StudyMatch, ...]) -> None:

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 from pydicom import dcmread
 
+from pacsman import _pipeline_anonymize
+from pacsman._pipeline_anonymize import anonymize_complete
 from pacsman.cli import main
+from pacsman.config import parse_config
+from pacsman.jobstore import JobStore, Run, SeriesTask
+from pacsman.models import ItemState
 from pacsman.testing.net import free_port
 from pacsman.testing.orthanc import OrthancServer
 from tests.helpers import write_config, write_queryfile
+from tests.test_pipeline_push import _task
 
 QUERY = "PatientID,Subject,Session\nDEMO001,SUBJ01,SESS01\nDEMO002,,\n"
 
@@ -59,3 +67,37 @@ def test_save_then_anonymize_every_series(
     events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
     assert status == 0
     assert "nothing_to_anonymize" in events
+
+
+class _Tasks:
+    """Just enough of a job store: the series to de-identify."""
+
+    def __init__(self, tasks: list[SeriesTask]) -> None:
+        self.tasks = tasks
+
+    def series_tasks(self, run: Run, states: frozenset[ItemState]) -> list[SeriesTask]:
+        return self.tasks
+
+
+def test_each_study_de_identified_is_announced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook fires after the last series of each study, so its push can start at once."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    first = [_task("1.1", ItemState.COMPLETE, "", 5), _task("1.2", ItemState.COMPLETE, "", 5)]
+    second = replace(_task("2.1", ItemState.COMPLETE, "", 5), study_instance_uid="9.9", line=3)
+    events: list[str] = []
+
+    def anonymize_series(store: object, run: object, task: SeriesTask, *rest: object) -> None:
+        events.append(task.series_instance_uid)
+
+    monkeypatch.setattr(_pipeline_anonymize, "_anonymize_series", anonymize_series)
+    node = {"host": "127.0.0.1", "port": 104, "called_ae_title": "PACS"}
+    config = parse_config({"pacs": {"main": node}}, source="test")
+    store = cast(JobStore, _Tasks([*first, second]))
+    run = Run(1, "q.csv", "2026-01-01T00:00:00", resumed=False)
+    worked = anonymize_complete(
+        store, run, config, tmp_path, on_study_done=lambda: events.append("study done")
+    )
+    assert worked == 3
+    assert events == ["1.1", "1.2", "study done", "2.1", "study done"]

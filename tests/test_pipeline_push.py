@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from pacsman._pipeline_push import _sessions
+from pacsman._pipeline_push import PushInBackground, _sessions
 from pacsman.cli import main
+from pacsman.errors import FatalError
 from pacsman.jobstore import SeriesTask
 from pacsman.models import ItemState
 from pacsman.testing.net import free_port
@@ -86,3 +90,65 @@ def test_a_study_is_never_pushed_in_part() -> None:
     assert _sessions([done, waiting]) == ({}, 1)
     finished = _task("1.2", ItemState.COMPLETE, "ANONYMIZED", 5)
     assert _sessions([done, finished]) == ({("S1", "E1"): 15}, 0)
+
+
+def test_background_push_passes_coalesce_and_end_with_a_last_pass() -> None:
+    """Wake-ups during a pass make one more pass; leaving the block makes the last one."""
+    started, release = threading.Event(), threading.Event()
+    passes: list[int] = []
+
+    def push() -> int:
+        passes.append(len(passes))
+        started.set()
+        release.wait(5)
+        return 2
+
+    with PushInBackground(push) as pushing:
+        pushing.wake()
+        assert started.wait(5)
+        pushing.wake()  # during the first pass: these two become one more pass
+        pushing.wake()
+        release.set()
+    assert len(passes) in (2, 3)  # the second pass may already have taken the last wake-up
+    assert 2 * len(passes) == pushing.worked
+
+
+def _drive(push: Callable[[], int], action: Callable[[PushInBackground], None]) -> None:
+    with PushInBackground(push) as pushing:
+        action(pushing)
+
+
+def _wake_for_a_while(pushing: PushInBackground) -> None:
+    for _ in range(500):
+        pushing.wake()
+        time.sleep(0.01)
+
+
+def _interrupted(pushing: PushInBackground) -> None:
+    pushing.wake()
+    raise KeyboardInterrupt
+
+
+def test_background_push_error_is_raised_in_the_owners_thread() -> None:
+    """A fatal error in a pass ends the thread and reaches the owner."""
+
+    def push() -> int:
+        raise FatalError("XNAT refused the login; check XNAT_USER")
+
+    with pytest.raises(FatalError, match="refused the login"):
+        _drive(push, _wake_for_a_while)
+
+
+def test_background_push_does_not_hold_up_an_error() -> None:
+    """Leaving with an exception does not wait for a pass that is under way."""
+    blocked = threading.Event()
+
+    def push() -> int:
+        blocked.wait(30)
+        return 0
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _drive(push, _interrupted)
+    assert time.monotonic() - start < 5
+    blocked.set()

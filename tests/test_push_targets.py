@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import io
 import socket
 import ssl
 import stat
@@ -19,6 +20,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from structlog.testing import capture_logs
 
 from pacsman._config_push import DicomTarget, XnatConfig
@@ -250,14 +252,38 @@ def test_archive_label_rules(upload: SessionUpload) -> None:
     assert [] == archive_problems([upload], other, [], replace=True)
 
 
-def test_session_zip_holds_only_dicom_and_is_removed(upload: SessionUpload) -> None:
-    """The zip has one entry per *.dcm (paths below the session folder) and is deleted."""
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm"]
+)
+def test_session_headers_are_pydicoms_in_every_encoding(tmp_path: Path, name: str) -> None:
+    """The study and scan of a session are pydicom's, whether read raw or by pydicom."""
+    source = Path(get_testdata_file(name) or "")
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "a.dcm").write_bytes(source.read_bytes())
+    upload = SessionUpload.from_directory(tmp_path, project="P1", subject="S", session="E")
+    ds = pydicom.dcmread(source)
+    assert str(ds.StudyInstanceUID) == upload.study_instance_uid
+    assert {str(ds.get("SeriesNumber") or "0"): 1} == dict(upload.expected_scans)
+
+
+def test_session_zip_holds_only_dicom_and_leaves_nothing(
+    upload: SessionUpload, tmp_path: Path
+) -> None:
+    """The zip has one entry per *.dcm (paths below the session folder), stored, in a
+    temporary file on disk (never in memory) that is gone afterwards."""
     (upload.directory / "notes.txt").write_text("not DICOM")
-    with session_zip(upload.directory, dicom_files(upload.directory)) as path:
-        names = zipfile.ZipFile(path).namelist()
+    work = tmp_path / "work"
+    work.mkdir()
+    files = dicom_files(upload.directory)
+    with session_zip(upload.directory, files, work_dir=work) as stream:
+        archive = zipfile.ZipFile(stream)
+        names = archive.namelist()
+        assert {zipfile.ZIP_STORED} == {i.compress_type for i in archive.infolist()}
+        assert files[0].read_bytes() == archive.read(names[0])
+        assert not isinstance(stream, io.BytesIO)
     assert 5 == len(names)
     assert all(n.endswith(".dcm") and not n.startswith("/") for n in names)
-    assert not path.exists()
+    assert [] == list(work.iterdir())
 
 
 # -- HTTPS ----------------------------------------------------------------------------------

@@ -358,12 +358,13 @@ def test_a_conflict_left_in_the_prearchive_is_cleaned(
     push(target, upload)
     files = dicom_files(upload.directory)
     with (
-        session_zip(upload.directory, files) as path,
+        session_zip(upload.directory, files) as stream,
         xnat.connect(emulator.url, user="admin", password="secret", loglevel="ERROR") as raw,
         pytest.raises(XNATUploadError, match="Failed to archive"),
     ):
         raw.services.import_(
-            path,
+            data=stream,
+            content_type="application/zip",
             project="P1",
             subject="SUBJ01",
             experiment="SESS01",

@@ -28,7 +28,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from structlog.testing import capture_logs
 
 from pacsman import _storescp_pending
-from pacsman._storescp_header import routing_uids, syntax_of
+from pacsman._storescp_header import part10_values, routing_uids, syntax_of
 from pacsman.errors import FatalError
 from pacsman.storescp import (
     STORAGE_SOP_CLASSES,
@@ -216,6 +216,38 @@ def test_routing_uids_asks_for_more_bytes() -> None:
     syntax = syntax_of("1.2.840.10008.1.2.1")
     assert routing_uids(raw[:100], syntax, final=False) is None
     assert routing_uids(raw[:100], syntax, final=True) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("name", "plain"),
+    [
+        ("CT_small.dcm", True),  # explicit VR little endian
+        ("MR_small_implicit.dcm", True),  # implicit VR
+        ("rtplan.dcm", True),  # nested sequences before group 0020
+        ("MR_small_bigendian.dcm", False),  # big endian: left to pydicom
+        ("image_dfl.dcm", False),  # deflated: left to pydicom
+        ("SC_rgb_jpeg.dcm", False),  # claims explicit VR, is implicit: left to pydicom
+    ],
+)
+def test_part10_values_match_pydicom_or_say_unsure(name: str, plain: bool) -> None:
+    """From a file's first bytes: pydicom's StudyInstanceUID and SeriesNumber, or None."""
+    path = Path(get_testdata_file(name) or "")
+    found = part10_values(path.read_bytes()[:16384], (0x0020000D, 0x00200011))
+    if not plain:
+        assert None is found
+        return
+    ds = dcmread(path)
+    number = ds.get("SeriesNumber")
+    expected = {0x0020000D: str(ds.StudyInstanceUID), 0x00200011: str(number or "")}
+    assert expected == found
+
+
+def test_part10_values_unsure_without_dicm_or_enough_bytes() -> None:
+    """No DICM marker, or bytes that end before the last tag: None, never a guess."""
+    raw = Path(get_testdata_file("CT_small.dcm") or "").read_bytes()
+    tags = (0x0020000D, 0x00200011)
+    assert None is part10_values(raw[:600], tags)
+    assert None is part10_values(b"\0" * 128 + b"NOPE" + raw[132:], tags)
 
 
 # -- real associations -----------------------------------------------------------------------

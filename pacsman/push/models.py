@@ -4,6 +4,7 @@ and the :class:`Target` protocol every destination (XNAT, a DICOM SCP, a folder)
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Literal, Protocol
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from pacsman._storescp_header import part10_values
 from pacsman.errors import InputError
 
 __all__ = [
@@ -28,6 +30,10 @@ __all__ = [
 
 PushState = Literal["DONE", "FAILED"]
 _HEADER_TAGS = ["StudyInstanceUID", "SeriesNumber"]
+_STUDY_UID, _SERIES_NUMBER = 0x0020000D, 0x00200011
+_HEAD_BYTES = 16 << 10  # what comes before (0020,0011) is smaller; else pydicom reads it
+_PLAIN_UID = re.compile(r"(?:[0-9][0-9.]*)?")
+_PLAIN_NUMBER = re.compile(r"(?:[+-]?[0-9]+)?")
 
 
 def dicom_files(directory: Path) -> list[Path]:
@@ -96,12 +102,32 @@ class SessionUpload:
 
 
 def _header(path: Path) -> tuple[str, str]:
+    """``(StudyInstanceUID, scan ID)`` of one file: its SeriesNumber, ``"0"`` without one."""
     try:
+        with path.open("rb") as stream:
+            fast = _fast_header(stream.read(_HEAD_BYTES))
+        if fast is not None:
+            return fast
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise InputError(f"{path}: not a readable DICOM file ({type(exc).__name__})") from exc
     number = ds.get("SeriesNumber")
     return str(ds.get("StudyInstanceUID", "")), str(number) if number not in (None, "") else "0"
+
+
+def _fast_header(head: bytes) -> tuple[str, str] | None:
+    """The same answer as pydicom's, from the raw header; ``None`` when unsure (pydicom then).
+
+    Only plain values are taken: a UID of digits and dots (or none), and an integer
+    SeriesNumber as pydicom prints it (the text itself, without the padding).
+    """
+    found = part10_values(head, (_STUDY_UID, _SERIES_NUMBER))
+    if found is None:
+        return None
+    study, number = found[_STUDY_UID].strip("\0 "), found[_SERIES_NUMBER].strip("\0 ")
+    if not _PLAIN_UID.fullmatch(study) or not _PLAIN_NUMBER.fullmatch(number):
+        return None
+    return study, number or "0"
 
 
 @dataclass(frozen=True)

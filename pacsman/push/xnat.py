@@ -205,14 +205,11 @@ class XnatTarget(Closing):
                 f"{upload.directory} holds {len(files)} *.dcm file(s) but "
                 f"{upload.expected_files} are expected; de-identify the session again"
             )
-        with (
-            session_zip(upload.directory, files, work_dir=self._work_dir) as path,
-            path.open("rb") as stream,  # a stream, not a path: xnatpy draws no progress bar
-        ):
+        with session_zip(upload.directory, files, work_dir=self._work_dir) as stream:
             _log.info("xnat_import", session=upload.describe(), files=len(files))
             try:
                 session.services.import_(
-                    data=stream,
+                    data=stream,  # a stream, not a path: xnatpy draws no progress bar
                     project=upload.project,
                     subject=upload.subject,
                     experiment=upload.session,
