@@ -1,10 +1,10 @@
-"""A mixin for objects that hold a resource: ``with obj:`` calls ``obj.close()`` on exit."""
+"""Mixins for objects that hold a resource, so that ``with obj:`` releases it on exit."""
 
 from __future__ import annotations
 
 from typing import Self
 
-__all__ = ["Closing"]
+__all__ = ["Closing", "Started"]
 
 
 class Closing:
@@ -18,3 +18,21 @@ class Closing:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class Started:
+    """``__enter__`` returns :meth:`start` (which returns the object); ``__exit__`` calls
+    :meth:`stop`.  For servers and peers that are started, not opened."""
+
+    def start(self) -> Self:
+        """Start serving (override); return the object."""
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and release what was held (override)."""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -117,6 +117,21 @@ def fragments(context_id: int, data: bytes, *, command: bool, max_pdu: int) -> I
         yield b"\x04\x00" + struct.pack(">LL", len(item) + 4, len(item)) + item
 
 
+def recv_full(raw: socket.socket, view: memoryview) -> int:
+    """Read into ``view`` until it is full or the peer closes; return the bytes read.
+
+    Raises:
+        OSError: as ``socket.recv_into`` (including a timeout).
+    """
+    got, total = 0, len(view)
+    while got < total:
+        n = raw.recv_into(view[got:], total - got)
+        if n == 0:
+            break
+        got += n
+    return got
+
+
 def acknowledge_now(raw: socket.socket) -> None:
     """ACK what was read now, not when the delayed-ACK timer fires (Linux TCP_QUICKACK).
 

@@ -268,12 +268,8 @@ class _MessageReader:
         if total > len(self.buffer):
             self.buffer = bytearray(total)
         view = memoryview(self.buffer)[:total]
-        got = 0
-        while got < total:
-            n = self.raw.recv_into(view[got:], total - got)
-            if n == 0:
-                raise OSError("the PACS closed the connection mid-PDU")
-            got += n
+        if dimse.recv_full(self.raw, view) < total:
+            raise OSError("the PACS closed the connection mid-PDU")
         dimse.acknowledge_now(self.raw)
         self._items(view[dimse.PDU_HEADER_LENGTH :])
 

@@ -178,15 +178,10 @@ class _FastReceiver:
                 return
             self.buffer = bytearray(total)
         view = memoryview(self.buffer)[:total]
-        got = 0
         try:
-            while got < total:
-                n = raw.recv_into(view[got:], total - got)
-                if n == 0:
-                    break
-                got += n
+            got = dimse.recv_full(raw, view)
         except OSError:
-            pass
+            got = 0
         if got < total:
             self.dul.event_queue.put("Evt17")  # connection closed mid-PDU
             return

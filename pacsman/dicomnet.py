@@ -217,13 +217,10 @@ def associate(
     peer: DicomPeer,
     abstract_syntaxes: Sequence[str],
     *,
-    poll_interval: float | None = None,
     storage: StorageRole | None = None,
 ) -> Iterator[Association]:
     """Open one association to ``peer`` proposing ``abstract_syntaxes``; release on exit.
 
-    ``poll_interval`` shortens pynetdicom's idle poll of the socket (1 ms by default) for
-    chatty associations such as a C-FIND session: less latency, a little more idle CPU.
     ``storage`` also proposes storage contexts with the SCP role, for C-GET.
 
     Raises:
@@ -253,8 +250,6 @@ def associate(
     guard_reactor(assoc)
     if storage is not None and storage.on_established is not None:
         storage.on_established(assoc)
-    if poll_interval is not None:
-        assoc.dul._run_loop_delay = poll_interval
     try:
         yield assoc
     finally:
@@ -294,13 +289,10 @@ class ReusedAssociation:
         peer: DicomPeer,
         abstract_syntaxes: Sequence[str],
         *,
-        poll_interval: float | None = None,
         storage: StorageRole | None = None,
     ) -> None:
         self.peer = peer
-        self._open = partial(
-            associate, peer, abstract_syntaxes, poll_interval=poll_interval, storage=storage
-        )
+        self._open = partial(associate, peer, abstract_syntaxes, storage=storage)
         self._context: Any = None
         self._assoc: Association | None = None
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Collection
-from types import TracebackType
 from typing import Any, Self
 
 import structlog
@@ -29,6 +28,7 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacsman._closing import Started
 from pacsman._storescp_fast import install
 from pacsman._storescp_paths import default_labels, safe_component, series_directory
 from pacsman._storescp_writer import InstanceWriter, StoredInstance
@@ -98,7 +98,7 @@ _CALLING_AE_NOT_RECOGNISED = 0x03
 _log = structlog.get_logger("pacsman.storescp")
 
 
-class StorageSCP:
+class StorageSCP(Started):
     """A Storage SCP (plus C-ECHO) writing through an :class:`InstanceWriter`.
 
     ``port=0`` lets the OS choose; :attr:`port` holds the real port once started.
@@ -138,17 +138,6 @@ class StorageSCP:
         self._fast_path = fast_path
         self._server: ThreadedAssociationServer | None = None
         self._contexts = _contexts()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         """Start listening on ``bind_host:port`` (a background thread per association).

@@ -27,12 +27,12 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
+from pacsman._closing import Started
 from pacsman.testing.dcmtk import dcmtk_env
 from pacsman.testing.net import free_port, wait_for
 
@@ -62,7 +62,7 @@ def dcmqrscp_available() -> bool:
     return all(tool.is_file() and os.access(tool, os.X_OK) for tool in tools)
 
 
-class DcmqrscpServer:
+class DcmqrscpServer(Started):
     """A throw-away dcmqrscp archive with one storage area, started and stopped by the test.
 
     ``move_destinations`` maps an AE title to ``(host, port)``; dcmqrscp answers a C-MOVE to any
@@ -98,17 +98,6 @@ class DcmqrscpServer:
         self._start_attempts = start_attempts
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def workdir(self) -> Path:

@@ -14,9 +14,9 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
+from pacsman._closing import Started
 from pacsman.testing.net import accepts_tcp, free_port, wait_for
 
 __all__ = ["DCMTK_PATH", "StoreSCP", "dcmtk_env", "dcmtk_tool"]
@@ -39,7 +39,7 @@ def dcmtk_env(*, tcp_nodelay: bool = True) -> dict[str, str]:
     return env
 
 
-class StoreSCP:
+class StoreSCP(Started):
     """DCMTK ``storescp`` on a free port, writing into ``directory`` (a temp dir if None).
 
     DCMTK storescp listens on every interface; connect to it through ``127.0.0.1`` only.
@@ -81,17 +81,6 @@ class StoreSCP:
         if directory is None:
             raise RuntimeError("StoreSCP has no directory until it is started")
         return directory
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         """Start storescp and wait until its port accepts connections.

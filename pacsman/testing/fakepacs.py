@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from pydicom import dcmread
@@ -26,6 +25,7 @@ from pynetdicom import AE, StoragePresentationContexts, build_context, evt
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacsman._closing import Started
 from pacsman.dicomnet import guard_reactor
 from pacsman.testing._matching import LEVELS, UNIQUE_KEYS, build_response, match_entities
 from pacsman.testing.synthetic import StudySpec, iter_datasets, synthetic_uid
@@ -158,7 +158,7 @@ class Faults:
             )
 
 
-class FakePacs:
+class FakePacs(Started):
     """A Query/Retrieve SCP on ``127.0.0.1`` over in-memory datasets, with switchable faults.
 
     ``move_destinations`` maps an AE title to ``(host, port)``; a C-MOVE to any other title
@@ -199,17 +199,6 @@ class FakePacs:
         return cls([dcmread(path) for path in paths], **kwargs)
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         """Start listening on ``127.0.0.1`` on a free port, stored in :attr:`port`."""

@@ -24,12 +24,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
+from pacsman._closing import Started
 from pacsman.testing.net import accepts_tcp, free_port
 
 __all__ = [
@@ -58,7 +58,7 @@ def orthanc_available(binary: Path = ORTHANC_BINARY) -> bool:
     return binary.is_file() and os.access(binary, os.X_OK)
 
 
-class OrthancServer:
+class OrthancServer(Started):
     """A throw-away Orthanc in a temporary directory, started and stopped by the test.
 
     ``modalities`` maps a name to ``(ae_title, host, port)``; Orthanc refuses a C-MOVE to any
@@ -117,17 +117,6 @@ class OrthancServer:
         self.http_port = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def workdir(self) -> Path:

@@ -6,8 +6,10 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
+from typing import Self
 
+from pacsman._closing import Started
 from pacsman.testing.xnat_emulator._app import App
 from pacsman.testing.xnat_emulator._context import Context, LoggedRequest
 from pacsman.testing.xnat_emulator._faults import Faults
@@ -49,7 +51,7 @@ class PrearchiveSummary:
     message: str
 
 
-class XnatEmulator:
+class XnatEmulator(Started):
     """An XNAT 1.8.9.1 look-alike HTTP server on 127.0.0.1 for the real ``xnat`` client.
 
     Use as a context manager (``with XnatEmulator(tmp_path) as xnat: ...``) or call
@@ -79,7 +81,7 @@ class XnatEmulator:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self) -> XnatEmulator:
+    def start(self) -> Self:
         """Bind 127.0.0.1 (port 0 = OS-chosen) and serve in a background thread."""
         if self._server is None:
             self._server = HttpServer(("127.0.0.1", self._port), App(self._context))
@@ -101,17 +103,6 @@ class XnatEmulator:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-
-    def __enter__(self) -> XnatEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- addresses and switches -------------------------------------------------------------
 
