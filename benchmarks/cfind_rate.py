@@ -4,7 +4,7 @@
 
 Contenders, in one run against the same Orthanc (started with TCP_NODELAY=1 unless --nagle):
 
-* pacsman: :class:`pacsman.query.FindSession`, one reused association (what ``--info`` uses);
+* pacsman: :class:`pacsman.query.FindAssociation`, one reused association (what ``--info`` uses);
 * DCMTK ``findscu`` with all queries as files on ONE association;
 * DCMTK ``findscu`` ONE PROCESS PER QUERY (what the shell scripts pacsman replaces do).
 
@@ -31,8 +31,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian
 
 from pacsman.config import PacsNode
-from pacsman.dicomnet import DicomPeer
-from pacsman.query import FindSession
+from pacsman.dicom.client import DicomPeer
+from pacsman.query import FindAssociation
 from pacsman.testing.orthanc import OrthancServer
 from pacsman.testing.synthetic import SeriesSpec, StudySpec, iter_datasets
 from pacsman.throttle import RetryPolicy
@@ -59,7 +59,7 @@ def _load(orthanc: OrthancServer, ids: list[str]) -> None:
 
 def _pacsman(orthanc: OrthancServer, ids: list[str]) -> int:
     node = PacsNode("bench", "127.0.0.1", orthanc.dicom_port, orthanc.ae_title)
-    with FindSession(DicomPeer(node, "PACSMAN"), retry=RetryPolicy(max_attempts=1)) as session:
+    with FindAssociation(DicomPeer(node, "PACSMAN"), retry=RetryPolicy(max_attempts=1)) as session:
         return sum(
             len(session.find("STUDY", {"PatientID": pid}, ("StudyInstanceUID",))) for pid in ids
         )

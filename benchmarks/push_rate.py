@@ -30,7 +30,7 @@ from pathlib import Path
 import requests
 import xnat
 
-from pacsman._config_push import XnatConfig
+from pacsman.config.push import XnatConfig
 from pacsman.log import configure_logging
 from pacsman.push import Credentials, SessionUpload, push_all
 from pacsman.push.models import dicom_files

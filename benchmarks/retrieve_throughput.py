@@ -8,7 +8,7 @@ same size: ONE study of 3,000 instances (10 series) and THIRTY studies of 100 (2
 each).  DCMTK ``movescu`` is the move SCU for every contender; the receivers, each a fresh
 process per run so that its peak RSS is its own:
 
-* pacsman: :class:`pacsman.storescp.StorageSCP` in a subprocess (this script, ``--serve``),
+* pacsman: :class:`pacsman.dicom.scp.StorageSCP` in a subprocess (this script, ``--serve``),
   with every series routed as the pipeline routes them;
 * DCMTK ``/usr/bin/storescp`` with ``TCP_NODELAY=1`` (``--fork`` when moves run in parallel);
 * pynetdicom's ``python -m pynetdicom storescp`` app (``-ba 127.0.0.1``, its defaults).
@@ -143,8 +143,8 @@ def _start_pynetdicom(out: Path, ae_title: str) -> Receiver:
 
 def serve(out: Path, routes_file: Path, ae_title: str) -> None:
     """``--serve``: run pacsman's StorageSCP until SIGTERM; print its port first."""
+    from pacsman.dicom.scp import InstanceWriter, StorageSCP
     from pacsman.log import configure_logging
-    from pacsman.storescp import InstanceWriter, StorageSCP
 
     configure_logging(level="warning", stream=sys.stderr)
     writer = InstanceWriter(unrouted_directory=out / "_unrouted")
@@ -285,7 +285,7 @@ class Scenario:
 
 
 def _routes(cohorts: Sequence[Cohort], path: Path) -> Path:
-    from pacsman.storescp import default_labels, series_directory
+    from pacsman.dicom.scp import default_labels, series_directory
 
     routes = {}
     for spec in (spec for cohort in cohorts for spec in cohort.specs):

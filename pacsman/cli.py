@@ -18,9 +18,10 @@ from pathlib import Path
 
 import structlog
 
-from pacsman import __version__, dicomnet
+from pacsman import __version__
 from pacsman.config import Config, load_config
-from pacsman.dicomnet import DicomPeer
+from pacsman.dicom import client
+from pacsman.dicom.client import DicomPeer
 from pacsman.errors import (
     EXIT_BAD_INPUT,
     EXIT_FATAL,
@@ -127,7 +128,7 @@ def _echo(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     node = config.node(args.pacs)
     peer = DicomPeer(node, config.local.ae_title, config.local.port)
-    dicomnet.echo(peer)
+    client.echo(peer)
     print(f"C-ECHO {config.local.ae_title} -> {peer.describe()}: OK")
     return EXIT_OK
 

@@ -3,7 +3,7 @@
 * Console (stderr): coloured key=value lines on a TTY, JSON lines otherwise (journald, nohup).
 * ``log.file``: JSON lines appended, whatever the console does.
 * Patient data never reaches a log at info level or above: known PHI keys are redacted, and
-  pynetdicom's identifier dumps are switched off (in :mod:`pacsman.dicomnet`).
+  pynetdicom's identifier dumps are switched off (in :mod:`pacsman.dicom.client`).
 * pynetdicom's own warnings (e.g. a dropped DIMSE message) are forwarded as ``pynetdicom``
   events instead of vanishing.
 """

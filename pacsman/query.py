@@ -1,6 +1,6 @@
 """Query stage: C-FIND at study, then series (then image) level, one association per node.
 
-Public entry point: :class:`FindSession` (one PACS node, one reused association) and
+Public entry point: :class:`FindAssociation` (one PACS node, one reused association) and
 :func:`query_row`, which turns one :class:`~pacsman.models.QueryRow` into the studies and
 series the PACS holds, with the number of instances it promises for each series.
 """
@@ -15,10 +15,10 @@ from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pacsman import dicomnet
-from pacsman._closing import Closing
-from pacsman._matching import matches
-from pacsman.dicomnet import DicomPeer
+from pacsman.closing import Closing
+from pacsman.dicom import client
+from pacsman.dicom.client import DicomPeer
+from pacsman.dicom.matching import matches
 from pacsman.errors import ItemFailed, TransientError
 from pacsman.models import (
     IMAGE_LEVEL_KEYS,
@@ -30,7 +30,7 @@ from pacsman.models import (
 )
 from pacsman.throttle import RetryPolicy
 
-__all__ = ["FindSession", "query_row"]
+__all__ = ["FindAssociation", "query_row"]
 
 _log = structlog.get_logger("pacsman.query")
 
@@ -55,14 +55,14 @@ _SERIES_RETURN_KEYS = (
 )
 
 
-class FindSession(Closing):
+class FindAssociation(Closing):
     """C-FINDs against one PACS node over one reused association, reopened after faults."""
 
     def __init__(self, peer: DicomPeer, *, retry: RetryPolicy) -> None:
         self.peer = peer
         self.retry = retry
-        self.model = dicomnet.FIND_MODELS[peer.node.query_model]
-        self._link = dicomnet.ReusedAssociation(peer, [self.model])
+        self.model = client.FIND_MODELS[peer.node.query_model]
+        self._link = client.ReusedAssociation(peer, [self.model])
         self.queries = 0
 
     def close(self) -> None:
@@ -88,7 +88,7 @@ class FindSession(Closing):
         assoc = self._link.get()
         self.queries += 1
         try:
-            return dicomnet.find(self.peer, assoc, identifier, model=self.model)
+            return client.find(self.peer, assoc, identifier, model=self.model)
         except TransientError:
             self.close()
             raise
@@ -147,7 +147,7 @@ def _row_keys(row: QueryRow, allowed: Iterable[str]) -> dict[str, str]:
     return {k: v for k, v in row.keys.items() if k in allowed}
 
 
-def _patient_ids(session: FindSession, row: QueryRow) -> Sequence[str | None]:
+def _patient_ids(session: FindAssociation, row: QueryRow) -> Sequence[str | None]:
     """Patient Root needs PatientID at study level: resolve it first when the row lacks it."""
     if session.peer.node.query_model != "patient" or "PatientID" in row.keys:
         return [row.keys.get("PatientID")]
@@ -156,7 +156,7 @@ def _patient_ids(session: FindSession, row: QueryRow) -> Sequence[str | None]:
     return [*sorted({_text(a, "PatientID") for a in answers} - {""})]
 
 
-def _studies(session: FindSession, row: QueryRow) -> list[Dataset]:
+def _studies(session: FindAssociation, row: QueryRow) -> list[Dataset]:
     keys = _row_keys(row, STUDY_LEVEL_KEYS)
     found: dict[str, Dataset] = {}
     for patient_id in _patient_ids(session, row):
@@ -172,7 +172,9 @@ def _studies(session: FindSession, row: QueryRow) -> list[Dataset]:
     return list(found.values())
 
 
-def _series_answers(session: FindSession, study: Dataset, keys: Mapping[str, str]) -> list[Dataset]:
+def _series_answers(
+    session: FindAssociation, study: Dataset, keys: Mapping[str, str]
+) -> list[Dataset]:
     scope = {"StudyInstanceUID": _text(study, "StudyInstanceUID")}
     if session.peer.node.query_model == "patient":
         scope["PatientID"] = _text(study, "PatientID")
@@ -187,7 +189,7 @@ def _series_answers(session: FindSession, study: Dataset, keys: Mapping[str, str
 
 
 def _image_level(
-    session: FindSession, study: Dataset, series: Dataset, keys: Mapping[str, str]
+    session: FindAssociation, study: Dataset, series: Dataset, keys: Mapping[str, str]
 ) -> int:
     """Count the instances of one series that match ``keys`` (image-level C-FIND)."""
     scope = {
@@ -208,7 +210,7 @@ def _image_level(
 
 
 def _require_checkable(
-    session: FindSession, what: str, keys: Mapping[str, str], answers: Sequence[Dataset]
+    session: FindAssociation, what: str, keys: Mapping[str, str], answers: Sequence[Dataset]
 ) -> None:
     """Refuse keys no answer carries a value for: the PACS ignored them, pacsman cannot check.
 
@@ -233,7 +235,7 @@ def _require_checkable(
 
 
 def _series_match(
-    session: FindSession, row: QueryRow, study: Dataset, answer: Dataset
+    session: FindAssociation, row: QueryRow, study: Dataset, answer: Dataset
 ) -> SeriesMatch | None:
     series_keys = _row_keys(row, SERIES_LEVEL_KEYS)
     if not all(matches(k, v, _text(answer, k)) for k, v in series_keys.items() if _text(answer, k)):
@@ -260,13 +262,13 @@ def _series_match(
     )
 
 
-def query_row(session: FindSession, row: QueryRow) -> tuple[StudyMatch, ...]:
+def query_row(session: FindAssociation, row: QueryRow) -> tuple[StudyMatch, ...]:
     """Find every study and series ``row`` selects on ``session``'s PACS node.
 
     Studies with no selected series are left out.  Series are sorted by SeriesNumber.
 
     Raises:
-        TransientError, ItemFailed, FatalError: as :meth:`FindSession.find`.
+        TransientError, ItemFailed, FatalError: as :meth:`FindAssociation.find`.
     """
     results: list[StudyMatch] = []
     series_keys = _row_keys(row, SERIES_LEVEL_KEYS)

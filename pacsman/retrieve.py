@@ -1,6 +1,6 @@
 """Retrieve stage: C-MOVE (into pacsman's Storage SCP) or C-GET, one reused association.
 
-:class:`RetrieveSession` asks one PACS node for series (or whole studies, or single
+:class:`RetrieveAssociation` asks one PACS node for series (or whole studies, or single
 instances), paced by a shared :class:`~pacsman.throttle.Courtesy` and retried by a
 :class:`~pacsman.throttle.RetryPolicy`.  Where the instances land is the receiver's business
 (:class:`Receiver`): the session only routes each series to its directory first and counts
@@ -17,13 +17,13 @@ from typing import Literal, Protocol
 import structlog
 from pydicom.dataset import Dataset
 
-from pacsman import dicomnet
-from pacsman._closing import Closing
-from pacsman.dicomnet import DicomPeer, RetrieveProgress, RetrieveResult, StorageRole
+from pacsman.closing import Closing
+from pacsman.dicom import client
+from pacsman.dicom.client import DicomPeer, RetrieveProgress, RetrieveResult, StorageRole
 from pacsman.errors import TransientError
 from pacsman.throttle import Courtesy, RetryPolicy
 
-__all__ = ["FetchResult", "Level", "Receiver", "RetrieveSession", "SeriesRequest"]
+__all__ = ["FetchResult", "Level", "Receiver", "RetrieveAssociation", "SeriesRequest"]
 
 _log = structlog.get_logger("pacsman.retrieve")
 
@@ -58,7 +58,7 @@ class FetchResult:
     received: dict[str, int]
 
 
-class RetrieveSession(Closing):
+class RetrieveAssociation(Closing):
     """C-MOVEs or C-GETs against one PACS node over one reused association."""
 
     def __init__(
@@ -78,14 +78,14 @@ class RetrieveSession(Closing):
         self.move_destination = move_destination
         self.storage = storage
         node = peer.node
-        models = dicomnet.MOVE_MODELS if move_destination is not None else dicomnet.GET_MODELS
+        models = client.MOVE_MODELS if move_destination is not None else client.GET_MODELS
         self.model = models[node.query_model]
         # The C-FIND context rides along with C-MOVE: archives that keep the RSNA'93 CTN rule
         # (DCMTK dcmqrscp --require-find) refuse a C-MOVE context proposed without it.
         contexts = [self.model]
         if move_destination is not None:
-            contexts.append(dicomnet.FIND_MODELS[node.query_model])
-        self._link = dicomnet.ReusedAssociation(peer, contexts, storage=storage)
+            contexts.append(client.FIND_MODELS[node.query_model])
+        self._link = client.ReusedAssociation(peer, contexts, storage=storage)
 
     def close(self) -> None:
         """Release the association, if one is open."""
@@ -126,7 +126,7 @@ class RetrieveSession(Closing):
         self.courtesy.wait_turn(pacs=self.peer.node.name)
         try:
             assoc = self._link.get()
-            result = dicomnet.retrieve(
+            result = client.retrieve(
                 self.peer,
                 assoc,
                 identifier,

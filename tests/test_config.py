@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from pacsman._config_yaml import load_yaml
 from pacsman.config import (
     DEFAULT_SEARCH,
     Config,
@@ -23,6 +22,7 @@ from pacsman.config import (
     load_config,
     parse_config,
 )
+from pacsman.config._yaml import load_yaml
 from pacsman.errors import ConfigError, InputError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "pacsman.example.yaml"

@@ -20,9 +20,9 @@ from pydicom.dataset import Dataset
 
 from pacsman.cli import main
 from pacsman.config import PacsNode
-from pacsman.dicomnet import DicomPeer
+from pacsman.dicom.client import DicomPeer
 from pacsman.models import QueryRow
-from pacsman.query import FindSession, query_row
+from pacsman.query import FindAssociation, query_row
 from pacsman.testing.dcmqrscp import DcmqrscpServer
 from pacsman.testing.net import free_port
 from pacsman.testing.synthetic import DEMO_STUDIES, SeriesSpec, StudySpec, iter_datasets
@@ -147,7 +147,7 @@ def test_dcmqrscp_omits_the_counts_and_descriptions_pacsman_asks_for(archive: Ar
     node = PacsNode("dcmqrscp", "127.0.0.1", archive.server.port, archive.server.ae_title)
     study = DEMO_STUDIES[0].study_instance_uid
     returns = ("SeriesInstanceUID", "SeriesDescription", "NumberOfSeriesRelatedInstances")
-    with FindSession(DicomPeer(node, "PACSMAN"), retry=ONE_TRY) as session:
+    with FindAssociation(DicomPeer(node, "PACSMAN"), retry=ONE_TRY) as session:
         answers = session.find("SERIES", {"StudyInstanceUID": study}, returns)
     assert len(answers) == len(DEMO_STUDIES[0].series)
     assert not [a for a in answers if "NumberOfSeriesRelatedInstances" in a]
@@ -218,7 +218,7 @@ def test_non_ascii_text_comes_back_intact(tmp_path: Path, archive: Archive, char
         "PACSMAN",
     )
     found: dict[str, set[tuple[str, str]]] = {}
-    with FindSession(peer, retry=ONE_TRY) as session:
+    with FindAssociation(peer, retry=ONE_TRY) as session:
         for pattern in ("Müller*", "Ødegård*"):
             studies = query_row(session, QueryRow(line=2, keys={"PatientName": pattern}))
             found[pattern] = {(s.patient_id, s.patient_name) for s in studies}

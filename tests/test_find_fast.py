@@ -15,8 +15,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from pacsman import _dimse as dimse
-from pacsman._find_fast import (
+from pacsman.config import PacsNode
+from pacsman.dicom import codec as dimse
+from pacsman.dicom._find_fast import (
     _Context,
     _decode,
     _MessageReader,
@@ -24,10 +25,9 @@ from pacsman._find_fast import (
     _ProtocolError,
     _request,
 )
-from pacsman.config import PacsNode
-from pacsman.dicomnet import DicomPeer
+from pacsman.dicom.client import DicomPeer
 from pacsman.errors import TransientError
-from pacsman.query import FindSession
+from pacsman.query import FindAssociation
 from pacsman.testing.fakepacs import FakePacs, Faults
 from pacsman.throttle import RetryPolicy
 
@@ -186,9 +186,9 @@ def test_closed_connection_mid_pdu_is_an_error(wire: tuple[socket.socket, _Messa
 FakePacsFactory = Callable[..., FakePacs]
 
 
-def _session(pacs: FakePacs, retry: RetryPolicy = FAST) -> FindSession:
+def _session(pacs: FakePacs, retry: RetryPolicy = FAST) -> FindAssociation:
     node = PacsNode("fake", pacs.host, pacs.port, pacs.ae_title)
-    return FindSession(DicomPeer(node, "PACSMAN"), retry=retry)
+    return FindAssociation(DicomPeer(node, "PACSMAN"), retry=retry)
 
 
 def test_pacs_abort_mid_answers_is_retried_whole(fake_pacs: FakePacsFactory) -> None:

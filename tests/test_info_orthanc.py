@@ -15,10 +15,10 @@ from structlog.testing import capture_logs
 
 from pacsman.cli import main
 from pacsman.config import PacsNode, load_config
-from pacsman.dicomnet import FIND_MODELS, DicomPeer, associate
+from pacsman.dicom.client import FIND_MODELS, DicomPeer, associate
 from pacsman.pipeline import RunOptions, config_sha256, run_queryfile
-from pacsman.query import FindSession
-from pacsman.report import INFO_COLUMNS
+from pacsman.pipeline.report import INFO_COLUMNS
+from pacsman.query import FindAssociation
 from pacsman.testing.orthanc import OrthancServer
 from pacsman.throttle import RetryPolicy
 from tests.helpers import write_config, write_queryfile
@@ -163,7 +163,10 @@ def test_many_queries_on_one_association_lose_no_match(
         called_ae_title=demo_orthanc.ae_title,
     )
     peer = DicomPeer(node, "PACSMAN")
-    with capture_logs() as logs, FindSession(peer, retry=RetryPolicy(max_attempts=1)) as session:
+    with (
+        capture_logs() as logs,
+        FindAssociation(peer, retry=RetryPolicy(max_attempts=1)) as session,
+    ):
         counts = [
             len(session.find("STUDY", {"PatientID": "DEMO001"}, ("StudyInstanceUID",)))
             for _ in range(300)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pacsman._matching import matches
+from pacsman.dicom.matching import matches
 
 
 @pytest.mark.parametrize(

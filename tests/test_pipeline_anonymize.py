@@ -11,12 +11,12 @@ from typing import cast
 import pytest
 from pydicom import dcmread
 
-from pacsman import _pipeline_anonymize
-from pacsman._pipeline_anonymize import anonymize_complete
 from pacsman.cli import main
 from pacsman.config import parse_config
 from pacsman.jobstore import JobStore, Run, SeriesTask
 from pacsman.models import ItemState
+from pacsman.pipeline import anonymize as _pipeline_anonymize
+from pacsman.pipeline.anonymize import anonymize_complete
 from pacsman.testing.net import free_port
 from pacsman.testing.orthanc import OrthancServer
 from tests.helpers import write_config, write_queryfile

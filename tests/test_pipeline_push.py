@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pacsman._pipeline_push import PushInBackground, _sessions
 from pacsman.cli import main
 from pacsman.errors import FatalError
 from pacsman.jobstore import SeriesTask
 from pacsman.models import ItemState
+from pacsman.pipeline.push import PushInBackground, _sessions
 from pacsman.testing.net import free_port
 from pacsman.testing.orthanc import OrthancServer
 from pacsman.testing.xnat_emulator import XnatEmulator

@@ -23,8 +23,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from structlog.testing import capture_logs
 
-from pacsman._config_push import DicomTarget, XnatConfig
 from pacsman.config import Config, parse_config
+from pacsman.config.push import DicomTarget, XnatConfig
 from pacsman.errors import ConfigError, FatalError, InputError
 from pacsman.push import (
     Credentials,

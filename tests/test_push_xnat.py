@@ -26,7 +26,7 @@ import xnat
 from structlog.testing import capture_logs
 from xnat.exceptions import XNATUploadError
 
-from pacsman._config_push import XnatConfig
+from pacsman.config.push import XnatConfig
 from pacsman.errors import FatalError, ItemFailed
 from pacsman.push import Credentials, PushOutcome, SessionUpload, push_all
 from pacsman.push.models import dicom_files
@@ -419,7 +419,7 @@ def test_an_expired_login_session_means_a_new_login(
 _WORKER = """
 import json, sys
 from pathlib import Path
-from pacsman._config_push import XnatConfig
+from pacsman.config.push import XnatConfig
 from pacsman.push import Credentials, SessionUpload, push_all
 from pacsman.push.xnat import XnatTarget
 job = json.loads(sys.argv[1])

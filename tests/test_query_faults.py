@@ -12,10 +12,10 @@ from structlog.testing import capture_logs
 
 from pacsman.cli import main
 from pacsman.config import PacsNode, Timeouts
-from pacsman.dicomnet import DicomPeer, associate, echo
+from pacsman.dicom.client import DicomPeer, associate, echo
 from pacsman.errors import FatalError, ItemFailed, TransientError
 from pacsman.models import QueryRow
-from pacsman.query import FindSession, query_row
+from pacsman.query import FindAssociation, query_row
 from pacsman.testing.fakepacs import TEMPORARY_CONGESTION, FakePacs, Faults
 from pacsman.testing.synthetic import DEMO_STUDIES, SeriesSpec, StudySpec
 from pacsman.throttle import RetryPolicy
@@ -30,7 +30,7 @@ def _peer(pacs: FakePacs, **node: Any) -> DicomPeer:
 
 
 def _series_counts(pacs: FakePacs, row: QueryRow, **node: Any) -> dict[str, int | None]:
-    with FindSession(_peer(pacs, **node), retry=FAST) as session:
+    with FindAssociation(_peer(pacs, **node), retry=FAST) as session:
         studies = query_row(session, row)
     return {s.series_instance_uid: s.expected_instances for st in studies for s in st.series}
 
@@ -127,7 +127,7 @@ def test_character_sets_decode_intact(fake_pacs: FakePacsFactory, charset: str, 
         series=(SeriesSpec(series_number=1, series_description="T1", n_instances=2),),
     )
     pacs = fake_pacs([spec], faults=Faults(response_charset=charset))
-    with FindSession(_peer(pacs), retry=FAST) as session:
+    with FindAssociation(_peer(pacs), retry=FAST) as session:
         studies = query_row(session, QueryRow(line=2, keys={"PatientID": "CS001"}))
     assert [s.patient_name for s in studies] == [name]
 
@@ -210,7 +210,7 @@ def test_study_key_the_pacs_ignores_fails_the_row(fake_pacs: FakePacsFactory) ->
     the row fails with the reason, instead of selecting every study of the patient."""
     pacs = fake_pacs(faults=Faults(ignored_keys=("StudyDescription",)))
     row = QueryRow(line=2, keys={"PatientID": "DEMO001", "StudyDescription": "no such study"})
-    with FindSession(_peer(pacs), retry=FAST) as session, pytest.raises(ItemFailed) as caught:
+    with FindAssociation(_peer(pacs), retry=FAST) as session, pytest.raises(ItemFailed) as caught:
         query_row(session, row)
     assert "returned no StudyDescription for any of the 1 study-level answer(s)" in str(
         caught.value

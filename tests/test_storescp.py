@@ -27,10 +27,9 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from structlog.testing import capture_logs
 
-from pacsman import _storescp_pending
-from pacsman._storescp_header import part10_values, routing_uids, syntax_of
-from pacsman.errors import FatalError
-from pacsman.storescp import (
+from pacsman.dicom import _pending as _storescp_pending
+from pacsman.dicom.header import part10_values, routing_uids, syntax_of
+from pacsman.dicom.scp import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
     InstanceWriter,
@@ -41,6 +40,7 @@ from pacsman.storescp import (
     safe_component,
     series_directory,
 )
+from pacsman.errors import FatalError
 from pacsman.testing.dcmtk import dcmtk_env
 from pacsman.testing.net import wait_for
 from pacsman.testing.orthanc import OrthancServer

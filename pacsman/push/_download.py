@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from pacsman.errors import ItemFailed, PacsmanError, TransientError
-from pacsman.push._xnat_session import classify
+from pacsman.push._xnat_connection import classify
 from pacsman.throttle import RetryPolicy
 
 __all__ = ["MANIFEST", "DownloadRequest", "DownloadSummary", "download_sessions", "select"]

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import structlog
 
 from pacsman.errors import InputError, PacsmanError
-from pacsman.push._xnat_session import classify
+from pacsman.push._xnat_connection import classify
 from pacsman.push._xnat_state import exists
 from pacsman.throttle import RetryPolicy
 

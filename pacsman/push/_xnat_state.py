@@ -14,7 +14,7 @@ from typing import Any
 
 from xnat import exceptions as xnat_errors
 
-from pacsman.push._xnat_session import http_status
+from pacsman.push._xnat_connection import http_status
 from pacsman.push.labels import ExistingSession
 
 __all__ = [

@@ -26,7 +26,7 @@ from pacsman.errors import EXIT_OK, InputError, ItemFailed
 from pacsman.push._download import DownloadRequest, download_sessions
 from pacsman.push._local import LocalFolder, prepare_upload
 from pacsman.push._resource import ResourceRequest, remote_paths, upload_resource
-from pacsman.push._xnat_session import connect, disconnect
+from pacsman.push._xnat_connection import connect, disconnect
 from pacsman.push.credentials import resolve_credentials
 from pacsman.push.models import PushOutcome
 from pacsman.push.queue import push_all, retry_policy

@@ -16,11 +16,11 @@ import structlog
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 
-from pacsman import dicomnet
-from pacsman._closing import Closing
-from pacsman._config_push import DicomTarget
+from pacsman.closing import Closing
 from pacsman.config import PacsNode
-from pacsman.dicomnet import DicomPeer
+from pacsman.config.push import DicomTarget
+from pacsman.dicom import client
+from pacsman.dicom.client import DicomPeer
 from pacsman.errors import ItemFailed
 from pacsman.push.labels import local_problems
 from pacsman.push.models import LabelProblem, PushOutcome, SessionUpload, dicom_files
@@ -84,9 +84,9 @@ class DicomStoreTarget(Closing):
                 f"carries at most {_MAX_SOP_CLASSES}"
             )
         _log.info("dicom_store", session=upload.describe(), files=len(pending))
-        with dicomnet.associate(self.peer, sop_classes) as assoc:
+        with client.associate(self.peer, sop_classes) as assoc:
             for path in pending:
-                dicomnet.store(self.peer, assoc, path)
+                client.store(self.peer, assoc, path)
                 done.add(path)
 
     def close(self) -> None:

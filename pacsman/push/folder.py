@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from pacsman._closing import Closing
+from pacsman.closing import Closing
 from pacsman.errors import ItemFailed
 from pacsman.push.labels import local_problems
 from pacsman.push.models import LabelProblem, PushOutcome, SessionUpload, dicom_files

@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from pacsman._storescp_header import part10_values
+from pacsman.dicom.header import part10_values
 from pacsman.errors import InputError
 
 __all__ = [

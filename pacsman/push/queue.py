@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
-from pacsman._config_push import PushConfig
+from pacsman.config.push import PushConfig
 from pacsman.errors import FatalError, PacsmanError, TransientError
 from pacsman.push.models import LabelProblem, PushOutcome, SessionUpload, Target
 from pacsman.throttle import Courtesy, RetryPolicy

@@ -25,11 +25,11 @@ from typing import Any
 import structlog
 from xnat import exceptions as xnat_errors
 
-from pacsman._closing import Closing
-from pacsman._config_push import XnatConfig
+from pacsman.closing import Closing
+from pacsman.config.push import XnatConfig
 from pacsman.errors import ItemFailed, PacsmanError, TransientError
 from pacsman.push import _xnat_state as state
-from pacsman.push._xnat_session import (
+from pacsman.push._xnat_connection import (
     SessionExpired,
     classify,
     connect,

@@ -32,7 +32,7 @@ from typing import Self
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
-from pacsman._closing import Started
+from pacsman.closing import Started
 from pacsman.testing.dcmtk import dcmtk_env
 from pacsman.testing.net import free_port, wait_for
 

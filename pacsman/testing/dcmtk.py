@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Self
 
-from pacsman._closing import Started
+from pacsman.closing import Started
 from pacsman.testing.net import accepts_tcp, free_port, wait_for
 
 __all__ = ["DCMTK_PATH", "StoreSCP", "dcmtk_env", "dcmtk_tool"]

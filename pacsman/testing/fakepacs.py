@@ -25,8 +25,8 @@ from pynetdicom import AE, StoragePresentationContexts, build_context, evt
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacsman._closing import Started
-from pacsman.dicomnet import guard_reactor
+from pacsman.closing import Started
+from pacsman.dicom.client import guard_reactor
 from pacsman.testing._matching import LEVELS, UNIQUE_KEYS, build_response, match_entities
 from pacsman.testing.synthetic import StudySpec, iter_datasets, synthetic_uid
 

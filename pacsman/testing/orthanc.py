@@ -29,7 +29,7 @@ from typing import Any, Self
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
-from pacsman._closing import Started
+from pacsman.closing import Started
 from pacsman.testing.net import accepts_tcp, free_port
 
 __all__ = [

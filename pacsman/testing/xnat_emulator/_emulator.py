@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Self
 
-from pacsman._closing import Started
+from pacsman.closing import Started
 from pacsman.testing.xnat_emulator._app import App
 from pacsman.testing.xnat_emulator._context import Context, LoggedRequest
 from pacsman.testing.xnat_emulator._faults import Faults

@@ -9,7 +9,7 @@
 * **Where.**  ``<out>/<subject>/<session>/<SeriesNumber>-<SeriesDescription>/<UID>.dcm``
   for routed series (:func:`series_directory`), ``<unrouted>/<study>/<series>/`` otherwise.
 * **Speed.**  pynetdicom negotiates, releases and times out; a C-STORE shortcut in its
-  receive thread does the per-instance work (see :mod:`pacsman._storescp_fast`).  C-MOVE of
+  receive thread does the per-instance work (see :mod:`pacsman.dicom._store_fast`).  C-MOVE of
   3,000 MR instances from Orthanc (``benchmarks/retrieve_throughput.py``): about 7x
   pynetdicom's own storescp app and on a par with DCMTK's storescp, ~63 MB peak RSS; against
   a sender with Nagle's algorithm on, ~20x DCMTK's storescp (it ACKs at once).
@@ -28,11 +28,11 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacsman._closing import Started
-from pacsman._storescp_fast import install
-from pacsman._storescp_paths import default_labels, safe_component, series_directory
-from pacsman._storescp_writer import InstanceWriter, StoredInstance
+from pacsman.closing import Started
+from pacsman.dicom._store_fast import install
+from pacsman.dicom._writer import InstanceWriter, StoredInstance
 from pacsman.errors import FatalError
+from pacsman.layout import default_labels, safe_component, series_directory
 
 __all__ = [
     "STORAGE_SOP_CLASSES",
@@ -95,7 +95,7 @@ _REJECTED_PERMANENT = 0x01
 _SOURCE_SERVICE_USER = 0x01
 _CALLING_AE_NOT_RECOGNISED = 0x03
 
-_log = structlog.get_logger("pacsman.storescp")
+_log = structlog.get_logger("pacsman.dicom.scp")
 
 
 class StorageSCP(Started):

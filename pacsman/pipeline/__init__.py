@@ -28,20 +28,20 @@ from pathlib import Path
 
 import structlog
 
-from pacsman import dicomnet
-from pacsman._pipeline_anonymize import anonymize_complete
-from pacsman._pipeline_push import push_ready_sessions
-from pacsman._pipeline_retrieve import retrieve_pending
 from pacsman.config import Config, PacsNode
-from pacsman.dicomnet import DicomPeer
+from pacsman.dicom import client
+from pacsman.dicom.client import DicomPeer
 from pacsman.errors import FatalError, ItemFailed, TransientError
 from pacsman.jobstore import JobStore, Run
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, StudyMatch
+from pacsman.pipeline.anonymize import anonymize_complete
+from pacsman.pipeline.push import push_ready_sessions
+from pacsman.pipeline.report import info_path, write_info_csv
+from pacsman.pipeline.retrieve import retrieve_pending
 from pacsman.push import check_anonymization
 from pacsman.push.targets import TargetKind
-from pacsman.query import FindSession, query_row
+from pacsman.query import FindAssociation, query_row
 from pacsman.queryfile import load_queryfile
-from pacsman.report import info_path, write_info_csv
 from pacsman.throttle import RetryPolicy
 
 __all__ = ["RunOptions", "RunSummary", "config_sha256", "run_queryfile"]
@@ -179,15 +179,15 @@ def _query_pending(
         peer = DicomPeer(node, config.local.ae_title, config.local.port)
         retry = retry_for(node)
         preflight = replace(retry, max_attempts=min(3, retry.max_attempts))
-        preflight.call(partial(dicomnet.echo, peer), operation="c_echo", pacs=name)
+        preflight.call(partial(client.echo, peer), operation="c_echo", pacs=name)
         _log.info("pacs_ready", pacs=name, rows=len(rows))
-        with FindSession(peer, retry=retry) as session:
+        with FindAssociation(peer, retry=retry) as session:
             for row in rows:
                 _query_one(store, run, session, row)
     return len(pending)
 
 
-def _query_one(store: JobStore, run: Run, session: FindSession, row: QueryRow) -> None:
+def _query_one(store: JobStore, run: Run, session: FindAssociation, row: QueryRow) -> None:
     pacs = session.peer.node.name
     try:
         studies = query_row(session, row)
@@ -255,7 +255,7 @@ class _LaterStages:
     @contextmanager
     def _process(self) -> Iterator[Callable[[str], None]]:
         options = self.options
-        command = [sys.executable, "-m", "pacsman._later_process", str(self.config.source)]
+        command = [sys.executable, "-m", "pacsman.pipeline.helper", str(self.config.source)]
         command += [str(self.run_.id), str(options.out_directory), "--workers"]
         command += [str(options.workers)] + (["--push", options.push] if options.push else [])
         child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

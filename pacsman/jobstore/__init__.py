@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pacsman._jobstore_schema import (
+from pacsman.jobstore._schema import (
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,

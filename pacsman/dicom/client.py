@@ -9,7 +9,7 @@ Three things here are deliberate, each backed by a measurement in DESIGN.md:
   (a silently short answer) or the final one does (a 30 s stall).  :func:`guard_reactor`
   closes that race at its root.
 * C-FIND runs in the caller's thread on the association's socket
-  (:mod:`pacsman._find_fast`), not through pynetdicom's DIMSE queues: 2.6 ms -> 1.3 ms a
+  (:mod:`pacsman.dicom._find_fast`), not through pynetdicom's DIMSE queues: 2.6 ms -> 1.3 ms a
   query against Orthanc, where DCMTK ``findscu`` takes 1.1 ms.
 * A DIMSE exchange that ends without a final status raises :class:`TransientError`; a short
   answer is never trusted.
@@ -32,9 +32,9 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
-from pacsman._find_fast import FindChannel, Interrupted, TimedOut
-from pacsman._statuses import CONGESTION, REJECT_ADVICE, STATUS_NAMES, status_name
 from pacsman.config import PacsNode
+from pacsman.dicom._find_fast import FindChannel, Interrupted, TimedOut
+from pacsman.dicom.statuses import CONGESTION, REJECT_ADVICE, STATUS_NAMES, status_name
 from pacsman.errors import AssociationRejected, FatalError, ItemFailed, TransientError
 
 __all__ = [

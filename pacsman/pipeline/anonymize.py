@@ -19,7 +19,6 @@ from pathlib import Path
 
 import structlog
 
-from pacsman._pipeline_retrieve import ALL_SERIES, series_directories
 from pacsman.anonymize import (
     MappingTable,
     default_key_path,
@@ -29,10 +28,11 @@ from pacsman.anonymize import (
 )
 from pacsman.anonymize.batch import BatchSummary, EngineSpec, Outcome, Task, deidentify_files
 from pacsman.config import Config
+from pacsman.dicom.scp import safe_component
 from pacsman.errors import InputError
 from pacsman.jobstore import JobStore, Run, SeriesTask
 from pacsman.models import ItemState
-from pacsman.storescp import safe_component
+from pacsman.pipeline.retrieve import ALL_SERIES, series_directories
 
 __all__ = ["ANONYMIZED_DIRECTORY", "anonymize_complete", "project_name", "session_directory"]
 

@@ -17,11 +17,11 @@ from types import TracebackType
 
 import structlog
 
-from pacsman._pipeline_anonymize import project_name, session_directory
-from pacsman._pipeline_retrieve import ALL_SERIES
 from pacsman.config import Config
 from pacsman.jobstore import JobStore, Run, SeriesTask
 from pacsman.models import ItemState
+from pacsman.pipeline.anonymize import project_name, session_directory
+from pacsman.pipeline.retrieve import ALL_SERIES
 from pacsman.push import (
     PushOutcome,
     SessionUpload,

@@ -21,10 +21,10 @@ from typing import Literal
 
 import yaml
 
-from pacsman import _config_values as v
-from pacsman._config_push import DicomTarget, PushConfig, XnatConfig, parse_push, parse_xnat
-from pacsman._config_reader import Problems, Section, scan_tree
-from pacsman._config_yaml import load_yaml
+from pacsman.config import _values as v
+from pacsman.config._reader import Problems, Section, scan_tree
+from pacsman.config._yaml import load_yaml
+from pacsman.config.push import DicomTarget, PushConfig, XnatConfig, parse_push, parse_xnat
 from pacsman.errors import ConfigError, Problem
 
 __all__ = [
@@ -239,7 +239,7 @@ def _yaml_problem(source: str, exc: yaml.YAMLError, content: str) -> Problem:
 def parse_config(data: object, *, source: str) -> Config:
     """Validate an already-parsed YAML tree (``source`` names where it came from).
 
-    Line numbers are reported when ``data`` came from :func:`pacsman._config_yaml.load_yaml`.
+    Line numbers are reported when ``data`` came from :func:`pacsman.config._yaml.load_yaml`.
 
     Raises:
         ConfigError: every problem found, at once.

@@ -3,7 +3,7 @@
 The file is a DICOM Part 10 file: preamble, a file meta group built here from the C-STORE's
 SOP Class/Instance UIDs and the presentation context's transfer syntax, then the dataset bytes
 exactly as received.  The first bytes are held until the Study/Series UIDs are found in them
-(:func:`~pacsman._storescp_header.routing_uids`); the owner then names the directory, and the
+(:func:`~pacsman.dicom.header.routing_uids`); the owner then names the directory, and the
 rest streams into ``.<name>.tmp-<random>`` there, renamed to ``<name>`` by :meth:`finish`.
 """
 
@@ -21,7 +21,7 @@ from typing import Protocol
 
 import structlog
 
-from pacsman._storescp_header import routing_uids, syntax_of
+from pacsman.dicom.header import routing_uids, syntax_of
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
@@ -47,7 +47,7 @@ _TMP_PREFIX = secrets.token_hex(4)  # unique per process; O_EXCL catches the res
 _TMP_SERIAL = itertools.count()
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
-_log = structlog.get_logger("pacsman.storescp")
+_log = structlog.get_logger("pacsman.dicom.scp")
 
 Bytes = bytes | bytearray | memoryview
 

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pacsman._queryfile_text import Cell, Report, show
+from pacsman.queryfile._text import Cell, Report, show
 
 __all__ = ["Labels", "label_problem"]
 

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from datetime import date, timedelta
 
-from pacsman._queryfile_text import show
+from pacsman.queryfile._text import show
 
 __all__ = ["VR_BY_COLUMN", "check_value"]
 

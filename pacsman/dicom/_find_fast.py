@@ -9,7 +9,7 @@ each command set makes a pydicom round trip.
 :class:`FindChannel` takes the socket for the length of one query.  The DUL reactor thread
 checks for input only while it holds the channel's lock, so while a query runs it is parked
 and the caller sends the request and reads every response itself: command sets by hand
-(:mod:`pacsman._dimse`), identifiers with pydicom.  Between queries pynetdicom is in charge
+(:mod:`pacsman.dicom.codec`), identifiers with pydicom.  Between queries pynetdicom is in charge
 as usual (release, abort, timers).  A PDU other than P-DATA-TF during a query (the PACS
 releases or aborts) is left unread for pynetdicom, and the query fails as transient.
 """
@@ -32,7 +32,7 @@ from pydicom.uid import UID
 from pynetdicom.association import Association
 from pynetdicom.dsutils import decode, encode
 
-from pacsman import _dimse as dimse
+from pacsman.dicom import codec as dimse
 from pacsman.errors import TransientError
 
 __all__ = ["FindChannel", "Interrupted", "TimedOut"]

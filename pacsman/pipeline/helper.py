@@ -11,7 +11,7 @@ wakes a push thread here, so a session travels while the next study is de-identi
 stdin closes, we make a last pass of both, print how many items the passes worked on (one
 line on stdout), and exit: 0 done, 3 failed (the reason is on stderr).
 
-    python -m pacsman._later_process CONFIG RUN_ID OUT_DIRECTORY [--push KIND] [--workers N]
+    python -m pacsman.pipeline.helper CONFIG RUN_ID OUT_DIRECTORY [--push KIND] [--workers N]
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TextIO
 
-from pacsman._pipeline_anonymize import anonymize_complete
-from pacsman._pipeline_push import PushInBackground, push_ready_sessions
 from pacsman.config import Config, load_config
 from pacsman.errors import EXIT_FATAL, EXIT_OK, PacsmanError
 from pacsman.jobstore import JobStore, Run
 from pacsman.log import configure_logging
+from pacsman.pipeline.anonymize import anonymize_complete
+from pacsman.pipeline.push import PushInBackground, push_ready_sessions
 from pacsman.push import Target, open_target
 from pacsman.push.targets import TargetKind
 

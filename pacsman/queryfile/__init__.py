@@ -14,8 +14,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pacsman._queryfile_labels import Labels, label_problem
-from pacsman._queryfile_text import (
+from pacsman.errors import QueryFileError, Severity
+from pacsman.models import QUERY_COLUMNS, RELABEL_COLUMNS, QueryFile, QueryRow
+from pacsman.queryfile._labels import Labels, label_problem
+from pacsman.queryfile._text import (
     Cell,
     DecodeFailure,
     Record,
@@ -25,9 +27,7 @@ from pacsman._queryfile_text import (
     read_records,
     show,
 )
-from pacsman._queryfile_values import check_value
-from pacsman.errors import QueryFileError, Severity
-from pacsman.models import QUERY_COLUMNS, RELABEL_COLUMNS, QueryFile, QueryRow
+from pacsman.queryfile._values import check_value
 
 __all__ = ["KNOWN_COLUMNS", "load_queryfile"]
 

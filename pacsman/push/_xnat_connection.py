@@ -22,7 +22,7 @@ import xnat
 import xnat.session
 from xnat import exceptions as xnat_errors
 
-from pacsman._config_push import XnatConfig
+from pacsman.config.push import XnatConfig
 from pacsman.errors import FatalError, ItemFailed, PacsmanError, TransientError
 from pacsman.push.credentials import Credentials
 

@@ -21,15 +21,15 @@ from typing import Any
 
 import structlog
 
-from pacsman import storescp
 from pacsman.config import Config, PacsNode
-from pacsman.dicomnet import DicomPeer, StorageRole
+from pacsman.dicom import scp as storescp
+from pacsman.dicom.client import DicomPeer, StorageRole
+from pacsman.dicom.scp import InstanceWriter, StorageSCP
 from pacsman.errors import FatalError, ItemFailed, TransientError
 from pacsman.jobstore import JobStore, Run, SeriesTask
 from pacsman.models import ItemState
-from pacsman.query import FindSession
-from pacsman.retrieve import Level, RetrieveSession, SeriesRequest
-from pacsman.storescp import InstanceWriter, StorageSCP
+from pacsman.query import FindAssociation
+from pacsman.retrieve import Level, RetrieveAssociation, SeriesRequest
 from pacsman.throttle import Courtesy, RetryPolicy
 from pacsman.verify import verify_series
 
@@ -56,8 +56,8 @@ class _Node:
     move_destination: str | None
     storage: StorageRole | None
 
-    def session(self, *, retry: RetryPolicy | None = None) -> RetrieveSession:
-        return RetrieveSession(
+    def session(self, *, retry: RetryPolicy | None = None) -> RetrieveAssociation:
+        return RetrieveAssociation(
             self.peer,
             receiver=self.writer,
             retry=retry or self.retry,
@@ -213,7 +213,7 @@ def _preflight(
 ) -> None:
     """Move one real instance; prove it arrived.  Raises FatalError with the fix if not."""
     quick = RetryPolicy(max_attempts=min(3, shared.retry.max_attempts))
-    with FindSession(shared.peer, retry=quick) as finder:
+    with FindAssociation(shared.peer, retry=quick) as finder:
         scope = {"StudyInstanceUID": task.study_instance_uid}
         scope["SeriesInstanceUID"] = task.series_instance_uid
         if shared.node.query_model == "patient":
@@ -297,7 +297,7 @@ def _units(tasks: list[SeriesTask], level: str) -> list[list[SeriesTask]]:
 def _fetch_unit(
     store: JobStore,
     run: Run,
-    session: RetrieveSession,
+    session: RetrieveAssociation,
     unit: list[SeriesTask],
     directories: dict[str, Path],
     tracker: StudyTracker,
@@ -352,8 +352,8 @@ def _run_workers(
     units: list[list[SeriesTask]],
     *,
     workers: int,
-    make_session: Callable[[], RetrieveSession],
-    work: Callable[[RetrieveSession, list[SeriesTask]], dict[str, ItemState]],
+    make_session: Callable[[], RetrieveAssociation],
+    work: Callable[[RetrieveAssociation, list[SeriesTask]], dict[str, ItemState]],
 ) -> dict[str, ItemState]:
     """Run ``work`` over ``units`` on ``workers`` threads, one association each.
 

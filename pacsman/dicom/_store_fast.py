@@ -15,7 +15,7 @@ everything else (negotiation, release, abort, timers, C-ECHO):
   the normal way), then ACKs at once (``TCP_QUICKACK``) so that a sender with Nagle's
   algorithm on does not stall ~40 ms per instance waiting for a delayed ACK.
 * Command sets are parsed by hand.  A C-STORE-RQ on an accepted context is streamed
-  fragment by fragment into a :class:`~pacsman._storescp_writer.PendingInstance` (straight
+  fragment by fragment into a :class:`~pacsman.dicom._writer.PendingInstance` (straight
   from the receive buffer to the file), and its C-STORE-RSP is encoded by hand and sent by
   this same thread, the only one that writes to the socket while established.
 * Any other message (C-ECHO, a C-STORE on an unknown context, anything odd) is handed to
@@ -37,9 +37,9 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import P_DATA
 
-from pacsman import _dimse as dimse
-from pacsman._storescp_pending import PROCESSING_FAILURE, PendingInstance
-from pacsman._storescp_writer import InstanceWriter
+from pacsman.dicom import codec as dimse
+from pacsman.dicom._pending import PROCESSING_FAILURE, PendingInstance
+from pacsman.dicom._writer import InstanceWriter
 
 __all__ = ["install"]
 
@@ -50,7 +50,7 @@ _MAX_PDUS_PER_WAKE = 64  # then give pynetdicom's loop (timers, aborts) a turn
 _FIRST_BUFFER = 64 * 1024  # grown to the largest PDU the peer sends, within our maximum
 _UNLIMITED_PDU = 64 << 20  # the bound when our maximum PDU length is 0 ("unlimited")
 
-_log = structlog.get_logger("pacsman.storescp")
+_log = structlog.get_logger("pacsman.dicom.scp")
 
 
 def install(assoc: Association, writer: InstanceWriter) -> None:

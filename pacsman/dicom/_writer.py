@@ -3,7 +3,7 @@
 :class:`InstanceWriter` is the thread-safe core of the Storage SCP.  A receiver calls
 :meth:`InstanceWriter.begin` when a C-STORE request arrives and feeds the dataset bytes, as
 they come off the network, to the returned
-:class:`~pacsman._storescp_pending.PendingInstance`; its ``finish()`` returns the status.
+:class:`~pacsman.dicom._pending.PendingInstance`; its ``finish()`` returns the status.
 
 * Routed series (:meth:`InstanceWriter.route`) land in their directory; any other series in
   ``<unrouted>/<StudyInstanceUID>/<SeriesInstanceUID>/``, logged once as ``unrouted_series``.
@@ -29,15 +29,15 @@ import structlog
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from pacsman._storescp_paths import instance_filename, safe_component
-from pacsman._storescp_pending import PROCESSING_FAILURE, SUCCESS, TMP_MARK, PendingInstance
+from pacsman.dicom._pending import PROCESSING_FAILURE, SUCCESS, TMP_MARK, PendingInstance
+from pacsman.layout import instance_filename, safe_component
 
 __all__ = ["InstanceWriter", "StoredInstance"]
 
 _MIN_COMPLETE = 132 + 12  # preamble, DICM and a group length: anything shorter is a stub
 _MAX_CACHED = 10_000  # directories remembered (and unrouted warnings) before a reset
 
-_log = structlog.get_logger("pacsman.storescp")
+_log = structlog.get_logger("pacsman.dicom.scp")
 
 
 @dataclass(frozen=True)

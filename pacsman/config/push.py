@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pacsman import _config_values as v
-from pacsman._config_reader import Section
+from pacsman.config import _values as v
+from pacsman.config._reader import Section
 
 __all__ = [
     "DicomTarget",

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
-from pacsman._config_values import SECRETS_FIX, Invalid, describe, suggest
-from pacsman._config_yaml import LineDict, item_line, key_line
+from pacsman.config._values import SECRETS_FIX, Invalid, describe, suggest
+from pacsman.config._yaml import LineDict, item_line, key_line
 from pacsman.errors import Problem
 
 __all__ = ["Problems", "Section", "is_secret_key", "scan_tree"]
