@@ -1,8 +1,18 @@
-"""Command line: argument parsing -> calls.  A PacsmanError becomes one clear message + exit code.
+"""Command line: every pacsman command, listed here.  A PacsmanError becomes one clear message
+and an exit code.
 
-    pacsman --queryfile q.csv --info [--config PATH] [--out_directory DIR] [--pacs NAME]
-    pacsman validate q.csv [--config PATH]
-    pacsman echo [--pacs NAME] [--config PATH]
+    pacsman --queryfile q.csv [--info] [--save] [--anonymize] [--push [xnat|dicom|folder]]
+            [--workers N] [--out_directory DIR] [--pacs NAME] [--config PATH]
+                                            the pipeline: validate, C-FIND, retrieve, verify,
+                                            de-identify, push, verify on the target (here)
+    pacsman validate q.csv [--config PATH]  check a query file, send nothing (here)
+    pacsman echo [--pacs NAME]              C-ECHO a PACS node (here)
+    pacsman anonymize IN_DIR OUT_DIR --subject S --session E
+                                            de-identify a folder (pacsman.anonymize.cli)
+    pacsman mapping export OUT.csv          the local pseudonym table (pacsman.anonymize.cli)
+    pacsman upload DIR --subject S --session E
+                                            de-identify and push a local folder (pacsman.push.cli)
+    pacsman xnat upload-resource|download   XNAT side tools (pacsman.push.cli)
 
 Exit codes: 0 every row done; 1 some rows failed; 2 bad input or config, nothing sent;
 3 fatal (e.g. the PACS rejects pacsman's AE title).

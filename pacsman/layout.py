@@ -9,9 +9,29 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
-__all__ = ["default_labels", "instance_filename", "safe_component", "series_directory"]
+__all__ = [
+    "ANONYMIZED_DIRECTORY",
+    "XNAT_LABEL_RULE",
+    "ReceivedSeries",
+    "anonymized_series_directory",
+    "default_labels",
+    "instance_filename",
+    "is_xnat_label",
+    "raw_series_directories",
+    "safe_component",
+    "series_directory",
+    "xnat_label_outsiders",
+]
+
+#: XNAT's rule for project, subject and session labels (xnat-rest-contract.md §12), in words.
+XNAT_LABEL_RULE = "use 1-64 letters, digits, '_' or '-'"
+#: The same rule as a pattern: the one copy in pacsman (the XNAT emulator keeps its own).
+_XNAT_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_XNAT_LABEL_OUTSIDER = re.compile(r"[^A-Za-z0-9_-]")
 
 #: Characters that are never kept: separators on any OS, and what Windows/SMB shares refuse.
 _FORBIDDEN = frozenset('/\\:*?"<>|')
@@ -19,6 +39,16 @@ _WHITESPACE_RUN = re.compile(r"[\s_]+")
 _EDGE_JUNK = "._- "
 #: Already safe, and left unchanged by the full treatment: the common case (UIDs, numbers).
 _PLAIN = re.compile(r"[0-9A-Za-z](?:[0-9A-Za-z.-]*[0-9A-Za-z])?")
+
+
+def is_xnat_label(text: str) -> bool:
+    """True if ``text`` is a valid XNAT project, subject or session label."""
+    return _XNAT_LABEL.fullmatch(text) is not None
+
+
+def xnat_label_outsiders(text: str) -> list[str]:
+    """The distinct characters of ``text`` that an XNAT label may not hold, sorted."""
+    return sorted(set(_XNAT_LABEL_OUTSIDER.findall(text)))
 
 
 def _is_kept(char: str) -> bool:
@@ -108,3 +138,71 @@ def series_directory(
 def instance_filename(sop_instance_uid: str) -> str:
     """Return ``<SOPInstanceUID>.dcm``, sanitized: a UID with ``../`` cannot escape."""
     return safe_component(sop_instance_uid, fallback="unknown_instance") + ".dcm"
+
+
+#: The folder of ``<out>`` that holds de-identified data.
+ANONYMIZED_DIRECTORY = "anonymized"
+
+
+class ReceivedSeries(Protocol):
+    """What decides a series' raw directory (a job-store record has it)."""
+
+    @property
+    def study_instance_uid(self) -> str: ...
+    @property
+    def series_instance_uid(self) -> str: ...
+    @property
+    def patient_id(self) -> str: ...
+    @property
+    def study_date(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def session(self) -> str: ...
+    @property
+    def series_number(self) -> str: ...
+    @property
+    def series_description(self) -> str: ...
+
+
+def raw_series_directories(
+    out_directory: Path, series: Sequence[ReceivedSeries]
+) -> dict[str, Path]:
+    """SeriesInstanceUID -> :func:`series_directory` for every series of one run.
+
+    A row's Subject/Session labels are used when it has them, else :func:`default_labels`;
+    two studies that would share default labels get ``<session>_2``, ``_3``... in the order
+    of ``series``, which must be the run's query-file order so the answer never changes.
+    """
+    sessions: dict[str, tuple[str, str]] = {}
+    used: set[tuple[str, str]] = set()
+    for one in series:
+        if one.study_instance_uid in sessions:
+            continue
+        subject, session = default_labels(one.patient_id, one.study_date)
+        subject, session = one.subject or subject, one.session or session
+        base, n = session, 1
+        while (subject, session) in used:
+            n += 1
+            session = f"{base}_{n}"
+        used.add((subject, session))
+        sessions[one.study_instance_uid] = (subject, session)
+    return {
+        s.series_instance_uid: series_directory(
+            out_directory,
+            subject=sessions[s.study_instance_uid][0],
+            session=sessions[s.study_instance_uid][1],
+            series_number=s.series_number,
+            series_description=s.series_description,
+        )
+        for s in series
+    }
+
+
+def anonymized_series_directory(
+    out_directory: Path, *, subject: str, session: str, series_number: str
+) -> Path:
+    """``<out>/anonymized/<subject>/<session>/<SeriesNumber>``: never the SeriesDescription,
+    which may hold PHI.  ``subject`` and ``session`` are XNAT labels, already safe."""
+    number = safe_component(series_number, fallback="series")
+    return out_directory / ANONYMIZED_DIRECTORY / subject / session / number

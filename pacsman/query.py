@@ -7,17 +7,16 @@ series the PACS holds, with the number of instances it promises for each series.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 
 import structlog
-from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from pacsman.closing import Closing
 from pacsman.dicom import client
 from pacsman.dicom.client import DicomPeer
+from pacsman.dicom.hooks import set_unvalidated
 from pacsman.dicom.matching import matches
 from pacsman.errors import ItemFailed, TransientError
 from pacsman.models import (
@@ -94,14 +93,15 @@ class FindAssociation(Closing):
             raise
 
     def _identifier(self, level: str, keys: Mapping[str, str], returns: Iterable[str]) -> Dataset:
+        """The C-FIND identifier; C-FIND keys legally hold wildcards and ranges that pydicom's
+        VR validators flag, so no value is validated."""
         ds = Dataset()
-        with _no_vr_validation():
-            ds.QueryRetrieveLevel = level
-            ds.SpecificCharacterSet = self.peer.node.character_set.split("\\")
-            for keyword in returns:
-                setattr(ds, keyword, "")
-            for keyword, value in keys.items():
-                setattr(ds, keyword, _matching_value(keyword, value))
+        set_unvalidated(ds, "QueryRetrieveLevel", level)
+        set_unvalidated(ds, "SpecificCharacterSet", self.peer.node.character_set.split("\\"))
+        for keyword in returns:
+            set_unvalidated(ds, keyword, "")
+        for keyword, value in keys.items():
+            set_unvalidated(ds, keyword, _matching_value(keyword, value))
         return ds
 
 
@@ -115,18 +115,6 @@ def _matching_value(keyword: str, value: str) -> str | list[str]:
     if "\\" not in value:
         return value
     return value.split("\\") if keyword in _UID_LIST_KEYS else ""
-
-
-@contextmanager
-def _no_vr_validation() -> Iterator[None]:
-    """C-FIND keys legally hold wildcards and ranges that pydicom's VR validators flag."""
-    settings = pydicom_config.settings
-    saved = settings.reading_validation_mode, settings.writing_validation_mode
-    settings.reading_validation_mode = settings.writing_validation_mode = pydicom_config.IGNORE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode, settings.writing_validation_mode = saved
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -147,23 +135,23 @@ def _row_keys(row: QueryRow, allowed: Iterable[str]) -> dict[str, str]:
     return {k: v for k, v in row.keys.items() if k in allowed}
 
 
-def _patient_ids(session: FindAssociation, row: QueryRow) -> Sequence[str | None]:
+def _patient_ids(association: FindAssociation, row: QueryRow) -> Sequence[str | None]:
     """Patient Root needs PatientID at study level: resolve it first when the row lacks it."""
-    if session.peer.node.query_model != "patient" or "PatientID" in row.keys:
+    if association.peer.node.query_model != "patient" or "PatientID" in row.keys:
         return [row.keys.get("PatientID")]
     keys = _row_keys(row, ("PatientName", "PatientBirthDate"))
-    answers = session.find("PATIENT", keys, ("PatientID",))
+    answers = association.find("PATIENT", keys, ("PatientID",))
     return [*sorted({_text(a, "PatientID") for a in answers} - {""})]
 
 
-def _studies(session: FindAssociation, row: QueryRow) -> list[Dataset]:
+def _studies(association: FindAssociation, row: QueryRow) -> list[Dataset]:
     keys = _row_keys(row, STUDY_LEVEL_KEYS)
     found: dict[str, Dataset] = {}
-    for patient_id in _patient_ids(session, row):
+    for patient_id in _patient_ids(association, row):
         if patient_id is not None:
             keys["PatientID"] = patient_id
-        answers = session.find("STUDY", keys, _STUDY_RETURN_KEYS)
-        _require_checkable(session, "study-level answer(s)", keys, answers)
+        answers = association.find("STUDY", keys, _STUDY_RETURN_KEYS)
+        _require_checkable(association, "study-level answer(s)", keys, answers)
         for answer in answers:
             if all(matches(k, v, _text(answer, k)) for k, v in keys.items()):
                 uid = _text(answer, "StudyInstanceUID")
@@ -173,34 +161,37 @@ def _studies(session: FindAssociation, row: QueryRow) -> list[Dataset]:
 
 
 def _series_answers(
-    session: FindAssociation, study: Dataset, keys: Mapping[str, str]
+    association: FindAssociation, study: Dataset, keys: Mapping[str, str]
 ) -> list[Dataset]:
     scope = {"StudyInstanceUID": _text(study, "StudyInstanceUID")}
-    if session.peer.node.query_model == "patient":
+    if association.peer.node.query_model == "patient":
         scope["PatientID"] = _text(study, "PatientID")
-    answers = session.find("SERIES", {**scope, **keys}, _SERIES_RETURN_KEYS)
+    answers = association.find("SERIES", {**scope, **keys}, _SERIES_RETURN_KEYS)
     promised = _count(study, "NumberOfStudyRelatedSeries")
     if not keys and promised is not None and len(answers) < promised:
         _log.warning(
-            "series_count_short", pacs=session.peer.node.name, promised=promised, got=len(answers)
+            "series_count_short",
+            pacs=association.peer.node.name,
+            promised=promised,
+            got=len(answers),
         )
-        answers = session.find("SERIES", scope, _SERIES_RETURN_KEYS)
+        answers = association.find("SERIES", scope, _SERIES_RETURN_KEYS)
     return answers
 
 
 def _image_level(
-    session: FindAssociation, study: Dataset, series: Dataset, keys: Mapping[str, str]
+    association: FindAssociation, study: Dataset, series: Dataset, keys: Mapping[str, str]
 ) -> int:
     """Count the instances of one series that match ``keys`` (image-level C-FIND)."""
     scope = {
         "StudyInstanceUID": _text(study, "StudyInstanceUID"),
         "SeriesInstanceUID": _text(series, "SeriesInstanceUID"),
     }
-    if session.peer.node.query_model == "patient":
+    if association.peer.node.query_model == "patient":
         scope["PatientID"] = _text(study, "PatientID")
-    answers = session.find("IMAGE", {**scope, **keys}, ("SOPInstanceUID", *keys))
+    answers = association.find("IMAGE", {**scope, **keys}, ("SOPInstanceUID", *keys))
     number = _text(series, "SeriesNumber") or "?"
-    _require_checkable(session, f"instance(s) of series {number}", keys, answers)
+    _require_checkable(association, f"instance(s) of series {number}", keys, answers)
     kept = [
         a
         for a in answers
@@ -210,7 +201,7 @@ def _image_level(
 
 
 def _require_checkable(
-    session: FindAssociation, what: str, keys: Mapping[str, str], answers: Sequence[Dataset]
+    association: FindAssociation, what: str, keys: Mapping[str, str], answers: Sequence[Dataset]
 ) -> None:
     """Refuse keys no answer carries a value for: the PACS ignored them, pacsman cannot check.
 
@@ -227,7 +218,7 @@ def _require_checkable(
     ]
     if blind:
         raise ItemFailed(
-            f"PACS {session.peer.describe()} returned no {', '.join(blind)} for any of the "
+            f"PACS {association.peer.describe()} returned no {', '.join(blind)} for any of the "
             f"{len(answers)} {what}, so pacsman cannot check the row's {', '.join(blind)}: "
             "this PACS cannot select by it. Drop that column, or select by keys it returns "
             "(e.g. StudyDate, SeriesNumber, Modality)"
@@ -235,7 +226,7 @@ def _require_checkable(
 
 
 def _series_match(
-    session: FindAssociation, row: QueryRow, study: Dataset, answer: Dataset
+    association: FindAssociation, row: QueryRow, study: Dataset, answer: Dataset
 ) -> SeriesMatch | None:
     series_keys = _row_keys(row, SERIES_LEVEL_KEYS)
     if not all(matches(k, v, _text(answer, k)) for k, v in series_keys.items() if _text(answer, k)):
@@ -243,15 +234,15 @@ def _series_match(
     unresolved = {k: v for k, v in series_keys.items() if not _text(answer, k)}
     image_keys = {**unresolved, **_row_keys(row, IMAGE_LEVEL_KEYS)}
     expected = _count(answer, "NumberOfSeriesRelatedInstances")
-    policy = session.peer.node.count_instances
+    policy = association.peer.node.count_instances
     if image_keys or policy == "always" or (expected is None and policy == "auto"):
-        counted = _image_level(session, study, answer, image_keys)
+        counted = _image_level(association, study, answer, image_keys)
         if image_keys and counted == 0:
             return None
         if not image_keys:
             expected = counted
         elif expected is None and policy != "never":
-            expected = _image_level(session, study, answer, {})
+            expected = _image_level(association, study, answer, {})
     return SeriesMatch(
         study_instance_uid=_text(study, "StudyInstanceUID"),
         series_instance_uid=_text(answer, "SeriesInstanceUID"),
@@ -262,8 +253,8 @@ def _series_match(
     )
 
 
-def query_row(session: FindAssociation, row: QueryRow) -> tuple[StudyMatch, ...]:
-    """Find every study and series ``row`` selects on ``session``'s PACS node.
+def query_row(association: FindAssociation, row: QueryRow) -> tuple[StudyMatch, ...]:
+    """Find every study and series ``row`` selects on ``association``'s PACS node.
 
     Studies with no selected series are left out.  Series are sorted by SeriesNumber.
 
@@ -272,9 +263,9 @@ def query_row(session: FindAssociation, row: QueryRow) -> tuple[StudyMatch, ...]
     """
     results: list[StudyMatch] = []
     series_keys = _row_keys(row, SERIES_LEVEL_KEYS)
-    for study in _studies(session, row):
-        answers = _series_answers(session, study, series_keys)
-        series = [s for a in answers if (s := _series_match(session, row, study, a))]
+    for study in _studies(association, row):
+        answers = _series_answers(association, study, series_keys)
+        series = [s for a in answers if (s := _series_match(association, row, study, a))]
         if series:
             results.append(_study_match(study, series))
     return tuple(sorted(results, key=lambda s: (s.study_date, s.study_time, s.study_instance_uid)))

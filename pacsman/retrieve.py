@@ -3,7 +3,7 @@
 :class:`RetrieveAssociation` asks one PACS node for series (or whole studies, or single
 instances), paced by a shared :class:`~pacsman.throttle.Courtesy` and retried by a
 :class:`~pacsman.throttle.RetryPolicy`.  Where the instances land is the receiver's business
-(:class:`Receiver`): the session only routes each series to its directory first and counts
+(:class:`Receiver`): the association only routes each series to its directory first and counts
 what is on disk afterwards.
 """
 

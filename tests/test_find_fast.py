@@ -186,7 +186,7 @@ def test_closed_connection_mid_pdu_is_an_error(wire: tuple[socket.socket, _Messa
 FakePacsFactory = Callable[..., FakePacs]
 
 
-def _session(pacs: FakePacs, retry: RetryPolicy = FAST) -> FindAssociation:
+def _association(pacs: FakePacs, retry: RetryPolicy = FAST) -> FindAssociation:
     node = PacsNode("fake", pacs.host, pacs.port, pacs.ae_title)
     return FindAssociation(DicomPeer(node, "PACSMAN"), retry=retry)
 
@@ -195,9 +195,9 @@ def test_pacs_abort_mid_answers_is_retried_whole(fake_pacs: FakePacsFactory) -> 
     """An A-ABORT after the first match: the query is asked again, on a fresh association,
     and the answer holds every match (never the partial one)."""
     pacs = fake_pacs(faults=Faults(abort_mid_finds=1))
-    with _session(pacs) as session:
-        answers = session.find("SERIES", {"PatientID": "DEMO001"}, ("SeriesInstanceUID",))
-        again = session.find("SERIES", {"PatientID": "DEMO001"}, ("SeriesInstanceUID",))
+    with _association(pacs) as association:
+        answers = association.find("SERIES", {"PatientID": "DEMO001"}, ("SeriesInstanceUID",))
+        again = association.find("SERIES", {"PatientID": "DEMO001"}, ("SeriesInstanceUID",))
     truth = {ds.SeriesInstanceUID for ds in pacs.datasets if ds.PatientID == "DEMO001"}
     assert len(truth) > 1
     assert sorted(ds.SeriesInstanceUID for ds in answers) == sorted(truth)
@@ -207,5 +207,8 @@ def test_pacs_abort_mid_answers_is_retried_whole(fake_pacs: FakePacsFactory) -> 
 
 def test_pacs_abort_without_retries_left_is_transient(fake_pacs: FakePacsFactory) -> None:
     pacs = fake_pacs(faults=Faults(abort_mid_finds=1))
-    with _session(pacs, RetryPolicy(max_attempts=1)) as session, pytest.raises(TransientError):
-        session.find("SERIES", {"PatientID": "DEMO001"}, ("SeriesInstanceUID",))
+    with (
+        _association(pacs, RetryPolicy(max_attempts=1)) as association,
+        pytest.raises(TransientError),
+    ):
+        association.find("SERIES", {"PatientID": "DEMO001"}, ("SeriesInstanceUID",))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import cast
@@ -13,14 +12,13 @@ from pydicom import dcmread
 
 from pacsman.cli import main
 from pacsman.config import parse_config
-from pacsman.jobstore import JobStore, Run, SeriesTask
-from pacsman.models import ItemState
+from pacsman.jobstore import AnonymizeSeries, JobStore, Run
 from pacsman.pipeline import anonymize as _pipeline_anonymize
 from pacsman.pipeline.anonymize import anonymize_complete
 from pacsman.testing.net import free_port
 from pacsman.testing.orthanc import OrthancServer
 from tests.helpers import write_config, write_queryfile
-from tests.test_pipeline_push import _task
+from tests.test_pipeline_push import _anonymize_task, _events
 
 QUERY = "PatientID,Subject,Session\nDEMO001,SUBJ01,SESS01\nDEMO002,,\n"
 
@@ -41,7 +39,7 @@ def test_save_then_anonymize_every_series(
     tmp_path: Path,
     demo_orthanc: OrthancServer,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str],  # the de-identify/push process logs to fd 2
 ) -> None:
     """Labelled rows keep their labels, others get pseudonyms; no original identifier leaks."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
@@ -62,9 +60,9 @@ def test_save_then_anonymize_every_series(
         assert "Müller".encode() not in raw
         assert dcmread(path).PatientIdentityRemoved == "YES"
     assert (tmp_path / "xdg" / "pacsman" / "pacsman.key").stat().st_mode & 0o077 == 0
-    capsys.readouterr()
+    capfd.readouterr()
     status, _ = _run(tmp_path, demo_orthanc)
-    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    events = _events(capfd.readouterr().err)
     assert status == 0
     assert "nothing_to_anonymize" in events
 
@@ -72,10 +70,10 @@ def test_save_then_anonymize_every_series(
 class _Tasks:
     """Just enough of a job store: the series to de-identify."""
 
-    def __init__(self, tasks: list[SeriesTask]) -> None:
+    def __init__(self, tasks: list[AnonymizeSeries]) -> None:
         self.tasks = tasks
 
-    def series_tasks(self, run: Run, states: frozenset[ItemState]) -> list[SeriesTask]:
+    def series_for_anonymize(self, run: Run) -> list[AnonymizeSeries]:
         return self.tasks
 
 
@@ -84,11 +82,11 @@ def test_each_study_de_identified_is_announced(
 ) -> None:
     """The hook fires after the last series of each study, so its push can start at once."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    first = [_task("1.1", ItemState.COMPLETE, "", 5), _task("1.2", ItemState.COMPLETE, "", 5)]
-    second = replace(_task("2.1", ItemState.COMPLETE, "", 5), study_instance_uid="9.9", line=3)
+    first = [_anonymize_task("1.1"), _anonymize_task("1.2")]
+    second = replace(_anonymize_task("2.1"), study_instance_uid="9.9", line=3)
     events: list[str] = []
 
-    def anonymize_series(store: object, run: object, task: SeriesTask, *rest: object) -> None:
+    def anonymize_series(store: object, run: object, task: AnonymizeSeries, *rest: object) -> None:
         events.append(task.series_instance_uid)
 
     monkeypatch.setattr(_pipeline_anonymize, "_anonymize_series", anonymize_series)
@@ -97,7 +95,12 @@ def test_each_study_de_identified_is_announced(
     store = cast(JobStore, _Tasks([*first, second]))
     run = Run(1, "q.csv", "2026-01-01T00:00:00", resumed=False)
     worked = anonymize_complete(
-        store, run, config, tmp_path, on_study_done=lambda: events.append("study done")
+        store,
+        run,
+        config,
+        tmp_path,
+        project="pacsman",
+        on_study_done=lambda: events.append("study done"),
     )
     assert worked == 3
     assert events == ["1.1", "1.2", "study done", "2.1", "study done"]

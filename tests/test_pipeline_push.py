@@ -13,15 +13,21 @@ import pytest
 
 from pacsman.cli import main
 from pacsman.errors import FatalError
-from pacsman.jobstore import SeriesTask
+from pacsman.jobstore import AnonymizeSeries, PushSeries
 from pacsman.models import ItemState
-from pacsman.pipeline.push import PushInBackground, _sessions
+from pacsman.pipeline.helper import BackgroundPasses
+from pacsman.pipeline.push import _Ready, _sessions
 from pacsman.testing.net import free_port
 from pacsman.testing.orthanc import OrthancServer
 from pacsman.testing.xnat_emulator import XnatEmulator
 from tests.helpers import write_config, write_queryfile
 
 QUERY = "PatientID,Subject,Session\nDEMO001,SUBJ01,SESS01\nDEMO002,,\n"
+
+
+def _events(stderr: str) -> list[str]:
+    """The structlog event names among the JSON lines of ``stderr`` (pacsman and its child)."""
+    return [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
 
 
 def _run(tmp_path: Path, orthanc: OrthancServer, xnat: XnatEmulator) -> int:
@@ -38,7 +44,7 @@ def test_query_to_xnat_each_session_once_and_complete(
     tmp_path: Path,
     demo_orthanc: OrthancServer,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    capfd: pytest.CaptureFixture[str],  # the de-identify/push process logs to fd 2
 ) -> None:
     """Every session lands once with every file; a rerun pushes nothing."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
@@ -47,9 +53,9 @@ def test_query_to_xnat_each_session_once_and_complete(
     with XnatEmulator(tmp_path / "xnat", projects=("PROJ",)) as xnat:
         status = _run(tmp_path, demo_orthanc, xnat)
         sessions = {s.label: s.file_count for s in xnat.sessions("PROJ")}
-        capsys.readouterr()
+        capfd.readouterr()
         again = _run(tmp_path, demo_orthanc, xnat)
-        events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+        events = _events(capfd.readouterr().err)
         imports = [r for r in xnat.request_log if "services/import" in r.path]
     with (tmp_path / "data" / "q_info.csv").open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -61,25 +67,31 @@ def test_query_to_xnat_each_session_once_and_complete(
     assert "nothing_to_push" in events
 
 
-def _task(series: str, state: ItemState, anonymization: str, files: int) -> SeriesTask:
-    return SeriesTask(
+def _task(series: str, state: ItemState, anonymization: str, files: int) -> PushSeries:
+    return PushSeries(
+        line=2,
+        study_instance_uid="1.2.3",
+        series_instance_uid=series,
+        state=state,
+        anonymization=ItemState(anonymization) if anonymization else None,
+        xnat_subject="S1" if anonymization else "",
+        xnat_session="E1" if anonymization else "",
+        anonymized_instances=files if anonymization else None,
+        anonymized_directory=Path("out/anonymized/S1/E1", series[-1]) if anonymization else None,
+    )
+
+
+def _anonymize_task(series: str) -> AnonymizeSeries:
+    return AnonymizeSeries(
         pacs="p",
         line=2,
         study_instance_uid="1.2.3",
         series_instance_uid=series,
         series_number=series[-1],
-        series_description="",
-        expected_instances=files,
         patient_id="P1",
-        study_date="20240101",
         subject="S1",
         session="E1",
-        state=state,
-        passes=1,
-        anonymization=anonymization,
-        xnat_subject="S1" if anonymization else "",
-        xnat_session="E1" if anonymization else "",
-        anonymized_instances=files if anonymization else None,
+        raw_directory=Path("out/P1/P1_20240101", series[-1]),
     )
 
 
@@ -89,7 +101,8 @@ def test_a_study_is_never_pushed_in_part() -> None:
     waiting = _task("1.2", ItemState.INCOMPLETE, "", 0)
     assert _sessions([done, waiting]) == ({}, 1)
     finished = _task("1.2", ItemState.COMPLETE, "ANONYMIZED", 5)
-    assert _sessions([done, finished]) == ({("S1", "E1"): 15}, 0)
+    ready = _Ready(Path("out/anonymized/S1/E1"), 15)
+    assert _sessions([done, finished]) == ({("S1", "E1"): ready}, 0)
 
 
 def test_background_push_passes_coalesce_and_end_with_a_last_pass() -> None:
@@ -103,7 +116,7 @@ def test_background_push_passes_coalesce_and_end_with_a_last_pass() -> None:
         release.wait(5)
         return 2
 
-    with PushInBackground(push) as pushing:
+    with BackgroundPasses(push) as pushing:
         pushing.wake()
         assert started.wait(5)
         pushing.wake()  # during the first pass: these two become one more pass
@@ -113,18 +126,18 @@ def test_background_push_passes_coalesce_and_end_with_a_last_pass() -> None:
     assert 2 * len(passes) == pushing.worked
 
 
-def _drive(push: Callable[[], int], action: Callable[[PushInBackground], None]) -> None:
-    with PushInBackground(push) as pushing:
+def _drive(push: Callable[[], int], action: Callable[[BackgroundPasses], None]) -> None:
+    with BackgroundPasses(push) as pushing:
         action(pushing)
 
 
-def _wake_for_a_while(pushing: PushInBackground) -> None:
+def _wake_for_a_while(pushing: BackgroundPasses) -> None:
     for _ in range(500):
         pushing.wake()
         time.sleep(0.01)
 
 
-def _interrupted(pushing: PushInBackground) -> None:
+def _interrupted(pushing: BackgroundPasses) -> None:
     pushing.wake()
     raise KeyboardInterrupt
 

@@ -30,8 +30,8 @@ def _peer(pacs: FakePacs, **node: Any) -> DicomPeer:
 
 
 def _series_counts(pacs: FakePacs, row: QueryRow, **node: Any) -> dict[str, int | None]:
-    with FindAssociation(_peer(pacs, **node), retry=FAST) as session:
-        studies = query_row(session, row)
+    with FindAssociation(_peer(pacs, **node), retry=FAST) as association:
+        studies = query_row(association, row)
     return {s.series_instance_uid: s.expected_instances for st in studies for s in st.series}
 
 
@@ -127,8 +127,8 @@ def test_character_sets_decode_intact(fake_pacs: FakePacsFactory, charset: str, 
         series=(SeriesSpec(series_number=1, series_description="T1", n_instances=2),),
     )
     pacs = fake_pacs([spec], faults=Faults(response_charset=charset))
-    with FindAssociation(_peer(pacs), retry=FAST) as session:
-        studies = query_row(session, QueryRow(line=2, keys={"PatientID": "CS001"}))
+    with FindAssociation(_peer(pacs), retry=FAST) as association:
+        studies = query_row(association, QueryRow(line=2, keys={"PatientID": "CS001"}))
     assert [s.patient_name for s in studies] == [name]
 
 
@@ -210,8 +210,11 @@ def test_study_key_the_pacs_ignores_fails_the_row(fake_pacs: FakePacsFactory) ->
     the row fails with the reason, instead of selecting every study of the patient."""
     pacs = fake_pacs(faults=Faults(ignored_keys=("StudyDescription",)))
     row = QueryRow(line=2, keys={"PatientID": "DEMO001", "StudyDescription": "no such study"})
-    with FindAssociation(_peer(pacs), retry=FAST) as session, pytest.raises(ItemFailed) as caught:
-        query_row(session, row)
+    with (
+        FindAssociation(_peer(pacs), retry=FAST) as association,
+        pytest.raises(ItemFailed) as caught,
+    ):
+        query_row(association, row)
     assert "returned no StudyDescription for any of the 1 study-level answer(s)" in str(
         caught.value
     )

@@ -29,6 +29,7 @@ from structlog.testing import capture_logs
 
 from pacsman.dicom import _pending as _storescp_pending
 from pacsman.dicom.header import part10_values, routing_uids, syntax_of
+from pacsman.dicom.meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from pacsman.dicom.scp import (
     STORAGE_SOP_CLASSES,
     TRANSFER_SYNTAXES,
@@ -270,7 +271,12 @@ def test_storescu_files_land_routed_and_byte_identical(
         ds = dcmread(path, stop_before_pixels=True)
         stored = routes[ds.SeriesInstanceUID] / f"{ds.SOPInstanceUID}.dcm"
         assert dataset_bytes(path.read_bytes()) == dataset_bytes(stored.read_bytes())
-        assert dcmread(stored).file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        meta = dcmread(stored).file_meta
+        assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert (meta.ImplementationClassUID, meta.ImplementationVersionName) == (
+            IMPLEMENTATION_CLASS_UID,
+            IMPLEMENTATION_VERSION_NAME,
+        )
     counts = {uid: len(rx.writer.received(uid)) for uid in routes}
     assert counts == {
         DEMO_STUDIES[0].series_instance_uid(s): s.n_instances for s in DEMO_STUDIES[0].series

@@ -27,18 +27,16 @@ from pydicom.uid import UID
 from pacsman.anonymize._profile_rules import effective_vr
 from pacsman.anonymize._read import implicit_vr_of
 from pacsman.anonymize._values import encodings_of
+from pacsman.dicom.meta import LONG_VRS, MetaElement, encode_file_meta
 
 __all__ = ["BINARY_VRS", "Encoded", "MismatchedEncoding", "encode_fast", "encode_pydicom"]
 
 #: VRs whose values are bulk binary (``UN`` only when the dictionary does not know the tag).
 BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "OB or OW", "US or OW"})
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT"})
-_LONG_VRS |= {"UV"}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"  # (FFFE,E000), undefined length
 _ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"  # (FFFE,E00D)
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD)
-_PREAMBLE = b"\0" * 128 + b"DICM"
 _INTEGERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l"}
 _ASCII_TEXT = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
 
@@ -70,7 +68,7 @@ def _prefix(tag: int, vr: str | None, implicit: bool) -> tuple[bytes, bool]:
     tag_bytes = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
     if implicit:
         return tag_bytes, True
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return tag_bytes + vr.encode() + b"\0\0", True
     return tag_bytes + str(vr).encode(), False
 
@@ -163,20 +161,16 @@ def _simple_value(element: DataElement) -> bytes | None:
 
 
 def _meta(meta: Dataset) -> bytes:
-    """The file meta group, explicit VR little endian, with its group length."""
-    body = b""
+    """The preamble, ``DICM`` and the file meta group, with its group length."""
+    elements: list[MetaElement] = []
     for tag in sorted(meta.keys()):
         if tag & 0xFFFF == 0:
             continue
         element = meta.get_item(tag)
         value = element.value if element is not None else None
         data = value if isinstance(value, bytes) else str(value or "").encode("ascii")
-        vr = effective_vr(tag, element.VR if element is not None else None)
-        if len(data) % 2:
-            data += b"\0" if vr in ("UI", "OB") else b" "
-        body += _header(tag, vr, len(data), implicit=False) + data
-    length = _header(0x00020000, "UL", 4, implicit=False) + struct.pack("<L", len(body))
-    return length + body
+        elements.append((tag, effective_vr(tag, element.VR if element is not None else None), data))
+    return encode_file_meta(elements)
 
 
 def encode_fast(ds: Dataset, transfer_syntax: str) -> Encoded:
@@ -189,7 +183,7 @@ def encode_fast(ds: Dataset, transfer_syntax: str) -> Encoded:
     implicit = implicit_vr_of(transfer_syntax)
     if implicit is None:
         raise MismatchedEncoding
-    head = _PREAMBLE + _meta(ds.file_meta)
+    head = _meta(ds.file_meta)
     writer = _Writer(implicit, len(head))
     writer.dataset(ds, ["iso8859"])
     return Encoded(head + writer.fp.getvalue(), tuple(writer.binary))

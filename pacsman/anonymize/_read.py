@@ -20,10 +20,10 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from pacsman.dicom.meta import LONG_VRS_BYTES
+
 __all__ = ["implicit_vr_of", "read_instance"]
 
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"})
-_LONG_VRS |= {b"UR", b"UT", b"UV"}
 _META_GROUP = 0x0002
 _Meta = dict[BaseTag, DataElement | RawDataElement]
 
@@ -58,7 +58,7 @@ def _file_meta(data: bytes) -> tuple[_Meta, int] | None:
         group, element, vr = struct.unpack_from("<HH2s", data, offset)
         if group != _META_GROUP:
             break
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS_BYTES:
             (length,) = struct.unpack_from("<L", data, offset + 8)
             start = offset + 12
         elif vr.isalpha() and vr.isupper():

@@ -19,14 +19,11 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from pacsman import __version__
 from pacsman.anonymize._values import peek, put_new, raw_text
 from pacsman.anonymize.profile import DateMode, Profile, Relabel
+from pacsman.dicom.meta import IMPLEMENTATION_CLASS_UID, file_meta_elements, padded
 
 __all__ = ["IMPLEMENTATION_CLASS_UID", "Stamp", "first_uid", "transfer_syntax"]
 
-#: pacsman's Implementation Class UID (a fixed 2.25 UUID-derived UID).
-IMPLEMENTATION_CLASS_UID = "2.25.229348925104640523125455290358931536617"
-_IMPLEMENTATION_VERSION = f"PACSMAN_{__version__}".replace(".", "_")[:16]
 _LONGITUDINAL = {DateMode.SHIFT: "MODIFIED", DateMode.KEEP: "UNMODIFIED"}
-_META_VERSION = RawDataElement(Tag(0x00020001), "OB", 2, b"\x00\x01", 0, False, True)
 _log = structlog.get_logger("pacsman.anonymize.engine")
 
 
@@ -141,16 +138,16 @@ class Stamp:
         ds.DeidentificationMethodCodeSequence = items
 
     def file_meta(self, ds: Dataset, syntax: str) -> None:
-        values = (
-            (0x00020002, "UI", first_uid(ds, 0x00080016)),  # MediaStorageSOPClassUID
-            (0x00020003, "UI", first_uid(ds, 0x00080018)),  # MediaStorageSOPInstanceUID
-            (0x00020010, "UI", syntax),  # TransferSyntaxUID
-            (0x00020012, "UI", IMPLEMENTATION_CLASS_UID),
-            (0x00020013, "SH", _IMPLEMENTATION_VERSION),
+        """Replace ``ds``'s file meta with pacsman's (:mod:`pacsman.dicom.meta`), as raw
+        explicit VR little endian elements, and its preamble with zeros."""
+        elements = file_meta_elements(
+            first_uid(ds, 0x00080016),  # SOPClassUID
+            first_uid(ds, 0x00080018),  # SOPInstanceUID
+            syntax,
         )
-        meta: dict[BaseTag, DataElement | RawDataElement] = {
-            Tag(tag): raw_text(tag, vr, [value], implicit=False) for tag, vr, value in values
-        }
-        meta[_META_VERSION.tag] = _META_VERSION
+        meta: dict[BaseTag, DataElement | RawDataElement] = {}
+        for tag, vr, value in elements:
+            data = padded(vr, value)
+            meta[Tag(tag)] = RawDataElement(Tag(tag), vr, len(data), data, 0, False, True)
         ds.file_meta = FileMetaDataset(meta)
         ds.preamble = b"\0" * 128  # a preamble can carry anything (TIFF headers, text)

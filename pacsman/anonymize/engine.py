@@ -24,7 +24,7 @@ from pacsman.anonymize._encode import Encoded, MismatchedEncoding, encode_fast, 
 from pacsman.anonymize._output import hold, quarantine_dir, store
 from pacsman.anonymize._read import read_instance
 from pacsman.anonymize._result import AnonymizeResult, Source
-from pacsman.anonymize._stamp import IMPLEMENTATION_CLASS_UID, Stamp, first_uid, transfer_syntax
+from pacsman.anonymize._stamp import Stamp, first_uid, transfer_syntax
 from pacsman.anonymize._values import peek
 from pacsman.anonymize._walk import Plan, Walk
 from pacsman.anonymize.burnedin import burned_in_risk
@@ -33,7 +33,9 @@ from pacsman.anonymize.leakcheck import Originals, leak_check_bytes, leak_check_
 from pacsman.anonymize.mapping import MappingTable
 from pacsman.anonymize.profile import Option, Profile
 from pacsman.anonymize.uids import remap_uid
+from pacsman.dicom.meta import IMPLEMENTATION_CLASS_UID
 from pacsman.errors import InputError, ItemFailed
+from pacsman.layout import XNAT_LABEL_RULE, is_xnat_label
 
 __all__ = [
     "IMPLEMENTATION_CLASS_UID",
@@ -47,7 +49,6 @@ __all__ = [
     "quarantine_dir",
 ]
 
-_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _UID = re.compile(r"[0-9][0-9.]{0,63}")
 _READ_ERRORS = (InvalidDicomError, ValueError, EOFError, struct.error, KeyError, TypeError)
 _ENCODE_ERRORS = (ValueError, TypeError, NotImplementedError, struct.error, OverflowError)
@@ -72,11 +73,8 @@ def check_label(kind: str, label: str) -> None:
     Raises:
         InputError: ``label`` is not 1-64 letters, digits, ``_`` or ``-``.
     """
-    if not _LABEL.fullmatch(label):
-        raise InputError(
-            f"{kind} label {label!r} is not valid; use 1-64 letters, digits, '_' or '-' "
-            "(XNAT's rule)"
-        )
+    if not is_xnat_label(label):
+        raise InputError(f"{kind} label {label!r} is not valid; {XNAT_LABEL_RULE} (XNAT's rule)")
 
 
 def _read(src: Path) -> Dataset:

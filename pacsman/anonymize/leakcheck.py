@@ -40,6 +40,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from pacsman.anonymize._encode import BINARY_VRS
 from pacsman.anonymize._profile_rules import effective_vr
 from pacsman.anonymize._values import element_texts, encodings_of, peek
 
@@ -53,7 +54,6 @@ _PLACEHOLDERS = frozenset(
     {"anonymized", "anonymous", "anon", "unknown", "none", "name", "first", "last", "patient"}
     | {"test", "phantom", "removed", "deidentified", "de-identified", "xxx", "nobody"}
 )
-_BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN", "OB or OW", "US or OW"})
 _TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
     | {"UR", "UT"}
@@ -215,7 +215,7 @@ def _collect(
     encodings = encodings_of(ds, encodings)
     for tag, element in list(ds.items()):
         vr = effective_vr(int(tag), element.VR)
-        if vr in _BINARY_VRS:
+        if vr in BINARY_VRS:
             if regions is not None and isinstance(element, RawDataElement) and element.value:
                 regions.append((element.value_tell, element.value_tell + len(element.value)))
         elif vr == "SQ":

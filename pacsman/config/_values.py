@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from pydicom.charset import python_encoding
 
+from pacsman.layout import is_xnat_label
+
 __all__ = [
     "SECRETS_FIX",
     "Invalid",
@@ -50,7 +52,6 @@ _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
 _HHMM = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
 _WINDOW = re.compile(rf"({_HHMM})-({_HHMM})")
-_PROJECT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Invalid(ValueError):
@@ -260,7 +261,7 @@ def label_template(value: object) -> str:
         ) from exc
     if "{n" not in template:
         raise Invalid(f"{template!r} has no {{n}}: every label would be the same")
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", example):
+    if not is_xnat_label(example):
         raise Invalid(
             f"{template!r} gives labels like {example!r}; XNAT labels are 1-64 of A-Z a-z 0-9 _ -"
         )
@@ -303,7 +304,7 @@ def http_url(value: object) -> str:
 
 def xnat_project(value: object) -> str:
     """An XNAT project ID: 1-64 letters, digits, ``_`` or ``-``."""
-    if isinstance(value, str) and _PROJECT.fullmatch(value):
+    if isinstance(value, str) and is_xnat_label(value):
         return value
     raise Invalid(
         f"{describe(value)} is not an XNAT project ID; use 1-64 letters, digits, '_' or '-'"

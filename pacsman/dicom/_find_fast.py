@@ -12,6 +12,10 @@ and the caller sends the request and reads every response itself: command sets b
 (:mod:`pacsman.dicom.codec`), identifiers with pydicom.  Between queries pynetdicom is in charge
 as usual (release, abort, timers).  A PDU other than P-DATA-TF during a query (the PACS
 releases or aborts) is left unread for pynetdicom, and the query fails as transient.
+
+Every pynetdicom internal used here is a function of :mod:`pacsman.dicom.hooks`; on a
+pynetdicom other than the checked one :meth:`FindChannel.of` returns None and the caller
+uses pynetdicom's ``send_c_find``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import weakref
 from collections import deque
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -33,6 +37,7 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import decode, encode
 
 from pacsman.dicom import codec as dimse
+from pacsman.dicom import hooks
 from pacsman.errors import TransientError
 
 __all__ = ["FindChannel", "Interrupted", "TimedOut"]
@@ -74,13 +79,12 @@ class FindChannel:
     def __init__(self, assoc: Association, raw: socket.socket) -> None:
         self.assoc = assoc
         self.raw = raw
-        self.dul: Any = assoc.dul
         self.lock = threading.Lock()
         self.message_ids = itertools.count(1)
         self.max_pdu = int(assoc.acceptor.maximum_length or 0)
         self._reader = _MessageReader(raw)
         self._hooked = threading.Event()
-        original = self.dul._is_transport_event
+        original = hooks.input_check(assoc)
 
         def is_transport_event() -> bool:
             self._hooked.set()
@@ -91,11 +95,14 @@ class FindChannel:
             finally:
                 self.lock.release()
 
-        setattr(self.dul, "_is_transport_event", is_transport_event)  # noqa: B010
+        hooks.set_input_check(assoc, is_transport_event)
 
     @classmethod
     def of(cls, assoc: Association) -> FindChannel | None:
-        """The channel of ``assoc``, made on first use; None where the shortcut cannot work."""
+        """The channel of ``assoc``, made on first use; None where the shortcut cannot work
+        (TLS, or a pynetdicom other than the checked one)."""
+        if not hooks.fast_paths_enabled():
+            return None
         with _channels_lock:
             channel = _channels.get(assoc)
             if channel is None:
@@ -167,7 +174,7 @@ class FindChannel:
         responses: list[tuple[int, Dataset | None]] = []
         while not responses or responses[-1][0] in _PENDING:
             message = self._reader.next_message()
-            self.dul._idle_timer.restart()
+            hooks.restart_idle_timer(self.assoc)
             responses.append(_response(message, context, message_id))
         return responses
 
@@ -196,9 +203,8 @@ def _response(message: _Message, context: _Context, message_id: int) -> tuple[in
 
 
 def _plain_socket(assoc: Association) -> socket.socket | None:
-    transport = getattr(assoc.dul, "socket", None)
-    raw = getattr(transport, "socket", None)
-    if not isinstance(raw, socket.socket) or isinstance(raw, ssl.SSLSocket):
+    raw = hooks.raw_socket(assoc)
+    if raw is None or isinstance(raw, ssl.SSLSocket):
         return None  # TLS buffers records the select()-less reads here cannot see
     return raw
 

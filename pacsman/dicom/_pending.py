@@ -1,7 +1,8 @@
 """One instance on its way to disk: held until routable, then streamed to a temporary file.
 
-The file is a DICOM Part 10 file: preamble, a file meta group built here from the C-STORE's
-SOP Class/Instance UIDs and the presentation context's transfer syntax, then the dataset bytes
+The file is a DICOM Part 10 file: preamble, a file meta group
+(:func:`pacsman.dicom.meta.file_meta`) from the C-STORE's SOP Class/Instance UIDs, the
+presentation context's transfer syntax and the sender's AE title, then the dataset bytes
 exactly as received.  The first bytes are held until the Study/Series UIDs are found in them
 (:func:`~pacsman.dicom.header.routing_uids`); the owner then names the directory, and the
 rest streams into ``.<name>.tmp-<random>`` there, renamed to ``<name>`` by :meth:`finish`.
@@ -13,7 +14,6 @@ import errno
 import itertools
 import os
 import secrets
-import struct
 import threading
 from contextlib import suppress
 from enum import Enum, auto
@@ -22,24 +22,20 @@ from typing import Protocol
 import structlog
 
 from pacsman.dicom.header import routing_uids, syntax_of
+from pacsman.dicom.meta import file_meta
 
 __all__ = [
-    "IMPLEMENTATION_CLASS_UID",
     "OUT_OF_RESOURCES",
     "PROCESSING_FAILURE",
     "SUCCESS",
     "TMP_MARK",
     "PendingInstance",
-    "file_meta",
 ]
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # PS3.4 B.2.3: Refused, out of resources
 PROCESSING_FAILURE = 0x0110  # PS3.7 C.4: Failure, processing failure
-#: pacsman's Implementation Class UID (the value :mod:`pacsman.anonymize.engine` uses too).
-IMPLEMENTATION_CLASS_UID = "2.25.229348925104640523125455290358931536617"
 TMP_MARK = ".tmp-"
-_IMPLEMENTATION_VERSION = "PACSMAN_SCP"
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FIRST_PARSE = 4096
 _MAX_HEADER = 8 << 20  # no UIDs in the first 8 MiB: store it unrouted
@@ -59,36 +55,6 @@ class Owner(Protocol):
     def _ensure_directory(self, directory: str) -> None: ...
     def _finished(self, pending: PendingInstance, duplicate: bool) -> int: ...
     def _release(self, pending: PendingInstance) -> None: ...
-
-
-def _element(tag: int, vr: bytes, value: bytes) -> bytes:
-    head = struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr)
-    if vr == b"OB":
-        return head + struct.pack("<HL", 0, len(value)) + value
-    return head + struct.pack("<H", len(value)) + value
-
-
-def _text(value: str, pad: bytes) -> bytes:
-    raw = value.encode("ascii", errors="replace")
-    return raw + pad if len(raw) % 2 else raw
-
-
-def file_meta(
-    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, sender: str
-) -> bytes:
-    """Return preamble, ``DICM`` and the file meta group (explicit VR LE, PS3.10 7.1)."""
-    body = b"".join(
-        (
-            _element(0x00020001, b"OB", b"\0\1"),
-            _element(0x00020002, b"UI", _text(sop_class_uid, b"\0")),
-            _element(0x00020003, b"UI", _text(sop_instance_uid, b"\0")),
-            _element(0x00020010, b"UI", _text(transfer_syntax_uid, b"\0")),
-            _element(0x00020012, b"UI", _text(IMPLEMENTATION_CLASS_UID, b"\0")),
-            _element(0x00020013, b"SH", _text(_IMPLEMENTATION_VERSION, b" ")),
-            _element(0x00020017, b"AE", _text(sender[:16], b" ")) if sender else b"",
-        )
-    )
-    return b"\0" * 128 + b"DICM" + _element(0x00020000, b"UL", struct.pack("<L", len(body))) + body
 
 
 def _write_all(fd: int, *parts: Bytes) -> None:
@@ -198,7 +164,10 @@ class PendingInstance:
         self._head = bytearray()
         directory, self.path, duplicate = self._owner._claim(self)
         meta = file_meta(
-            self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax_uid, self.sender
+            self.sop_class_uid,
+            self.sop_instance_uid,
+            self.transfer_syntax_uid,
+            sending_ae_title=self.sender,
         )
         self.meta_size = len(meta)
         if duplicate:

@@ -21,7 +21,9 @@ everything else (negotiation, release, abort, timers, C-ECHO):
 * Any other message (C-ECHO, a C-STORE on an unknown context, anything odd) is handed to
   pynetdicom's DIMSE provider unchanged, as its own DT-2 action would have done.
 
-Skipped for the shortcut messages: pynetdicom's PDU/DIMSE notification events.
+Skipped for the shortcut messages: pynetdicom's PDU/DIMSE notification events.  Every
+pynetdicom internal used here is a function of :mod:`pacsman.dicom.hooks`; on a pynetdicom
+other than the checked one :func:`install` does nothing and pynetdicom receives as usual.
 """
 
 from __future__ import annotations
@@ -29,23 +31,20 @@ from __future__ import annotations
 import select
 import socket
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.pdu_primitives import P_DATA
 
 from pacsman.dicom import codec as dimse
+from pacsman.dicom import hooks
 from pacsman.dicom._pending import PROCESSING_FAILURE, PendingInstance
 from pacsman.dicom._writer import InstanceWriter
 
 __all__ = ["install"]
 
-_ESTABLISHED = "Sta6"
 _WAIT_SECONDS = 0.002  # idle wait for data; also the latency of a C-ECHO reply or release
-_POLL_SECONDS = 0.001  # pynetdicom's own loop delay, restored outside Sta6
 _MAX_PDUS_PER_WAKE = 64  # then give pynetdicom's loop (timers, aborts) a turn
 _FIRST_BUFFER = 64 * 1024  # grown to the largest PDU the peer sends, within our maximum
 _UNLIMITED_PDU = 64 << 20  # the bound when our maximum PDU length is 0 ("unlimited")
@@ -53,17 +52,21 @@ _UNLIMITED_PDU = 64 << 20  # the bound when our maximum PDU length is 0 ("unlimi
 _log = structlog.get_logger("pacsman.dicom.scp")
 
 
-def install(assoc: Association, writer: InstanceWriter) -> None:
+def install(assoc: Association, writer: InstanceWriter) -> bool:
     """Give an association the C-STORE shortcut: before it starts, or once established.
 
+    Returns False, leaving every message to pynetdicom, where the installed pynetdicom is
+    not the one the shortcut was checked against (:func:`hooks.fast_paths_enabled`).
     Installing on an established association (e.g. a C-GET requestor's) is safe only while
     no DIMSE message is half-received, i.e. before its first request is sent.
     """
+    if not hooks.fast_paths_enabled():
+        return False
     receiver = _FastReceiver(assoc, writer)
-    dul: Any = assoc.dul
-    dul._is_transport_event = receiver.is_transport_event
+    hooks.set_input_check(assoc, receiver.is_transport_event)
     for event in (evt.EVT_ABORTED, evt.EVT_CONN_CLOSE, evt.EVT_RELEASED):
         assoc.bind(event, receiver.on_end)
+    return True
 
 
 def store_response(message_id: int, sop_class: str, sop_instance: str, status: int) -> bytes:
@@ -96,7 +99,6 @@ class _FastReceiver:
 
     def __init__(self, assoc: Association, writer: InstanceWriter) -> None:
         self.assoc = assoc
-        self.dul: Any = assoc.dul
         self.writer = writer
         local = assoc.acceptor if assoc.is_acceptor else assoc.requestor
         self.peer = assoc.requestor if assoc.is_acceptor else assoc.acceptor
@@ -105,24 +107,24 @@ class _FastReceiver:
         self.command = bytearray()
         self.store: _Store | None = None
         self.forwarding = False  # the current message belongs to pynetdicom
-        self.normal_path: Callable[[], bool] = self.dul._is_transport_event
+        self.normal_path: Callable[[], bool] = hooks.input_check(assoc)
 
     # -- the DUL reactor's hook --------------------------------------------------------
 
     def is_transport_event(self) -> bool:
-        """Replace ``DULServiceProvider._is_transport_event``: True if input was handled."""
-        dul = self.dul
-        raw = dul.socket.socket if dul.socket is not None else None
-        if dul.state_machine.current_state != _ESTABLISHED or raw is None:
+        """The reactor's input check (:func:`hooks.set_input_check`): True if handled."""
+        assoc = self.assoc
+        raw = hooks.raw_socket(assoc)
+        if raw is None or not hooks.is_established_state(assoc):
             self.discard()
-            dul._run_loop_delay = _POLL_SECONDS
+            hooks.set_reactor_sleep(assoc, sleep=True)  # pynetdicom's own pace outside Sta6
             return bool(self.normal_path())
-        dul._run_loop_delay = 0  # we wait in select() instead of sleeping blindly
+        hooks.set_reactor_sleep(assoc, sleep=False)  # we wait in select() instead
         try:
             if not select.select([raw], [], [], _WAIT_SECONDS)[0]:
                 return False
             if not self._drain(raw):
-                dul._read_pdu_data()  # not a P-DATA-TF: pynetdicom's own reader
+                hooks.read_pdu(assoc)  # not a P-DATA-TF: pynetdicom's own reader
         except (OSError, ValueError):
             return bool(self.normal_path())
         dimse.acknowledge_now(raw)
@@ -145,7 +147,7 @@ class _FastReceiver:
             if len(header) < 6 or header[0] != dimse.P_DATA_TF:
                 return flags != socket.MSG_PEEK  # some PDUs done: let the DUL loop come back
             self._read_p_data(raw, int.from_bytes(header[2:6], "big") + 6)
-            if self.dul.to_provider_queue.queue or not self.dul.event_queue.empty():
+            if hooks.reactor_has_work(self.assoc):
                 return True  # the DUL has something to send or do first
             if raw.gettimeout() is not None:
                 return True  # a socket with a timeout would block in recv(): wait in select
@@ -174,7 +176,7 @@ class _FastReceiver:
         if total > len(self.buffer):
             if total > self.limit:
                 _log.warning("pdu_too_large", size=total, limit=self.limit)
-                self.dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom aborts
+                hooks.abort_invalid_pdu(self.assoc)
                 return
             self.buffer = bytearray(total)
         view = memoryview(self.buffer)[:total]
@@ -183,10 +185,10 @@ class _FastReceiver:
         except OSError:
             got = 0
         if got < total:
-            self.dul.event_queue.put("Evt17")  # connection closed mid-PDU
+            hooks.connection_closed(self.assoc)  # mid-PDU
             return
         if not self._items(view[6:]):
-            self.dul.event_queue.put("Evt19")
+            hooks.abort_invalid_pdu(self.assoc)
 
     def _items(self, view: memoryview) -> bool:
         pos, end = 0, len(view)
@@ -212,15 +214,8 @@ class _FastReceiver:
             if last:
                 self._finish_store()
         else:
-            self._forward(context_id, bytes((control,)) + data)
+            hooks.forward_to_dimse(self.assoc, context_id, bytes((control,)) + data)
             self.forwarding = not last
-
-    def _forward(self, context_id: int, fragment: bytes) -> None:
-        """Hand one fragment to pynetdicom's DIMSE provider, as its DT-2 action does."""
-        primitive = P_DATA()
-        item: Any = [context_id, fragment]  # pynetdicom insists on a list, typed as a tuple
-        primitive.presentation_data_value_list = [item]
-        self.assoc.dimse.receive_primitive(primitive)
 
     # -- DIMSE level -------------------------------------------------------------------
 
@@ -232,13 +227,13 @@ class _FastReceiver:
         if store is None:  # not ours: pynetdicom decodes it, with any dataset that follows
             kind = dimse.us(fields, dimse.DATASET_TYPE) if fields is not None else None
             self.forwarding = kind != dimse.NO_DATASET  # unknown: assume a dataset follows
-            self._forward(context_id, b"\x03" + raw)
+            hooks.forward_to_dimse(self.assoc, context_id, b"\x03" + raw)
             return
         self.store, self.forwarding = store, False
 
     def _begin_store(self, context_id: int, fields: dimse.Fields) -> _Store | None:
-        context = self.assoc._accepted_cx.get(context_id)
-        if context is None or not context.transfer_syntax:
+        transfer_syntax = hooks.accepted_transfer_syntax(self.assoc, context_id)
+        if transfer_syntax is None:
             return None
         if dimse.us(fields, dimse.COMMAND_FIELD) != dimse.C_STORE_RQ:
             return None
@@ -247,7 +242,7 @@ class _FastReceiver:
         pending = self.writer.begin(
             sop_class_uid=dimse.text(fields, dimse.AFFECTED_SOP_CLASS),
             sop_instance_uid=dimse.text(fields, dimse.AFFECTED_SOP_INSTANCE),
-            transfer_syntax_uid=str(context.transfer_syntax[0]),
+            transfer_syntax_uid=transfer_syntax,
             sender=str(self.peer.ae_title),
         )
         return _Store(context_id, dimse.us(fields, dimse.MESSAGE_ID) or 0, pending)
@@ -261,4 +256,4 @@ class _FastReceiver:
             _log.error("store_failed", error=repr(exc), sop_instance_uid=store.sop_instance)
             status = PROCESSING_FAILURE
         command = store_response(store.message_id, store.sop_class, store.sop_instance, status)
-        self.dul.socket.send(dimse.p_data_tf(store.context_id, command))
+        hooks.send_pdu(self.assoc, dimse.p_data_tf(store.context_id, command))

@@ -29,6 +29,7 @@ import structlog
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
+from pacsman.dicom import hooks
 from pacsman.dicom._pending import PROCESSING_FAILURE, SUCCESS, TMP_MARK, PendingInstance
 from pacsman.layout import instance_filename, safe_component
 
@@ -132,7 +133,7 @@ class InstanceWriter:
 
         Usable by any pynetdicom association (the :class:`StorageSCP`'s, or a C-GET
         association's).  Works with pynetdicom's in-memory dataset (the default) and with
-        ``_config.STORE_RECV_CHUNKED_DATASET``; the dataset is never decoded.
+        pynetdicom's ``STORE_RECV_CHUNKED_DATASET``; the dataset is never decoded.
         """
         request = cast(C_STORE, event.request)
         assoc = event.assoc
@@ -230,8 +231,8 @@ def _stored(pending: PendingInstance, duplicate: bool) -> StoredInstance:
 
 def _dataset_chunks(request: C_STORE) -> Iterator[bytes | memoryview]:
     """Yield a C-STORE request's dataset bytes, in memory or from pynetdicom's chunk file."""
-    path = getattr(request, "_dataset_path", None)
-    if isinstance(path, Path):  # STORE_RECV_CHUNKED_DATASET: a Part 10 file, meta first
+    path = hooks.chunked_dataset_path(request)
+    if path is not None:  # STORE_RECV_CHUNKED_DATASET: a Part 10 file, meta first
         with path.open("rb") as stream:
             stream.seek(132 + 8)  # preamble, DICM, (0002,0000) UL 4, then the group length
             stream.seek(132 + 12 + int.from_bytes(stream.read(4), "little"))

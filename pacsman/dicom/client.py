@@ -1,8 +1,10 @@
-"""DICOM association handling: the only module that speaks pynetdicom as a client.
+"""DICOM associations as a client: associate, C-ECHO, C-FIND, C-MOVE/C-GET, C-STORE.
 
-Three things here are deliberate, each backed by a measurement in DESIGN.md:
+pynetdicom's internals are touched only through :mod:`pacsman.dicom.hooks`.  Four things here
+are deliberate, each backed by a measurement in DESIGN.md:
 
-* Every association socket sets ``TCP_NODELAY`` (500 C-FINDs: 24 s with Nagle, 2.2 s without).
+* Every association socket sets ``TCP_NODELAY`` (500 C-FINDs: 24 s with Nagle, 2.2 s without;
+  :class:`~pacsman.dicom.hooks.NoDelayAE`).
 * The association's reactor thread may only take *requests* off the DIMSE queue.  In
   pynetdicom 3.0.4 the reactor can win a race with ``send_c_find`` and swallow a response
   ("Received unexpected C-FIND service message", pynetdicom #875): a pending response vanishes
@@ -10,15 +12,14 @@ Three things here are deliberate, each backed by a measurement in DESIGN.md:
   closes that race at its root.
 * C-FIND runs in the caller's thread on the association's socket
   (:mod:`pacsman.dicom._find_fast`), not through pynetdicom's DIMSE queues: 2.6 ms -> 1.3 ms a
-  query against Orthanc, where DCMTK ``findscu`` takes 1.1 ms.
+  query against Orthanc, where DCMTK ``findscu`` takes 1.1 ms.  On a pynetdicom other than
+  the checked one, pynetdicom's ``send_c_find`` is used instead.
 * A DIMSE exchange that ends without a final status raises :class:`TransientError`; a short
   answer is never trusted.
 """
 
 from __future__ import annotations
 
-import queue
-import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,12 +29,11 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
-from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
-from pynetdicom.transport import AddressInformation, AssociationSocket
 
 from pacsman.config import PacsNode
 from pacsman.dicom._find_fast import FindChannel, Interrupted, TimedOut
+from pacsman.dicom.hooks import NoDelayAE, guard_reactor
 from pacsman.dicom.statuses import CONGESTION, REJECT_ADVICE, STATUS_NAMES, status_name
 from pacsman.errors import AssociationRejected, FatalError, ItemFailed, TransientError
 
@@ -51,16 +51,10 @@ __all__ = [
     "associate",
     "echo",
     "find",
-    "guard_reactor",
     "retrieve",
     "status_name",
     "store",
 ]
-
-# Identifiers carry patient names and IDs: pynetdicom must never format them for its log.
-# (Formatting them also costs ~0.4 ms per C-FIND.)
-pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
 #: Verification SOP Class (C-ECHO).
 VERIFICATION = "1.2.840.10008.1.1"
@@ -139,47 +133,9 @@ class RetrieveResult:
     failed_sop_instance_uids: tuple[str, ...] = ()
 
 
-class _NoDelayAE(AE):
-    """An AE whose association sockets disable Nagle's algorithm."""
-
-    def _create_socket(
-        self,
-        assoc: Association,
-        address: AddressInformation,
-        tls_args: Any,
-    ) -> AssociationSocket:
-        sock = super()._create_socket(assoc, address, tls_args)
-        if sock.socket is not None:
-            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-
-def guard_reactor(assoc: Association) -> None:
-    """Let the association's reactor thread take only service *requests* off the queue.
-
-    The reactor polls with ``get_msg(block=False)``; callers waiting for responses use
-    ``block=True``.  Popping under the queue's own mutex makes peek-and-take atomic.
-    """
-    dimse = assoc.dimse
-    original = dimse.get_msg
-    msg_queue: queue.Queue[Any] = dimse.msg_queue
-
-    def get_msg(block: bool = False) -> Any:
-        if block:
-            return original(block=True)
-        with msg_queue.mutex:
-            if msg_queue.queue and getattr(msg_queue.queue[0][1], "is_valid_request", False):
-                item = msg_queue.queue.popleft()
-                msg_queue.not_full.notify()
-                return item
-        return None, None
-
-    setattr(dimse, "get_msg", get_msg)  # noqa: B010 -- shadow the bound method on this instance
-
-
 def _make_ae(peer: DicomPeer, abstract_syntaxes: Sequence[str]) -> AE:
     timeouts = peer.node.timeouts
-    ae = _NoDelayAE(ae_title=peer.calling_ae_title)
+    ae = NoDelayAE(ae_title=peer.calling_ae_title)
     ae.connection_timeout = timeouts.connect
     ae.acse_timeout = timeouts.acse
     ae.dimse_timeout = timeouts.dimse
@@ -493,9 +449,8 @@ def store(peer: DicomPeer, assoc: Association, path: Path) -> int:
         TransientError: no answer (aborted, timed out) or out of resources (0xA7xx).
         ItemFailed: the SCP refused the instance, or no accepted presentation context fits it.
     """
-    # Send the file's own bytes in PDU-sized chunks instead of decoding and re-encoding the
-    # dataset (pynetdicom's switch; it only changes C-STOREs given a path, which only we do).
-    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+    # The file's own bytes go in PDU-sized chunks, not decoded and re-encoded: pynetdicom's
+    # STORE_SEND_CHUNKED_DATASET, set once in pacsman.dicom.hooks.
     try:
         status = assoc.send_c_store(path)
     except (ValueError, AttributeError) as exc:

@@ -19,6 +19,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 
+from pacsman.dicom.meta import LONG_VRS_BYTES
+
 __all__ = ["Syntax", "part10_values", "routing_uids", "syntax_of"]
 
 _STUDY_UID = 0x0020000D
@@ -28,9 +30,7 @@ _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _MAX_DEPTH = 32
-#: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 Bytes = bytes | bytearray | memoryview
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _RAW_LE, _RAW_BE = struct.Struct("<HHL"), struct.Struct(">HHL")
 _EXPLICIT_LE, _EXPLICIT_BE = struct.Struct("<HH2sH"), struct.Struct(">HH2sH")
 _U32_LE, _U32_BE = struct.Struct("<L"), struct.Struct(">L")
@@ -92,7 +92,7 @@ class _Reader:
         group, element, vr, length = self._explicit.unpack_from(self.buffer, pos)
         if group == 0xFFFE:  # item and delimiters: no VR, 4-byte length
             return (*self.raw_header(pos), True)
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS_BYTES:
             (length,) = self._u32.unpack_from(self.buffer, pos + 8)
             return group << 16 | element, length, pos + 12, vr == b"UN"
         if not (vr.isalpha() and vr.isupper()):

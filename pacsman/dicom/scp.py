@@ -12,7 +12,8 @@
   receive thread does the per-instance work (see :mod:`pacsman.dicom._store_fast`).  C-MOVE of
   3,000 MR instances from Orthanc (``benchmarks/retrieve_throughput.py``): about 7x
   pynetdicom's own storescp app and on a par with DCMTK's storescp, ~63 MB peak RSS; against
-  a sender with Nagle's algorithm on, ~20x DCMTK's storescp (it ACKs at once).
+  a sender with Nagle's algorithm on, ~20x DCMTK's storescp (it ACKs at once).  On a
+  pynetdicom other than the checked one (:mod:`pacsman.dicom.hooks`), pynetdicom does it all.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, Presentation
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsman.closing import Started
+from pacsman.dicom import hooks
 from pacsman.dicom._store_fast import install
 from pacsman.dicom._writer import InstanceWriter, StoredInstance
 from pacsman.errors import FatalError
@@ -182,10 +184,11 @@ class StorageSCP(Started):
         ]
 
     def _on_connection(self, event: Event) -> None:
-        """Runs before the association's threads start: Nagle off, shortcut in."""
-        transport = event.assoc.dul.socket
-        if transport is not None and transport.socket is not None:
-            transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        """Runs before the association's threads start: Nagle off, shortcut in (where the
+        installed pynetdicom is the checked one; else ``handle_store`` receives)."""
+        raw = hooks.raw_socket(event.assoc)
+        if raw is not None:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._fast_path:
             install(event.assoc, self.writer)
 
@@ -215,7 +218,9 @@ def accelerate(assoc: Association, writer: InstanceWriter) -> None:
     For a C-GET requestor's association: call it once the association is established and
     before the first C-GET is sent; its C-STORE sub-operations then go straight to
     ``writer`` (as with :class:`StorageSCP`) instead of through an ``EVT_C_STORE`` handler.
-    Every other message is left to pynetdicom.
+    Every other message is left to pynetdicom, and every message is where the installed
+    pynetdicom is not the checked one: the association's ``EVT_C_STORE`` handler (e.g.
+    :meth:`InstanceWriter.handle_store`) then stores them.
 
     Raises:
         ValueError: if the association is not established.
@@ -229,29 +234,12 @@ def _on_echo(event: Event) -> int:
     return 0x0000
 
 
-class _Context(PresentationContext):
-    """A presentation context that pynetdicom can copy cheaply.
-
-    pynetdicom deep-copies the acceptor's contexts for every association; with 170 SOP
-    classes x 32 transfer syntaxes that took ~80 ms of CPU per association.  Only the lists
-    need copying: UIDs are immutable strings.
-    """
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Context:
-        clone = _Context.__new__(_Context)
-        clone.__dict__.update(self.__dict__)
-        clone._transfer_syntax = list(self._transfer_syntax)
-        return clone
-
-
 def _contexts() -> list[PresentationContext]:
-    contexts: list[PresentationContext] = []
-    for uid, syntaxes in [
-        *((uid, TRANSFER_SYNTAXES) for uid in STORAGE_SOP_CLASSES),
-        (VERIFICATION, ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")),
-    ]:
-        context = _Context()
-        context.abstract_syntax = uid
-        context.transfer_syntax = list(syntaxes)
-        contexts.append(context)
-    return contexts
+    """Every storage SOP class and Verification, as contexts pynetdicom copies cheaply."""
+    return [
+        hooks.cheaply_copied_context(uid, syntaxes)
+        for uid, syntaxes in [
+            *((uid, TRANSFER_SYNTAXES) for uid in STORAGE_SOP_CLASSES),
+            (VERIFICATION, ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")),
+        ]
+    ]

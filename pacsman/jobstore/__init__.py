@@ -1,9 +1,12 @@
-"""The job store: SQLite (stdlib) state for runs, rows, studies and series.
+"""The job store: SQLite (stdlib) state for runs, rows, studies, series and pushes.
 
 A *run* is one query file (by content hash) plus one effective config (by hash): the same
 command run again finds the same run and resumes it.  Every change of state is one call and
 one transaction, and is also appended to ``transitions`` so an operator can read what
-happened.  The file is created with mode 0600: it holds patient identifiers.
+happened.  Each series' raw and de-identified directories are recorded too, so every step
+reads where its input is instead of working it out again.  Opening a store brings its schema
+to :data:`SCHEMA_VERSION` (see :mod:`pacsman.jobstore._schema`).  The file is created with
+mode 0600: it holds patient identifiers.
 """
 
 from __future__ import annotations
@@ -19,17 +22,40 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+from pacsman.errors import InputError
 from pacsman.jobstore._schema import (
     MIGRATIONS,
-    SCHEMA,
     SCHEMA_VERSION,
+    AnonymizeSeries,
     InfoRecord,
+    Migration,
+    PushRecord,
+    PushSeries,
+    RetrieveSeries,
     Run,
-    SeriesTask,
+    SeriesPlace,
+    recorded_directory,
 )
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
 
-__all__ = ["InfoRecord", "JobStore", "Run", "SeriesTask"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "AnonymizeSeries",
+    "InfoRecord",
+    "JobStore",
+    "Migration",
+    "PushRecord",
+    "PushSeries",
+    "RetrieveSeries",
+    "Run",
+    "SeriesPlace",
+    "recorded_directory",
+]
+
+_log = structlog.get_logger("pacsman.jobstore")
 
 
 def _now() -> str:
@@ -52,18 +78,37 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._lock = threading.RLock()
-        self._db.executescript(SCHEMA)
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
 
     def _migrate(self) -> None:
-        for table, column, kind in MIGRATIONS:
-            columns = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in columns:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
+        """Apply every migration newer than the store, all in one transaction.
+
+        Raises:
+            InputError: the store was written by a newer pacsman.
+        """
+        with self._tx() as db:
+            found = _schema_version(db)
+            if found > SCHEMA_VERSION:
+                raise InputError(
+                    f"job store {self.path}: schema version {found} was written by a newer "
+                    f"pacsman (this one knows up to {SCHEMA_VERSION}); upgrade pacsman, or set "
+                    "'jobstore' in the config to another file"
+                )
+            todo = [m for m in MIGRATIONS if m.version > found]
+            for migration in todo:
+                for statement in migration.statements:
+                    db.execute(statement)
+            if todo:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        if todo and found:
+            _log.info("jobstore_migrated", from_version=found, to_version=SCHEMA_VERSION)
 
     def __enter__(self) -> JobStore:
         return self
@@ -251,28 +296,147 @@ class JobStore:
             ),
         )
 
-    def series_tasks(self, run: Run, states: frozenset[ItemState]) -> list[SeriesTask]:
-        """Series of ``run`` in one of ``states``, in query-file order."""
-        marks = ",".join("?" * len(states))
-        cursor = self._read(
-            "SELECT se.pacs, se.line, se.study_instance_uid, se.series_instance_uid, "
-            "se.series_number, se.series_description, se.expected_instances, st.patient_id, "
-            "st.study_date, COALESCE(r.subject, ''), COALESCE(r.session, ''), se.state, se.passes, "
-            "se.anonymization, se.xnat_subject, se.xnat_session, se.anonymized_instances "
+    def _series(
+        self, run: Run, columns: str, where: str = "", params: Sequence[object] = ()
+    ) -> list[tuple[Any, ...]]:
+        """``columns`` of every series of ``run`` (aliases se, st, r), in query-file order."""
+        return self._read(
+            f"SELECT {columns} "
             "FROM series se JOIN studies st ON st.run_id = se.run_id AND st.pacs = se.pacs "
             "AND st.study_instance_uid = se.study_instance_uid AND st.line = se.line "
             "JOIN rows r ON r.run_id = se.run_id AND r.line = se.line "
-            f"WHERE se.run_id = ? AND se.state IN ({marks}) "
+            f"WHERE se.run_id = ? {where} "
             "ORDER BY se.line, st.study_date, se.study_instance_uid, "
             "CAST(se.series_number AS INTEGER), se.series_instance_uid",
-            (run.id, *(s.value for s in states)),
+            (run.id, *params),
         )
-        return [_task(row) for row in cursor]
+
+    def count_series(self, run: Run) -> int:
+        """How many series ``run`` selected."""
+        found = self._read("SELECT COUNT(*) FROM series WHERE run_id = ?", (run.id,))
+        return int(found[0][0])
+
+    def series_places(self, run: Run) -> list[SeriesPlace]:
+        """Every series of ``run`` with what decides its directories, in query-file order."""
+        rows = self._series(
+            run,
+            "se.pacs, se.series_instance_uid, se.study_instance_uid, se.state, st.patient_id, "
+            "st.study_date, COALESCE(r.subject, ''), COALESCE(r.session, ''), "
+            "se.series_number, se.series_description, se.raw_directory, se.anonymization, "
+            "se.xnat_subject, se.xnat_session, se.anonymized_directory",
+        )
+        return [
+            SeriesPlace(
+                pacs=str(r[0]),
+                series_instance_uid=str(r[1]),
+                study_instance_uid=str(r[2]),
+                state=ItemState(r[3]),
+                patient_id=str(r[4]),
+                study_date=str(r[5]),
+                subject=str(r[6]),
+                session=str(r[7]),
+                series_number=str(r[8]),
+                series_description=str(r[9]),
+                raw_directory=_path(r[10]),
+                anonymization=_state(r[11]),
+                xnat_subject=str(r[12]),
+                xnat_session=str(r[13]),
+                anonymized_directory=_path(r[14]),
+            )
+            for r in rows
+        ]
+
+    def series_for_retrieve(self, run: Run) -> list[RetrieveSeries]:
+        """Every series of ``run`` (settled or not: a study is complete when all are)."""
+        rows = self._series(
+            run,
+            "se.pacs, se.line, se.study_instance_uid, se.series_instance_uid, "
+            "se.series_number, st.patient_id, se.expected_instances, se.state, se.raw_directory",
+        )
+        return [
+            RetrieveSeries(
+                pacs=str(r[0]),
+                line=int(r[1]),
+                study_instance_uid=str(r[2]),
+                series_instance_uid=str(r[3]),
+                series_number=str(r[4]),
+                patient_id=str(r[5]),
+                expected_instances=_count(r[6]),
+                state=ItemState(r[7]),
+                raw_directory=_path(r[8]),
+            )
+            for r in rows
+        ]
+
+    def series_for_anonymize(self, run: Run) -> list[AnonymizeSeries]:
+        """The COMPLETE series of ``run`` not yet de-identified in full."""
+        rows = self._series(
+            run,
+            "se.pacs, se.line, se.study_instance_uid, se.series_instance_uid, "
+            "se.series_number, st.patient_id, COALESCE(r.subject, ''), "
+            "COALESCE(r.session, ''), se.raw_directory",
+            "AND se.state = ? AND se.anonymization != ?",
+            (ItemState.COMPLETE.value, ItemState.ANONYMIZED.value),
+        )
+        return [
+            AnonymizeSeries(
+                pacs=str(r[0]),
+                line=int(r[1]),
+                study_instance_uid=str(r[2]),
+                series_instance_uid=str(r[3]),
+                series_number=str(r[4]),
+                patient_id=str(r[5]),
+                subject=str(r[6]),
+                session=str(r[7]),
+                raw_directory=_path(r[8]),
+            )
+            for r in rows
+        ]
+
+    def series_for_push(self, run: Run) -> list[PushSeries]:
+        """Every series of ``run``: a study is pushed only when all of its series are ready."""
+        rows = self._series(
+            run,
+            "se.line, se.study_instance_uid, se.series_instance_uid, se.state, "
+            "se.anonymization, se.xnat_subject, se.xnat_session, se.anonymized_instances, "
+            "se.anonymized_directory",
+        )
+        return [
+            PushSeries(
+                line=int(r[0]),
+                study_instance_uid=str(r[1]),
+                series_instance_uid=str(r[2]),
+                state=ItemState(r[3]),
+                anonymization=_state(r[4]),
+                xnat_subject=str(r[5]),
+                xnat_session=str(r[6]),
+                anonymized_instances=_count(r[7]),
+                anonymized_directory=_path(r[8]),
+            )
+            for r in rows
+        ]
+
+    def record_directories(
+        self,
+        run: Run,
+        *,
+        raw: Sequence[tuple[SeriesPlace, Path]] = (),
+        anonymized: Sequence[tuple[SeriesPlace, Path]] = (),
+    ) -> None:
+        """Record where series are received (``raw``) and de-identified, in one transaction."""
+        with self._tx() as db:
+            for column, placed in (("raw_directory", raw), ("anonymized_directory", anonymized)):
+                for series, directory in placed:
+                    db.execute(
+                        f"UPDATE series SET {column} = ? "
+                        "WHERE run_id = ? AND pacs = ? AND series_instance_uid = ?",
+                        (str(directory), run.id, series.pacs, series.series_instance_uid),
+                    )
 
     def update_series(
         self,
         run: Run,
-        task: SeriesTask,
+        series: RetrieveSeries,
         state: ItemState,
         *,
         received: int | None = None,
@@ -280,7 +444,7 @@ class JobStore:
         reported: tuple[int | None, int | None] = (None, None),
         new_pass: bool = False,
     ) -> None:
-        """Record one series' state (and counts) in one transaction."""
+        """Record one series' retrieve state (and counts) in one transaction."""
         with self._tx() as db:
             db.execute(
                 "UPDATE series SET state = ?, detail = ?, "
@@ -295,72 +459,77 @@ class JobStore:
                     *reported,
                     int(new_pass),
                     run.id,
-                    task.pacs,
-                    task.series_instance_uid,
+                    series.pacs,
+                    series.series_instance_uid,
                 ),
             )
-            self._transition(db, run.id, "series", task.series_instance_uid, state.value, detail)
+            self._transition(db, run.id, "series", series.series_instance_uid, state.value, detail)
 
     def record_anonymization(
         self,
         run: Run,
-        task: SeriesTask,
+        series: AnonymizeSeries,
         state: ItemState,
         *,
         written: int,
         detail: str,
-        labels: tuple[str, str],
+        experiment: tuple[str, str],
+        directory: Path,
     ) -> None:
-        """Record one series' de-identification outcome and the XNAT labels it was given."""
+        """Record one series' de-identification: outcome, XNAT subject and session labels, and
+        the directory its de-identified files are in."""
         with self._tx() as db:
             db.execute(
                 "UPDATE series SET anonymization = ?, anonymized_instances = ?, "
-                "anonymization_detail = ?, xnat_subject = ?, xnat_session = ? "
+                "anonymization_detail = ?, xnat_subject = ?, xnat_session = ?, "
+                "anonymized_directory = ? "
                 "WHERE run_id = ? AND pacs = ? AND series_instance_uid = ?",
                 (
                     state.value,
                     written,
                     detail,
-                    *labels,
+                    *experiment,
+                    str(directory),
                     run.id,
-                    task.pacs,
-                    task.series_instance_uid,
+                    series.pacs,
+                    series.series_instance_uid,
                 ),
             )
             self._transition(
-                db, run.id, "anonymization", task.series_instance_uid, state.value, detail
+                db, run.id, "anonymization", series.series_instance_uid, state.value, detail
             )
 
-    def push_states(self, run: Run, target: str) -> dict[tuple[str, str], tuple[str, int]]:
-        """(subject, session) -> (push state, files verified on ``target``)."""
+    def push_states(self, run: Run, target: str) -> dict[tuple[str, str], PushRecord]:
+        """(subject, session label) -> the push of that experiment to ``target``."""
         cursor = self._read(
             "SELECT subject, session, state, files_on_target FROM pushes "
             "WHERE run_id = ? AND target = ?",
             (run.id, target),
         )
         return {
-            (subject, session): (state, int(files)) for subject, session, state, files in cursor
+            (subject, session): PushRecord(ItemState(state), int(files))
+            for subject, session, state, files in cursor
         }
 
     def record_push(
         self,
         run: Run,
         target: str,
-        labels: tuple[str, str],
-        state: str,
+        experiment: tuple[str, str],
+        state: ItemState,
         *,
         uri: str = "",
         files_on_target: int = 0,
         detail: str = "",
     ) -> None:
-        """Record one session's push outcome (DONE or FAILED) in one transaction."""
+        """Record one experiment's push outcome (DONE or FAILED) in one transaction."""
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO pushes(run_id, target, subject, session, state, uri, "
                 "files_on_target, detail) VALUES (?,?,?,?,?,?,?,?)",
-                (run.id, target, *labels, state, uri, files_on_target, detail),
+                (run.id, target, *experiment, state.value, uri, files_on_target, detail),
             )
-            self._transition(db, run.id, "push", "/".join(labels), state, detail)
+            self._transition(db, run.id, "push", "/".join(experiment), state.value, detail)
 
     def info_records(self, run: Run) -> list[InfoRecord]:
         """Every row of ``run`` with its series (or alone, when it selected none), in order."""
@@ -395,34 +564,34 @@ class JobStore:
         records = []
         for r in cursor:
             study = StudyMatch(r[0], r[1], "", r[2], r[3], r[4], r[5])
-            records.append(_record(base, study, r))
+            records.append(_info_record(base, study, r))
         return records
 
 
-def _task(row: Sequence[object]) -> SeriesTask:
-    expected = row[6]
-    return SeriesTask(
-        pacs=str(row[0]),
-        line=int(str(row[1])),
-        study_instance_uid=str(row[2]),
-        series_instance_uid=str(row[3]),
-        series_number=str(row[4]),
-        series_description=str(row[5]),
-        expected_instances=expected if isinstance(expected, int) else None,
-        patient_id=str(row[7]),
-        study_date=str(row[8]),
-        subject=str(row[9]),
-        session=str(row[10]),
-        state=ItemState(str(row[11])),
-        passes=int(str(row[12])),
-        anonymization=str(row[13]),
-        xnat_subject=str(row[14]),
-        xnat_session=str(row[15]),
-        anonymized_instances=row[16] if isinstance(row[16], int) else None,
-    )
+def _schema_version(db: sqlite3.Connection) -> int:
+    """The version a store is at: 0 for a new (empty) file."""
+    has_meta = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if has_meta is None:
+        return 0
+    found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(found[0]) if found else 0
 
 
-def _record(base: InfoRecord, study: StudyMatch, r: Sequence[object]) -> InfoRecord:
+def _path(value: object) -> Path | None:
+    return Path(str(value)) if value else None
+
+
+def _state(value: object) -> ItemState | None:
+    return ItemState(str(value)) if value else None
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _info_record(base: InfoRecord, study: StudyMatch, r: Sequence[object]) -> InfoRecord:
     return InfoRecord(
         line=base.line,
         pacs=base.pacs,
@@ -435,13 +604,13 @@ def _record(base: InfoRecord, study: StudyMatch, r: Sequence[object]) -> InfoRec
         series_number=str(r[7]),
         modality=str(r[8]),
         series_description=str(r[9]),
-        expected_instances=r[10] if isinstance(r[10], int) else None,
-        received_instances=r[11] if isinstance(r[11], int) else None,
+        expected_instances=_count(r[10]),
+        received_instances=_count(r[11]),
         series_state=ItemState(str(r[12])),
         series_detail=str(r[13]),
-        anonymized_instances=r[14] if isinstance(r[14], int) else None,
-        anonymization=str(r[15]),
-        push=str(r[16]),
+        anonymized_instances=_count(r[14]),
+        anonymization=_state(r[15]),
+        push=_state(r[16]),
         push_uri=str(r[17]),
     )
 

@@ -1,36 +1,41 @@
-"""Job-store schema and the records it hands out (private to :mod:`pacsman.jobstore`)."""
+"""Job-store schema, its migrations, and the records it hands out (private to the package).
+
+The schema is an ordered list of :class:`Migration`: a store records the version it is at
+(``meta.schema_version``) and, when opened, gets every later migration applied in one
+transaction.  Statements are plain SQL that SQLite and PostgreSQL both accept, so a later
+backend replays the same list.  Versions 2 and 3 were never released: the release that added
+the retrieve verdicts, de-identification and pushes recorded version 4.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from pacsman.errors import FatalError
 from pacsman.models import ItemState, StudyMatch
 
-SCHEMA_VERSION = 4
 
-#: Columns added after version 1, for job stores written by an older pacsman.
-MIGRATIONS = (
-    ("series", "reported_completed", "INTEGER"),
-    ("series", "reported_failed", "INTEGER"),
-    ("series", "passes", "INTEGER NOT NULL DEFAULT 0"),
-    ("series", "anonymized_instances", "INTEGER"),
-    ("series", "anonymization", "TEXT NOT NULL DEFAULT ''"),
-    ("series", "anonymization_detail", "TEXT NOT NULL DEFAULT ''"),
-    ("series", "xnat_subject", "TEXT NOT NULL DEFAULT ''"),
-    ("series", "xnat_session", "TEXT NOT NULL DEFAULT ''"),
-)
+@dataclass(frozen=True)
+class Migration:
+    """The statements that take a job store from the version before to ``version``."""
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+_VERSION_1 = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     queryfile TEXT NOT NULL,
     queryfile_sha256 TEXT NOT NULL,
     config_sha256 TEXT NOT NULL,
     created_at TEXT NOT NULL,
     UNIQUE (queryfile_sha256, config_sha256)
-);
-CREATE TABLE IF NOT EXISTS rows (
+)""",
+    """CREATE TABLE IF NOT EXISTS rows (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     line INTEGER NOT NULL,
     pacs TEXT NOT NULL,
@@ -40,8 +45,8 @@ CREATE TABLE IF NOT EXISTS rows (
     state TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, line)
-);
-CREATE TABLE IF NOT EXISTS studies (
+)""",
+    """CREATE TABLE IF NOT EXISTS studies (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     pacs TEXT NOT NULL,
     study_instance_uid TEXT NOT NULL,
@@ -52,8 +57,8 @@ CREATE TABLE IF NOT EXISTS studies (
     accession_number TEXT NOT NULL,
     study_description TEXT NOT NULL,
     PRIMARY KEY (run_id, pacs, study_instance_uid, line)
-);
-CREATE TABLE IF NOT EXISTS series (
+)""",
+    """CREATE TABLE IF NOT EXISTS series (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     pacs TEXT NOT NULL,
     series_instance_uid TEXT NOT NULL,
@@ -66,17 +71,29 @@ CREATE TABLE IF NOT EXISTS series (
     received_instances INTEGER,
     state TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT '',
-    reported_completed INTEGER,
-    reported_failed INTEGER,
-    passes INTEGER NOT NULL DEFAULT 0,
-    anonymized_instances INTEGER,
-    anonymization TEXT NOT NULL DEFAULT '',
-    anonymization_detail TEXT NOT NULL DEFAULT '',
-    xnat_subject TEXT NOT NULL DEFAULT '',
-    xnat_session TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, pacs, series_instance_uid)
-);
-CREATE TABLE IF NOT EXISTS pushes (
+)""",
+    """CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL
+)""",
+)
+
+_VERSION_4 = (
+    "ALTER TABLE series ADD COLUMN reported_completed INTEGER",
+    "ALTER TABLE series ADD COLUMN reported_failed INTEGER",
+    "ALTER TABLE series ADD COLUMN passes INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE series ADD COLUMN anonymized_instances INTEGER",
+    "ALTER TABLE series ADD COLUMN anonymization TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE series ADD COLUMN anonymization_detail TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE series ADD COLUMN xnat_subject TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE series ADD COLUMN xnat_session TEXT NOT NULL DEFAULT ''",
+    """CREATE TABLE IF NOT EXISTS pushes (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     target TEXT NOT NULL,
     subject TEXT NOT NULL,
@@ -86,17 +103,21 @@ CREATE TABLE IF NOT EXISTS pushes (
     files_on_target INTEGER NOT NULL DEFAULT 0,
     detail TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, target, subject, session)
-);
-CREATE TABLE IF NOT EXISTS transitions (
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    state TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    at TEXT NOT NULL
-);
-"""
+)""",
+)
+
+_VERSION_5 = (
+    "ALTER TABLE series ADD COLUMN raw_directory TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE series ADD COLUMN anonymized_directory TEXT NOT NULL DEFAULT ''",
+)
+
+#: Every schema change, oldest first.  Append only: a released migration never changes.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "runs, query rows, studies, series and the transition log", _VERSION_1),
+    Migration(4, "retrieve verdicts, de-identification outcomes and pushes", _VERSION_4),
+    Migration(5, "each series' raw and de-identified directory", _VERSION_5),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 @dataclass(frozen=True)
@@ -129,29 +150,95 @@ class InfoRecord:
     series_state: ItemState | None = None
     series_detail: str = ""
     anonymized_instances: int | None = None
-    anonymization: str = ""
-    push: str = ""
+    anonymization: ItemState | None = None
+    push: ItemState | None = None
     push_uri: str = ""
 
 
 @dataclass(frozen=True)
-class SeriesTask:
-    """One series to retrieve, with what the pipeline needs to place and verify it."""
+class SeriesPlace:
+    """What decides where a series is received: the row's labels, else the patient's."""
+
+    pacs: str
+    series_instance_uid: str
+    study_instance_uid: str
+    state: ItemState
+    patient_id: str
+    study_date: str
+    subject: str
+    session: str
+    series_number: str
+    series_description: str
+    raw_directory: Path | None
+    anonymization: ItemState | None
+    xnat_subject: str
+    xnat_session: str
+    anonymized_directory: Path | None
+
+
+@dataclass(frozen=True)
+class RetrieveSeries:
+    """One series for the retrieve step: what C-MOVE/C-GET asks for, where it goes, and
+    what verification compares with."""
 
     pacs: str
     line: int
     study_instance_uid: str
     series_instance_uid: str
     series_number: str
-    series_description: str
-    expected_instances: int | None
     patient_id: str
-    study_date: str
+    expected_instances: int | None
+    state: ItemState
+    raw_directory: Path | None
+
+
+@dataclass(frozen=True)
+class AnonymizeSeries:
+    """One COMPLETE series for the de-identify step: its files and the labels to give it."""
+
+    pacs: str
+    line: int
+    study_instance_uid: str
+    series_instance_uid: str
+    series_number: str
+    patient_id: str
     subject: str
     session: str
+    raw_directory: Path | None
+
+
+@dataclass(frozen=True)
+class PushSeries:
+    """One series for the push step: is it ready, under which experiment, where are its files."""
+
+    line: int
+    study_instance_uid: str
+    series_instance_uid: str
     state: ItemState
-    passes: int
-    anonymization: str = ""
-    xnat_subject: str = ""
-    xnat_session: str = ""
-    anonymized_instances: int | None = None
+    anonymization: ItemState | None
+    xnat_subject: str
+    xnat_session: str
+    anonymized_instances: int | None
+    anonymized_directory: Path | None
+
+
+@dataclass(frozen=True)
+class PushRecord:
+    """One experiment's push on one target: its state and the files verified there."""
+
+    state: ItemState
+    files_on_target: int
+
+
+def recorded_directory(directory: Path | None, series_instance_uid: str) -> Path:
+    """``directory``, which the pipeline records before any step reads it.
+
+    Raises:
+        FatalError: it is not recorded (a step was started outside the pipeline).
+    """
+    if directory is None:
+        raise FatalError(
+            f"series {series_instance_uid}: its directory is not in the job store; run the "
+            "same pacsman command again, which records it before any step reads it"
+        )
+    return directory

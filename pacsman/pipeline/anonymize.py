@@ -1,8 +1,9 @@
-"""The anonymize half of the pipeline: de-identify every COMPLETE series, once.
+"""The de-identify step: every COMPLETE series, once, from its recorded raw directory.
 
 Private to :mod:`pacsman.pipeline`.  Output: ``<out>/anonymized/<subject>/<session>/<n>/``
 where ``n`` is the SeriesNumber (never the SeriesDescription, which may hold PHI), and
-quarantined files in ``<that folder>.quarantine/`` with their reasons.
+quarantined files in ``<that folder>.quarantine/`` with their reasons.  The directory is
+recorded in the job store with the outcome, for the push step to read.
 
 Labels: the query row's ``Subject``/``Session`` when it has them; otherwise stable
 pseudonyms from the project's mapping table, made from ``anonymization.subject_template`` and
@@ -13,7 +14,7 @@ The key and the mapping table are the ones ``pacsman anonymize`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,22 +29,13 @@ from pacsman.anonymize import (
 )
 from pacsman.anonymize.batch import BatchSummary, EngineSpec, Outcome, Task, deidentify_files
 from pacsman.config import Config
-from pacsman.dicom.scp import safe_component
-from pacsman.errors import InputError
-from pacsman.jobstore import JobStore, Run, SeriesTask
+from pacsman.jobstore import AnonymizeSeries, JobStore, Run, recorded_directory
+from pacsman.layout import anonymized_series_directory
 from pacsman.models import ItemState
-from pacsman.pipeline.retrieve import ALL_SERIES, series_directories
 
-__all__ = ["ANONYMIZED_DIRECTORY", "anonymize_complete", "project_name", "session_directory"]
+__all__ = ["anonymize_complete"]
 
 _log = structlog.get_logger("pacsman.pipeline")
-
-ANONYMIZED_DIRECTORY = "anonymized"
-
-
-def project_name(config: Config) -> str:
-    """The XNAT project the data is for: ``xnat.project``, else ``pacsman``."""
-    return config.xnat.project or "pacsman"
 
 
 def anonymize_complete(
@@ -52,61 +44,45 @@ def anonymize_complete(
     config: Config,
     out_directory: Path,
     *,
+    project: str,
     workers: int = 1,
     on_study_done: Callable[[], None] | None = None,
 ) -> int:
     """De-identify every COMPLETE series not yet ANONYMIZED; return how many were worked on.
 
+    ``project`` is the XNAT project the data is for (its key and mapping table).
     ``on_study_done`` is called each time the last series of a study (of those worked on
     now) is recorded, so that a push can start while the next study is de-identified.
 
     Raises:
-        InputError: anonymization is switched off in the config, or the profile is invalid.
+        InputError: the de-identification profile is invalid.
+        FatalError: a series' raw directory is not in the job store.
     """
-    if not config.anonymization.enabled:
-        raise InputError(
-            "--anonymize was asked for but anonymization.enabled is false in the config; "
-            "set it to true (the default) or drop --anonymize"
-        )
-    every = store.series_tasks(run, ALL_SERIES)
-    todo = [
-        t
-        for t in every
-        if t.state is ItemState.COMPLETE and t.anonymization != ItemState.ANONYMIZED.value
-    ]
+    todo = store.series_for_anonymize(run)
     if not todo:
-        _log.info("nothing_to_anonymize", series=len(every))
+        _log.info("nothing_to_anonymize", series=store.count_series(run))
         return 0
-    project = project_name(config)
     spec = _engine_spec(config.anonymization.profile, project)
-    sources = series_directories(every, out_directory)
     mapping = MappingTable(default_mapping_path(project))
     try:
-        for task, following in zip(todo, [*todo[1:], None], strict=True):
-            labels = _labels(mapping, task, project, config)
-            _anonymize_series(
-                store, run, task, labels, sources, mapping, spec, out_directory, workers
-            )
-            if on_study_done is not None and _study(task) != _study(following):
+        for series, following in zip(todo, [*todo[1:], None], strict=True):
+            experiment = _experiment(mapping, series, project, config)
+            _anonymize_series(store, run, series, experiment, mapping, spec, out_directory, workers)
+            if on_study_done is not None and _study(series) != _study(following):
                 on_study_done()
     finally:
         mapping.close()
     return len(todo)
 
 
-def _study(task: SeriesTask | None) -> tuple[str, int] | None:
+def _study(series: AnonymizeSeries | None) -> tuple[str, int] | None:
     """What makes a study one session to push: its UID and its query row."""
-    return None if task is None else (task.study_instance_uid, task.line)
-
-
-def session_directory(out_directory: Path, subject: str, session: str) -> Path:
-    """Where one session's de-identified series are: ``<out>/anonymized/<subject>/<session>``."""
-    return out_directory / ANONYMIZED_DIRECTORY / subject / session
+    return None if series is None else (series.study_instance_uid, series.line)
 
 
 @lru_cache(maxsize=4)
 def _engine_spec(profile: Path | None, project: str) -> EngineSpec:
-    """Profile and key, read once per process (the later-stages process runs many passes)."""
+    """Profile and key, read once per process (the de-identify/push process runs many passes)."""
     return EngineSpec(
         profile=load_profile(profile),
         key=load_or_create_key(default_key_path(project)),
@@ -114,37 +90,38 @@ def _engine_spec(profile: Path | None, project: str) -> EngineSpec:
     )
 
 
-def _labels(
-    mapping: MappingTable, task: SeriesTask, project: str, config: Config
+def _experiment(
+    mapping: MappingTable, series: AnonymizeSeries, project: str, config: Config
 ) -> tuple[str, str]:
+    """XNAT (subject, session label): the row's own labels, else the mapping table's."""
     templates = config.anonymization
-    subject = task.subject or mapping.label_for(
-        "subject", task.patient_id, project=project, template=templates.subject_template
+    subject = series.subject or mapping.label_for(
+        "subject", series.patient_id, project=project, template=templates.subject_template
     )
-    session = task.session or mapping.label_for(
-        "session", task.study_instance_uid, project=project, template=templates.session_template
+    session_label = series.session or mapping.label_for(
+        "session", series.study_instance_uid, project=project, template=templates.session_template
     )
-    return subject, session
+    return subject, session_label
 
 
 def _anonymize_series(
     store: JobStore,
     run: Run,
-    task: SeriesTask,
-    labels: tuple[str, str],
-    sources: Mapping[str, Path],
+    series: AnonymizeSeries,
+    experiment: tuple[str, str],
     mapping: MappingTable,
     spec: EngineSpec,
     out_directory: Path,
     workers: int,
 ) -> None:
-    subject, session = labels
-    destination = session_directory(out_directory, subject, session) / safe_component(
-        task.series_number, fallback="series"
+    subject, session_label = experiment
+    destination = anonymized_series_directory(
+        out_directory, subject=subject, session=session_label, series_number=series.series_number
     )
-    files = sorted(sources[task.series_instance_uid].glob("*.dcm"))
+    source = recorded_directory(series.raw_directory, series.series_instance_uid)
+    files = sorted(source.glob("*.dcm"))
     summary = deidentify_files(
-        [Task(src=f, subject=subject, session=session) for f in files],
+        [Task(src=f, subject=subject, session=session_label) for f in files],
         destination,
         spec=spec,
         mapping=mapping,
@@ -152,12 +129,18 @@ def _anonymize_series(
     )
     state, detail = _verdict(summary, len(files))
     store.record_anonymization(
-        run, task, state, written=summary.written, detail=detail, labels=(subject, session)
+        run,
+        series,
+        state,
+        written=summary.written,
+        detail=detail,
+        experiment=experiment,
+        directory=destination,
     )
     _log.info(
         "series_anonymized",
-        row=task.line,
-        series_number=task.series_number,
+        row=series.line,
+        series_number=series.series_number,
         state=state.value,
         written=summary.written,
         files=len(files),

@@ -1,59 +1,114 @@
-"""The later stages (de-identify, push) in a process of their own, beside retrieval.
+"""The de-identify/push process: ``python -m pacsman.pipeline.helper``.
 
-Private to :mod:`pacsman.pipeline`.  Retrieval is CPU-bound Python (the Storage SCP), and so
-is de-identification: in threads of one process they take turns on one core.  This process,
-started fresh (``spawn``, never ``fork`` of a process full of network threads), runs on the
-other core and shares the job store through SQLite.
-
-Protocol: the parent writes one line to our stdin each time a study becomes complete; each
-line (or several at once) triggers one pass of de-identification.  Each study de-identified
-wakes a push thread here, so a session travels while the next study is de-identified.  When
-stdin closes, we make a last pass of both, print how many items the passes worked on (one
-line on stdout), and exit: 0 done, 3 failed (the reason is on stderr).
-
-    python -m pacsman.pipeline.helper CONFIG RUN_ID OUT_DIRECTORY [--push KIND] [--workers N]
+Private to :mod:`pacsman.pipeline`, started by
+:class:`~pacsman.pipeline.background.DeidentifyPushProcess` (which describes the protocol).
+Each study announced on stdin (or several at once) triggers one pass of de-identification;
+each study de-identified wakes a push thread, so an experiment travels while the next study
+is de-identified.  When stdin closes: a last pass of both, the report line, and exit.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import select
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
+from types import TracebackType
 from typing import TextIO
 
-from pacsman.config import Config, load_config
+import structlog
+
+from pacsman.config import Config
 from pacsman.errors import EXIT_FATAL, EXIT_OK, PacsmanError
 from pacsman.jobstore import JobStore, Run
 from pacsman.log import configure_logging
 from pacsman.pipeline.anonymize import anonymize_complete
-from pacsman.pipeline.push import PushInBackground, push_ready_sessions
+from pacsman.pipeline.background import Request, read_request
+from pacsman.pipeline.push import push_ready_sessions
 from pacsman.push import Target, open_target
 from pacsman.push.targets import TargetKind
 
-__all__ = ["main"]
+__all__ = ["BackgroundPasses", "main", "xnat_project"]
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pacsman-later-stages")
-    parser.add_argument("config", type=Path)
-    parser.add_argument("run_id", type=int)
-    parser.add_argument("out_directory", type=Path)
-    parser.add_argument("--push", choices=("xnat", "dicom", "folder"))
-    parser.add_argument("--workers", type=int, default=1)
-    return parser.parse_args(argv)
+def xnat_project(config: Config) -> str:
+    """The XNAT project the data is for: ``xnat.project``, else ``pacsman``."""
+    return config.xnat.project or "pacsman"
 
 
-def _wait_for_work() -> bool:
-    """Block until a study is announced (True) or the parent is done (False)."""
-    line = sys.stdin.readline()
-    if not line:
+class BackgroundPasses:
+    """Runs ``work`` (one pass, returning how many items it did) in a thread, once per wake-up.
+
+    A push mostly waits for the target to archive and answer, so the thread lets experiment
+    k travel while study k+1 is de-identified.  Wake-ups during a pass coalesce into one more
+    pass; leaving the ``with`` block makes a last pass and waits for it.  Leaving it with an
+    exception (Ctrl-C, a failed de-identification) does not wait: the thread is a daemon and
+    dies with the process, and the next run checks the target before it sends anything
+    again.  An error in the thread ends it and is raised by the next :meth:`wake` or on
+    leaving the block, so it ends the process like an error of its main thread.
+    """
+
+    def __init__(self, work: Callable[[], int]) -> None:
+        self._work = work
+        self._wake = threading.Event()
+        self._closing = self._abandoned = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="pacsman-push", daemon=True)
+        #: Items the passes did so far.
+        self.worked = 0
+
+    def __enter__(self) -> BackgroundPasses:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing, self._abandoned = True, exc is not None
+        self._wake.set()
+        if exc is not None:
+            return
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def wake(self) -> None:
+        """Ask for one more pass (soon, not now); raise the error that ended the thread."""
+        if self._error is not None:
+            raise self._error
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            last = self._closing
+            if self._abandoned:
+                return
+            try:
+                self.worked += self._work()
+            except BaseException as exc:  # raised again in the owner's thread
+                self._error = exc
+                return
+            if last:
+                return
+
+
+# -- the child process ------------------------------------------------------------------------
+
+
+def _wait_for_work(fd: int) -> bool:
+    """Block until a study is announced (True) or the pipeline is done (False)."""
+    if not os.read(fd, 4096):
         return False
-    while select.select([sys.stdin], [], [], 0)[0]:  # several studies: one pass for all
-        if not sys.stdin.readline():
+    while select.select([fd], [], [], 0)[0]:  # several studies: one pass for all
+        if not os.read(fd, 4096):
             return False
     return True
 
@@ -63,24 +118,27 @@ def _target(config: Config, kind: TargetKind | None) -> AbstractContextManager[T
     return nullcontext() if kind is None else open_target(config, kind=kind)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the later stages on every announcement, then once more at the end."""
-    args = _parse(sys.argv[1:] if argv is None else argv)
+def main() -> int:
+    """De-identify on every announcement and push beside it; once more at the end."""
     report = _private_stdout()
-    config = load_config(args.config)
+    stdin = sys.stdin.fileno()
+    request = read_request(stdin)
+    config = request.config
     configure_logging(level=config.log.level, file=config.log.file, console="json")
+    structlog.contextvars.bind_contextvars(run_id=request.run_id)
     try:
-        with JobStore(config.jobstore) as store, _target(config, args.push) as target:
-            worked = _passes(store, store.run_by_id(args.run_id), config, args, target)
+        with JobStore(config.jobstore) as store, _target(config, request.push) as target:
+            worked = _passes(store, store.run_by_id(request.run_id), request, target, stdin)
     except PacsmanError as exc:
-        print(f"pacsman (later stages): {exc}", file=sys.stderr)
+        print(f"pacsman (de-identify/push): {exc}", file=sys.stderr)
+        print(json.dumps({"error": str(exc)}), file=report, flush=True)
         return EXIT_FATAL
-    print(worked, file=report, flush=True)  # the parent adds it to the run's summary
+    print(json.dumps({"worked": worked}), file=report, flush=True)  # added to the summary
     return EXIT_OK
 
 
 def _private_stdout() -> TextIO:
-    """Keep stdout (a pipe the parent reads only at the end) for the final count alone.
+    """Keep stdout (a pipe the pipeline reads only at the end) for the final report alone.
 
     Anything else written to file descriptor 1, by this process, a library or a worker
     process, goes to stderr: a chatty library could otherwise fill the pipe and block us.
@@ -91,31 +149,36 @@ def _private_stdout() -> TextIO:
     return report
 
 
-def _passes(
-    store: JobStore, run: Run, config: Config, args: argparse.Namespace, target: Target | None
-) -> int:
+def _passes(store: JobStore, run: Run, request: Request, target: Target | None, stdin: int) -> int:
     """De-identify on every announcement; push in a thread beside it; return items worked on.
 
     Each study de-identified wakes the push thread, so pushing study k overlaps
     de-identifying study k+1 instead of waiting for it: a push mostly waits for the target,
     and a real XNAT takes seconds to archive a session.
     """
-    out, kind = args.out_directory, args.push
+    config, out, kind = request.config, request.out_directory, request.push
+    project = xnat_project(config)
 
     def push() -> int:
         if kind is None:
             return 0
-        return push_ready_sessions(store, run, config, out, kind=kind, target=target)
+        return push_ready_sessions(store, run, config, project=project, kind=kind, target=target)
 
     worked = 0
-    with PushInBackground(push) as pushing:
+    with BackgroundPasses(push) as pushing:
         more = True
         while more:
-            more = _wait_for_work()
+            more = _wait_for_work(stdin)
             worked += anonymize_complete(
-                store, run, config, out, workers=args.workers, on_study_done=pushing.wake
+                store,
+                run,
+                config,
+                out,
+                project=project,
+                workers=request.workers,
+                on_study_done=pushing.wake,
             )
-            pushing.wake()  # a study de-identified by an earlier run, or by the parent
+            pushing.wake()  # a study de-identified by an earlier run
     return worked + pushing.worked  # after the block: the last push pass has ended
 
 

@@ -74,8 +74,8 @@ def _cells(record: InfoRecord) -> list[str]:
         state.value,
         record.row_detail if record.series_state is None else record.series_detail,
         number(record.anonymized_instances),
-        record.anonymization,
-        record.push,
+        record.anonymization.value if record.anonymization else "",
+        record.push.value if record.push else "",
         record.push_uri,
     ]
 

@@ -7,6 +7,8 @@ Private to :mod:`pacsman.pipeline`.  Per PACS node:
 2. passes: retrieve every unsettled series (``max_associations`` workers, paced by
    :class:`~pacsman.throttle.Courtesy`), verify each, and re-request only the INCOMPLETE ones,
    up to ``retrieve_passes`` times.
+
+Each series goes into the raw directory the job store records for it.
 """
 
 from __future__ import annotations
@@ -17,23 +19,22 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from pacsman.config import Config, PacsNode
-from pacsman.dicom import scp as storescp
+from pacsman.dicom import scp
 from pacsman.dicom.client import DicomPeer, StorageRole
 from pacsman.dicom.scp import InstanceWriter, StorageSCP
 from pacsman.errors import FatalError, ItemFailed, TransientError
-from pacsman.jobstore import JobStore, Run, SeriesTask
+from pacsman.jobstore import JobStore, RetrieveSeries, Run, recorded_directory
 from pacsman.models import ItemState
 from pacsman.query import FindAssociation
-from pacsman.retrieve import Level, RetrieveAssociation, SeriesRequest
+from pacsman.retrieve import FetchResult, Level, RetrieveAssociation, SeriesRequest
 from pacsman.throttle import Courtesy, RetryPolicy
 from pacsman.verify import verify_series
 
-__all__ = ["ALL_SERIES", "RETRIEVABLE", "retrieve_pending", "series_directories"]
+__all__ = ["RETRIEVABLE", "retrieve_pending"]
 
 _log = structlog.get_logger("pacsman.pipeline")
 
@@ -41,7 +42,6 @@ _log = structlog.get_logger("pacsman.pipeline")
 RETRIEVABLE = frozenset(
     {ItemState.QUERIED, ItemState.RETRIEVING, ItemState.INCOMPLETE, ItemState.FAILED}
 )
-ALL_SERIES = frozenset(ItemState)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class _Node:
     move_destination: str | None
     storage: StorageRole | None
 
-    def session(self, *, retry: RetryPolicy | None = None) -> RetrieveAssociation:
+    def association(self, *, retry: RetryPolicy | None = None) -> RetrieveAssociation:
         return RetrieveAssociation(
             self.peer,
             receiver=self.writer,
@@ -67,38 +67,11 @@ class _Node:
         )
 
 
-def series_directories(tasks: Sequence[SeriesTask], out: Path) -> dict[str, Path]:
-    """SeriesInstanceUID -> directory; default session labels kept unique per study."""
-    sessions: dict[str, tuple[str, str]] = {}
-    used: set[tuple[str, str]] = set()
-    for task in tasks:
-        if task.study_instance_uid in sessions:
-            continue
-        subject, session = storescp.default_labels(task.patient_id, task.study_date)
-        subject, session = task.subject or subject, task.session or session
-        base, n = session, 1
-        while (subject, session) in used:
-            n += 1
-            session = f"{base}_{n}"
-        used.add((subject, session))
-        sessions[task.study_instance_uid] = (subject, session)
-    return {
-        t.series_instance_uid: storescp.series_directory(
-            out,
-            subject=sessions[t.study_instance_uid][0],
-            session=sessions[t.study_instance_uid][1],
-            series_number=t.series_number,
-            series_description=t.series_description,
-        )
-        for t in tasks
-    }
-
-
 class StudyTracker:
     """Knows when every selected series of a study is COMPLETE, and says so once."""
 
     def __init__(
-        self, tasks: Sequence[SeriesTask], on_complete: Callable[[str], None] | None
+        self, tasks: Sequence[RetrieveSeries], on_complete: Callable[[str], None] | None
     ) -> None:
         self._series: dict[str, set[str]] = {}
         for task in tasks:
@@ -108,7 +81,7 @@ class StudyTracker:
         self._on_complete = on_complete
         self._lock = threading.Lock()
 
-    def update(self, unit: Sequence[SeriesTask], states: dict[str, ItemState]) -> None:
+    def update(self, unit: Sequence[RetrieveSeries], states: dict[str, ItemState]) -> None:
         """Record the verdicts of ``unit``; call back for a study that just became complete."""
         if self._on_complete is None:
             return
@@ -134,15 +107,15 @@ def _storage_scp(config: Config, writer: InstanceWriter, needed: bool) -> Iterat
         yield
         return
     local = config.local
-    scp = StorageSCP(
+    server = StorageSCP(
         writer,
         ae_title=local.ae_title,
         bind_host=local.bind_host,
         port=local.port,
         allowed_calling_ae_titles=_allowed_callers(config),
     )
-    with scp:
-        _log.info("storage_scp_listening", ae_title=local.ae_title, port=scp.port)
+    with server:
+        _log.info("storage_scp_listening", ae_title=local.ae_title, port=server.port)
         yield
 
 
@@ -158,26 +131,25 @@ def retrieve_pending(
     """Retrieve and verify every unsettled series of ``run``; return how many were worked on.
 
     ``on_study_complete(StudyInstanceUID)`` is called (from a worker thread) as soon as every
-    selected series of a study is COMPLETE, so later stages can start on it.
+    selected series of a study is COMPLETE, so its de-identification can start.
 
     Raises:
         FatalError: a PACS refuses pacsman for good (pre-flight or mid-run); state is kept.
     """
-    every = store.series_tasks(run, ALL_SERIES)
+    every = store.series_for_retrieve(run)
     pending = [t for t in every if t.state in RETRIEVABLE]
     if not pending:
         _log.info("nothing_to_retrieve", series=len(every))
         return 0
-    directories = series_directories(every, out_directory)
     tracker = StudyTracker(every, on_study_complete)
     writer = InstanceWriter(unrouted_directory=out_directory / "_unrouted")
     methods = {config.node(t.pacs).retrieve_method for t in pending}
     with _storage_scp(config, writer, needed="move" in methods):
         for pacs in dict.fromkeys(t.pacs for t in pending):
-            shared = _node(config, pacs, writer, retry_for)
-            tasks = [t for t in pending if t.pacs == pacs]
-            _preflight(store, run, shared, tasks[0], directories)
-            _passes(store, run, shared, tasks, directories, tracker)
+            node = _node(config, pacs, writer, retry_for)
+            series = [t for t in pending if t.pacs == pacs]
+            _preflight(node, series[0])
+            _passes(store, run, node, series, tracker)
     return len(pending)
 
 
@@ -192,10 +164,10 @@ def _node(
     storage = None
     if not move:
         storage = StorageRole(
-            storescp.STORAGE_SOP_CLASSES,
-            storescp.TRANSFER_SYNTAXES,
+            scp.STORAGE_SOP_CLASSES,
+            scp.TRANSFER_SYNTAXES,
             writer.handle_store,
-            on_established=lambda assoc: storescp.accelerate(assoc, writer),
+            on_established=lambda association: scp.accelerate(association, writer),
         )
     return _Node(
         node=node,
@@ -208,128 +180,125 @@ def _node(
     )
 
 
-def _preflight(
-    store: JobStore, run: Run, shared: _Node, task: SeriesTask, directories: dict[str, Path]
-) -> None:
+def _preflight(node: _Node, series: RetrieveSeries) -> None:
     """Move one real instance; prove it arrived.  Raises FatalError with the fix if not."""
-    quick = RetryPolicy(max_attempts=min(3, shared.retry.max_attempts))
-    with FindAssociation(shared.peer, retry=quick) as finder:
-        scope = {"StudyInstanceUID": task.study_instance_uid}
-        scope["SeriesInstanceUID"] = task.series_instance_uid
-        if shared.node.query_model == "patient":
-            scope["PatientID"] = task.patient_id
+    quick = RetryPolicy(max_attempts=min(3, node.retry.max_attempts))
+    with FindAssociation(node.peer, retry=quick) as finder:
+        scope = {"StudyInstanceUID": series.study_instance_uid}
+        scope["SeriesInstanceUID"] = series.series_instance_uid
+        if node.node.query_model == "patient":
+            scope["PatientID"] = series.patient_id
         answers = finder.find("IMAGE", scope, ("SOPInstanceUID",))
     uids = sorted({str(a.get("SOPInstanceUID", "")) for a in answers} - {""})
     if not uids:
         return
-    request = _request(task, directories)
+    request = _request(series)
     try:
-        with shared.session(retry=quick) as session:
-            fetched = session.fetch([request], level="IMAGE", sop_instance_uids=uids[:1])
+        with node.association(retry=quick) as association:
+            fetched = association.fetch([request], level="IMAGE", sop_instance_uids=uids[:1])
     except (ItemFailed, TransientError) as exc:
-        raise FatalError(_preflight_advice(shared, f"the PACS refused ({exc})")) from exc
-    if fetched.received[task.series_instance_uid] == 0:
+        raise FatalError(_preflight_advice(node, f"the PACS refused ({exc})")) from exc
+    if fetched.received[series.series_instance_uid] == 0:
         reported = fetched.result.completed
         if reported:
             what = f"the PACS reported {reported} instance(s) sent, but none arrived here"
-            raise FatalError(_preflight_advice(shared, what))
-        _log.warning("preflight_inconclusive", pacs=shared.node.name, reported=reported)
+            raise FatalError(_preflight_advice(node, what))
+        _log.warning("preflight_inconclusive", pacs=node.node.name, reported=reported)
         return
-    _log.info("preflight_ok", pacs=shared.node.name, method=shared.node.retrieve_method)
+    _log.info("preflight_ok", pacs=node.node.name, method=node.node.retrieve_method)
 
 
-def _preflight_advice(shared: _Node, what: str) -> str:
-    node = shared.node
-    if shared.move_destination is None:
-        return f"pre-flight C-GET of one instance from PACS {shared.peer.describe()}: {what}"
+def _preflight_advice(node: _Node, what: str) -> str:
+    if node.move_destination is None:
+        return f"pre-flight C-GET of one instance from PACS {node.peer.describe()}: {what}"
     return (
-        f"pre-flight C-MOVE of one instance from PACS {shared.peer.describe()} to "
-        f"{shared.move_destination!r}: {what}. The PACS must know AE "
-        f"{shared.move_destination!r} at this host's address and local.port "
-        f"{shared.peer.local_port} (Orthanc: DicomModalities), and pacsman must accept its "
-        f"calling AE {node.called_ae_title!r} (local.allowed_calling_ae_titles)"
+        f"pre-flight C-MOVE of one instance from PACS {node.peer.describe()} to "
+        f"{node.move_destination!r}: {what}. The PACS must know AE "
+        f"{node.move_destination!r} at this host's address and local.port "
+        f"{node.peer.local_port} (Orthanc: DicomModalities), and pacsman must accept its "
+        f"calling AE {node.node.called_ae_title!r} (local.allowed_calling_ae_titles)"
     )
 
 
-def _request(task: SeriesTask, directories: dict[str, Path]) -> SeriesRequest:
+def _request(series: RetrieveSeries) -> SeriesRequest:
     return SeriesRequest(
-        study_instance_uid=task.study_instance_uid,
-        series_instance_uid=task.series_instance_uid,
-        directory=directories[task.series_instance_uid],
-        patient_id=task.patient_id,
+        study_instance_uid=series.study_instance_uid,
+        series_instance_uid=series.series_instance_uid,
+        directory=recorded_directory(series.raw_directory, series.series_instance_uid),
+        patient_id=series.patient_id,
     )
 
 
 def _passes(
     store: JobStore,
     run: Run,
-    shared: _Node,
-    tasks: list[SeriesTask],
-    directories: dict[str, Path],
+    node: _Node,
+    series: list[RetrieveSeries],
     tracker: StudyTracker,
 ) -> None:
-    pending = tasks
-    for number in range(1, shared.node.retrieve_passes + 1):
-        units = _units(pending, shared.node.retrieve_level)
+    pending = series
+    for number in range(1, node.node.retrieve_passes + 1):
+        units = _units(pending, node.node.retrieve_level)
         verdicts = _run_workers(
             units,
-            workers=shared.node.max_associations,
-            make_session=shared.session,
-            work=lambda session, unit: _fetch_unit(store, run, session, unit, directories, tracker),
+            workers=node.node.max_associations,
+            open_association=node.association,
+            work=lambda association, unit: _fetch_unit(store, run, association, unit, tracker),
         )
         pending = [
             t for t in pending if verdicts.get(t.series_instance_uid) is ItemState.INCOMPLETE
         ]
         if not pending:
             return
-        _log.warning("series_incomplete", pacs=shared.node.name, series=len(pending), pass_=number)
+        _log.warning("series_incomplete", pacs=node.node.name, series=len(pending), pass_=number)
 
 
-def _units(tasks: list[SeriesTask], level: str) -> list[list[SeriesTask]]:
+def _units(series: list[RetrieveSeries], level: str) -> list[list[RetrieveSeries]]:
     if level == "series":
-        return [[t] for t in tasks]
-    studies: dict[str, list[SeriesTask]] = {}
-    for task in tasks:
-        studies.setdefault(task.study_instance_uid, []).append(task)
+        return [[t] for t in series]
+    studies: dict[str, list[RetrieveSeries]] = {}
+    for one in series:
+        studies.setdefault(one.study_instance_uid, []).append(one)
     return list(studies.values())
 
 
 def _fetch_unit(
     store: JobStore,
     run: Run,
-    session: RetrieveAssociation,
-    unit: list[SeriesTask],
-    directories: dict[str, Path],
+    association: RetrieveAssociation,
+    unit: list[RetrieveSeries],
     tracker: StudyTracker,
 ) -> dict[str, ItemState]:
-    for task in unit:
-        store.update_series(run, task, ItemState.RETRIEVING)
+    for series in unit:
+        store.update_series(run, series, ItemState.RETRIEVING)
     level: Level = "STUDY" if len(unit) > 1 else "SERIES"
     try:
-        fetched = session.fetch([_request(t, directories) for t in unit], level=level)
+        fetched = association.fetch([_request(t) for t in unit], level=level)
     except (ItemFailed, TransientError) as exc:
-        for task in unit:
-            store.update_series(run, task, ItemState.FAILED, detail=str(exc), new_pass=True)
+        for series in unit:
+            store.update_series(run, series, ItemState.FAILED, detail=str(exc), new_pass=True)
         _log.error("series_failed", pacs=unit[0].pacs, row=unit[0].line, reason=str(exc))
         return {t.series_instance_uid: ItemState.FAILED for t in unit}
-    states = {t.series_instance_uid: _record(store, run, t, fetched) for t in unit}
+    states = {t.series_instance_uid: _verify_and_record(store, run, t, fetched) for t in unit}
     tracker.update(unit, states)
     return states
 
 
-def _record(store: JobStore, run: Run, task: SeriesTask, fetched: Any) -> ItemState:
-    received = fetched.received[task.series_instance_uid]
+def _verify_and_record(
+    store: JobStore, run: Run, series: RetrieveSeries, fetched: FetchResult
+) -> ItemState:
+    received = fetched.received[series.series_instance_uid]
     result = fetched.result
     single = len(fetched.received) == 1
     verdict = verify_series(
         received=received,
-        expected=task.expected_instances,
+        expected=series.expected_instances,
         reported_completed=result.completed if single else None,
         reported_failed=result.failed if single else None,
     )
     store.update_series(
         run,
-        task,
+        series,
         verdict.state,
         received=received,
         detail=verdict.detail,
@@ -338,9 +307,9 @@ def _record(store: JobStore, run: Run, task: SeriesTask, fetched: Any) -> ItemSt
     )
     _log.info(
         "series_retrieved",
-        pacs=task.pacs,
-        row=task.line,
-        series_number=task.series_number,
+        pacs=series.pacs,
+        row=series.line,
+        series_number=series.series_number,
         state=verdict.state.value,
         received=received,
         expected=verdict.target,
@@ -349,18 +318,18 @@ def _record(store: JobStore, run: Run, task: SeriesTask, fetched: Any) -> ItemSt
 
 
 def _run_workers(
-    units: list[list[SeriesTask]],
+    units: list[list[RetrieveSeries]],
     *,
     workers: int,
-    make_session: Callable[[], RetrieveAssociation],
-    work: Callable[[RetrieveAssociation, list[SeriesTask]], dict[str, ItemState]],
+    open_association: Callable[[], RetrieveAssociation],
+    work: Callable[[RetrieveAssociation, list[RetrieveSeries]], dict[str, ItemState]],
 ) -> dict[str, ItemState]:
     """Run ``work`` over ``units`` on ``workers`` threads, one association each.
 
     A FatalError (or any unexpected error) in one worker stops the others after their
     current unit and is raised here.
     """
-    todo: queue.Queue[list[SeriesTask]] = queue.Queue()
+    todo: queue.Queue[list[RetrieveSeries]] = queue.Queue()
     for unit in units:
         todo.put(unit)
     results: dict[str, ItemState] = {}
@@ -368,14 +337,14 @@ def _run_workers(
     stop = threading.Event()
 
     def worker() -> None:
-        with make_session() as session:
+        with open_association() as association:
             while not stop.is_set():
                 try:
                     unit = todo.get_nowait()
                 except queue.Empty:
                     return
                 try:
-                    results.update(work(session, unit))
+                    results.update(work(association, unit))
                 except Exception as exc:  # re-raised in the calling thread below
                     errors.append(exc)
                     stop.set()

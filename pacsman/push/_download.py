@@ -101,10 +101,10 @@ def _matches(row: Row, request: DownloadRequest) -> bool:
     )
 
 
-def select(session: Any, request: DownloadRequest) -> list[Row]:
+def select(connection: Any, request: DownloadRequest) -> list[Row]:
     """The project's sessions that match the request's filters, sorted by subject, label."""
     columns = "ID,label,subject_label,date,modality,xsiType"
-    answer = session.get_json(
+    answer = connection.get_json(
         f"/data/projects/{request.project}/experiments", query={"columns": columns}
     )
     rows: list[Row] = answer["ResultSet"]["Result"]
@@ -137,7 +137,7 @@ def _safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return members
 
 
-def _fetch(session: Any, row: Row, request: DownloadRequest, final: Path) -> tuple[int, int]:
+def _fetch(connection: Any, row: Row, request: DownloadRequest, final: Path) -> tuple[int, int]:
     """Download one session zip to ``final`` (a zip or a folder); return (files, bytes)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(f".{final.name}.partial")
@@ -145,7 +145,7 @@ def _fetch(session: Any, row: Row, request: DownloadRequest, final: Path) -> tup
     uri = f"/data/experiments/{row['ID']}/scans/ALL/files"
     try:
         with zip_path.open("wb") as stream:
-            session.download_stream(uri, stream, format="zip")
+            connection.download_stream(uri, stream, format="zip")
         size = zip_path.stat().st_size
         with zipfile.ZipFile(zip_path) as archive:
             members = _safe_members(archive)
@@ -174,7 +174,7 @@ def _record(row: Row, request: DownloadRequest, final: Path) -> Row:
 
 
 def download_sessions(
-    session: Any,
+    connection: Any,
     request: DownloadRequest,
     *,
     retry: RetryPolicy,
@@ -189,10 +189,10 @@ def download_sessions(
     request.out.mkdir(parents=True, exist_ok=True)
     manifest_path = request.out / MANIFEST
     manifest = _read_manifest(manifest_path)
-    rows = _listed(session, request, retry)
+    rows = _listed(connection, request, retry)
     counts = {"downloaded": 0, "skipped": 0, "failed": 0}
     for row in rows:
-        result = _one(session, row, request, retry, manifest)
+        result = _one(connection, row, request, retry, manifest)
         counts[result["outcome"]] += 1
         manifest[(result["subject"], result["session"])] = result
         _write_manifest(manifest_path, manifest)
@@ -201,10 +201,10 @@ def download_sessions(
     return DownloadSummary(len(rows), manifest=manifest_path, **counts)
 
 
-def _listed(session: Any, request: DownloadRequest, retry: RetryPolicy) -> list[Row]:
+def _listed(connection: Any, request: DownloadRequest, retry: RetryPolicy) -> list[Row]:
     def attempt() -> list[Row]:
         try:
-            return select(session, request)
+            return select(connection, request)
         except PacsmanError:
             raise
         except Exception as exc:  # xnat/requests errors: sorted by classify
@@ -214,7 +214,7 @@ def _listed(session: Any, request: DownloadRequest, retry: RetryPolicy) -> list[
 
 
 def _one(
-    session: Any,
+    connection: Any,
     row: Row,
     request: DownloadRequest,
     retry: RetryPolicy,
@@ -230,7 +230,7 @@ def _one(
 
     def attempt() -> tuple[int, int]:
         try:
-            return _fetch(session, row, request, final)
+            return _fetch(connection, row, request, final)
         except PacsmanError:
             raise
         except Exception as exc:  # xnat/requests errors: sorted by classify

@@ -96,24 +96,24 @@ def _call(retry: RetryPolicy, what: str, fn: Callable[[], T]) -> T:
     return retry.call(attempt, operation="xnat_upload_resource", step=what)
 
 
-def _experiment(session: Any, request: ResourceRequest) -> Any:
+def _experiment(connection: Any, request: ResourceRequest) -> Any:
     uri = f"/data/projects/{request.project}/subjects/{request.subject}/experiments"
-    if not exists(session, f"{uri}/{request.experiment}"):
+    if not exists(connection, f"{uri}/{request.experiment}"):
         raise InputError(
             f"no experiment {request.experiment!r} under subject {request.subject!r} in "
             f"project {request.project!r}; check the labels (they are case-sensitive)"
         )
-    return session.create_object(f"{uri}/{request.experiment}")
+    return connection.create_object(f"{uri}/{request.experiment}")
 
 
-def _holder(session: Any, experiment: Any, request: ResourceRequest) -> Any:
+def _holder(connection: Any, experiment: Any, request: ResourceRequest) -> Any:
     if request.scan is None:
         return experiment
     if request.scan in experiment.scans:
         return experiment.scans[request.scan]
     session_type = str(experiment.__xsi_type__)
     scan_type = session_type.replace("SessionData", "ScanData")
-    cls = session.XNAT_CLASS_LOOKUP.get(scan_type) or session.XNAT_CLASS_LOOKUP[_OTHER_SCAN]
+    cls = connection.XNAT_CLASS_LOOKUP.get(scan_type) or connection.XNAT_CLASS_LOOKUP[_OTHER_SCAN]
     _log.info("xnat_scan_created", experiment=request.experiment, scan=request.scan)
     scan = cls(parent=experiment, id=request.scan, type=request.scan_type or request.resource)
     experiment.scans.clearcache()
@@ -128,13 +128,13 @@ def _resource(holder: Any, request: ResourceRequest) -> Any:
     return holder.create_resource(request.resource, format=request.format)
 
 
-def _remote_digests(session: Any, resource: Any) -> dict[str, str]:
-    rows = session.get_json(f"{resource.uri}/files")["ResultSet"]["Result"]
+def _remote_digests(connection: Any, resource: Any) -> dict[str, str]:
+    rows = connection.get_json(f"{resource.uri}/files")["ResultSet"]["Result"]
     return {row["URI"].split("/files/", 1)[1]: row.get("digest", "") for row in rows}
 
 
 def upload_resource(
-    session: Any, request: ResourceRequest, *, retry: RetryPolicy, url: str
+    connection: Any, request: ResourceRequest, *, retry: RetryPolicy, url: str
 ) -> list[str]:
     """Upload the files; return the URL of every file now in the resource (sent or skipped).
 
@@ -145,12 +145,12 @@ def upload_resource(
         ItemFailed, FatalError: XNAT refused a request.
     """
     pairs = remote_paths(request.files, request.base)
-    experiment = _call(retry, "finding the experiment", lambda: _experiment(session, request))
+    experiment = _call(retry, "finding the experiment", lambda: _experiment(connection, request))
     holder = _call(
-        retry, "finding or creating the scan", lambda: _holder(session, experiment, request)
+        retry, "finding or creating the scan", lambda: _holder(connection, experiment, request)
     )
     resource = _call(retry, "finding or creating the resource", lambda: _resource(holder, request))
-    remote = _call(retry, "listing the resource", lambda: _remote_digests(session, resource))
+    remote = _call(retry, "listing the resource", lambda: _remote_digests(connection, resource))
     local = {name: _md5(path) for path, name in pairs}
     clashes = [n for n in local if n in remote and remote[n] != local[n]]
     if clashes and not request.overwrite:
@@ -161,20 +161,20 @@ def upload_resource(
         )
     for path, name in pairs:
         if remote.get(name) != local[name]:
-            send = _sender(session, resource, path, name, local[name], overwrite=name in remote)
+            send = _sender(connection, resource, path, name, local[name], overwrite=name in remote)
             _call(retry, f"uploading {name}", send)
     return [f"{url}{resource.uri}/files/{name}" for _, name in pairs]
 
 
 def _sender(
-    session: Any, resource: Any, path: Path, name: str, digest: str, *, overwrite: bool
+    connection: Any, resource: Any, path: Path, name: str, digest: str, *, overwrite: bool
 ) -> Callable[[], None]:
     """One file upload that first checks whether a previous attempt already got through."""
     tried = False
 
     def send() -> None:
         nonlocal tried
-        if tried and _remote_digests(session, resource).get(name) == digest:
+        if tried and _remote_digests(connection, resource).get(name) == digest:
             return
         tried = True
         resource.upload(path, name, overwrite=overwrite, verbose=False)

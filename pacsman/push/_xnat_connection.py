@@ -1,4 +1,4 @@
-"""The one ``xnat`` client session of a run: connect, disconnect, and what its errors mean.
+"""The one ``xnat`` client connection of a run: connect, disconnect, and what its errors mean.
 
 :func:`classify` turns what ``xnat``/``requests`` raise into pacsman's decisions: timeouts,
 resets, 408/429/5xx are :class:`TransientError`; 401 means the login session expired
@@ -89,7 +89,7 @@ def _pin_tls(interface: requests.Session, setting: str | bool | None) -> None:
 
 
 def connect(config: XnatConfig, credentials: Credentials) -> Any:
-    """Log in to ``config.url`` and return the ``xnat`` session (one per run; reuse it).
+    """Log in to ``config.url`` and return the ``xnat`` connection (one per run; reuse it).
 
     Raises:
         FatalError: the login was refused, or the TLS certificate is not trusted.
@@ -101,7 +101,7 @@ def connect(config: XnatConfig, credentials: Credentials) -> Any:
     setting = _tls_setting(config)
     try:
         with _login_tls(setting):
-            session = xnat.connect(
+            connection = xnat.connect(
                 url,
                 user=credentials.user,
                 password=credentials.password,
@@ -113,19 +113,19 @@ def connect(config: XnatConfig, credentials: Credentials) -> Any:
             )
     except Exception as exc:  # xnatpy and requests raise many types: sort them here
         raise classify(exc, f"logging in to XNAT at {url} as {credentials}") from None
-    _pin_tls(session.interface, setting)
-    return session
+    _pin_tls(connection.interface, setting)
+    return connection
 
 
-def disconnect(session: Any) -> str | None:
+def disconnect(connection: Any) -> str | None:
     """Log out (``DELETE /data/JSESSION``) and close; return why logging out failed, if it did.
 
     The local side is always closed, even when XNAT does not answer the logout.
     """
     try:
-        session.disconnect()
+        connection.disconnect()
     except Exception as exc:  # the logout is a courtesy: never let it hide the real outcome
-        xnat.session.BaseXNATSession.disconnect(session)  # stop keep-alive, close sockets
+        xnat.session.BaseXNATSession.disconnect(connection)  # stop keep-alive, close sockets
         return f"{type(exc).__name__}: {_short(str(exc))}"
     return None
 

@@ -67,20 +67,20 @@ class PrearchiveEntry:
         return self.status.upper().startswith(tuple(_BUSY)) or self.status.startswith("QUEUED")
 
 
-def _rows(session: Any, path: str, **query: str) -> list[dict[str, str]]:
-    answer = session.get_json(path, query=query or None)
+def _rows(connection: Any, path: str, **query: str) -> list[dict[str, str]]:
+    answer = connection.get_json(path, query=query or None)
     rows: list[dict[str, str]] = answer["ResultSet"]["Result"]
     return rows
 
 
-def exists(session: Any, path: str) -> bool:
+def exists(connection: Any, path: str) -> bool:
     """True if ``GET path`` answers 200; False for 403/404 (XNAT hides what one may not see).
 
     Raises:
         XNATResponseError: any other answer.
     """
     try:
-        session.get(path, format="json")
+        connection.get(path, format="json")
     except xnat_errors.XNATResponseError as exc:
         if http_status(exc) in (403, 404):
             return False
@@ -88,37 +88,38 @@ def exists(session: Any, path: str) -> bool:
     return True
 
 
-def project_exists(session: Any, project: str) -> bool:
+def project_exists(connection: Any, project: str) -> bool:
     """True if the user can see ``project``."""
-    return exists(session, f"/data/projects/{project}")
+    return exists(connection, f"/data/projects/{project}")
 
 
-def project_sessions(session: Any, project: str) -> dict[str, ExistingSession]:
+def project_sessions(connection: Any, project: str) -> dict[str, ExistingSession]:
     """Every archived session of ``project`` by label."""
     rows = _rows(
-        session, f"/data/projects/{project}/experiments", columns="ID,label,subject_label,UID"
+        connection, f"/data/projects/{project}/experiments", columns="ID,label,subject_label,UID"
     )
     return {r["label"]: ExistingSession(r.get("subject_label", ""), r.get("UID", "")) for r in rows}
 
 
-def project_subjects(session: Any, project: str) -> list[str]:
+def project_subjects(connection: Any, project: str) -> list[str]:
     """Every subject label of ``project``."""
     return [
-        r["label"] for r in _rows(session, f"/data/projects/{project}/subjects", columns="ID,label")
+        r["label"]
+        for r in _rows(connection, f"/data/projects/{project}/subjects", columns="ID,label")
     ]
 
 
-def scan_counts(session: Any, base: str) -> dict[str, int]:
+def scan_counts(connection: Any, base: str) -> dict[str, int]:
     """DICOM files per scan ID below ``base`` (an experiment or a prearchive session path)."""
     counts = {}
-    for scan in _rows(session, f"{base}/scans", columns="ID"):
-        resources = _rows(session, f"{base}/scans/{scan['ID']}/resources")
+    for scan in _rows(connection, f"{base}/scans", columns="ID"):
+        resources = _rows(connection, f"{base}/scans/{scan['ID']}/resources")
         dicom = [r for r in resources if r.get("label", "").upper() == _DICOM]
         counts[scan["ID"]] = sum(int(r.get("file_count") or 0) for r in dicom)
     return counts
 
 
-def archived_counts(session: Any, experiment_id: str) -> dict[str, int]:
+def archived_counts(connection: Any, experiment_id: str) -> dict[str, int]:
     """DICOM files per scan ID of an archived session, from one listing of all its files.
 
     Each file's URI names its scan (``.../scans/<id>/resources/<r>/files/...``, contract
@@ -126,7 +127,7 @@ def archived_counts(session: Any, experiment_id: str) -> dict[str, int]:
     """
     counts: dict[str, int] = {}
     try:
-        rows = _rows(session, f"/data/experiments/{experiment_id}/scans/ALL/files")
+        rows = _rows(connection, f"/data/experiments/{experiment_id}/scans/ALL/files")
     except xnat_errors.XNATResponseError as exc:
         if http_status(exc) != 404:  # a session without scans may answer 404
             raise
@@ -138,10 +139,10 @@ def archived_counts(session: Any, experiment_id: str) -> dict[str, int]:
     return counts
 
 
-def find_archived(session: Any, project: str, label: str) -> ArchivedSession | None:
+def find_archived(connection: Any, project: str, label: str) -> ArchivedSession | None:
     """The archived session labelled ``label`` in ``project``, with its file counts."""
     rows = _rows(
-        session,
+        connection,
         f"/data/projects/{project}/experiments",
         columns="ID,label,subject_label,UID",
         label=label,
@@ -154,14 +155,14 @@ def find_archived(session: Any, project: str, label: str) -> ArchivedSession | N
         id=experiment_id,
         subject=row.get("subject_label", ""),
         study_instance_uid=row.get("UID", ""),
-        scans=MappingProxyType(archived_counts(session, experiment_id)),
+        scans=MappingProxyType(archived_counts(connection, experiment_id)),
         uri=f"/data/projects/{project}/subjects/{row.get('subject_label', '')}/experiments/{label}",
     )
 
 
-def find_prearchived(session: Any, project: str, uid: str) -> list[PrearchiveEntry]:
+def find_prearchived(connection: Any, project: str, uid: str) -> list[PrearchiveEntry]:
     """Prearchive entries of ``project`` holding the study ``uid`` (their ``tag``)."""
-    rows = _rows(session, f"/data/prearchive/projects/{project}")
+    rows = _rows(connection, f"/data/prearchive/projects/{project}")
     return [
         PrearchiveEntry(r["url"], r.get("status", ""), r.get("tag", ""), r.get("name", ""))
         for r in rows
@@ -169,9 +170,9 @@ def find_prearchived(session: Any, project: str, uid: str) -> list[PrearchiveEnt
     ]
 
 
-def delete_prearchive(session: Any, entry: PrearchiveEntry) -> None:
+def delete_prearchive(connection: Any, entry: PrearchiveEntry) -> None:
     """Delete a prearchive entry (e.g. a CONFLICT left by a clashing import)."""
-    session.post(
+    connection.post(
         "/data/services/prearchive/delete",
         query={"src": f"/data{entry.url}", "async": "false"},
         accepted_status=[200],

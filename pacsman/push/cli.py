@@ -110,11 +110,11 @@ def _xnat(config: Config, retry: RetryPolicy) -> Iterator[Any]:
     credentials = resolve_credentials(
         config.xnat.url, credentials_file=config.xnat.credentials_file
     )
-    session = retry.call(lambda: connect(config.xnat, credentials), operation="xnat_connect")
+    connection = retry.call(lambda: connect(config.xnat, credentials), operation="xnat_connect")
     try:
-        yield session
+        yield connection
     finally:
-        disconnect(session)
+        disconnect(connection)
 
 
 def xnat_main(argv: list[str]) -> int:
@@ -149,8 +149,8 @@ def _upload_resource(args: argparse.Namespace, config: Config, retry: RetryPolic
         overwrite=args.overwrite,
     )
     remote_paths(request.files, request.base)  # refuse bad paths before connecting
-    with _xnat(config, retry) as session:
-        urls = upload_resource(session, request, retry=retry, url=config.xnat.url or "")
+    with _xnat(config, retry) as connection:
+        urls = upload_resource(connection, request, retry=retry, url=config.xnat.url or "")
     for url in urls:
         print(url)
     return EXIT_OK
@@ -167,8 +167,8 @@ def _download(args: argparse.Namespace, config: Config, retry: RetryPolicy) -> i
         modalities=tuple(m.strip().upper() for m in args.modality if m.strip()),
         extract=args.extract,
     )
-    with _xnat(config, retry) as session:
-        summary = download_sessions(session, request, retry=retry)
+    with _xnat(config, retry) as connection:
+        summary = download_sessions(connection, request, retry=retry)
     print(
         f"{summary.matched} session(s) matched: {summary.downloaded} downloaded, "
         f"{summary.skipped} already there, {summary.failed} failed; manifest: {summary.manifest}"

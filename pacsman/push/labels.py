@@ -11,17 +11,14 @@ with what the XNAT project already holds.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from pacsman.layout import XNAT_LABEL_RULE, is_xnat_label
 from pacsman.push.models import LabelProblem, SessionUpload
 
-__all__ = ["LABEL_RULE", "ExistingSession", "archive_problems", "local_problems"]
-
-LABEL_RULE = "use 1-64 letters, digits, '_' or '-'"
-_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+__all__ = ["ExistingSession", "archive_problems", "local_problems"]
 
 
 @dataclass(frozen=True)
@@ -35,8 +32,8 @@ class ExistingSession:
 def _pattern_problems(upload: SessionUpload) -> list[LabelProblem]:
     problems = []
     for kind, label in zip(("project", "subject", "session"), upload.key, strict=True):
-        if not _LABEL.fullmatch(label):
-            message = f"{kind} label {label!r} is not valid; {LABEL_RULE} (XNAT's rule)"
+        if not is_xnat_label(label):
+            message = f"{kind} label {label!r} is not valid; {XNAT_LABEL_RULE} (XNAT's rule)"
             problems.append(LabelProblem(upload, message))
     return problems
 

@@ -1,4 +1,4 @@
-"""The XNAT target: one zip per session through ``session.services.import_``, no duplicates,
+"""The XNAT target: one zip per session through ``connection.services.import_``, no duplicates,
 verified on arrival.
 
 Every attempt starts by asking XNAT what it already holds for the session (contract §16):
@@ -75,23 +75,23 @@ class XnatTarget(Closing):
         self._credentials = credentials
         self._work_dir = work_dir
         self._lock = threading.Lock()
-        self._session: Any = None
+        self._connection: Any = None
 
     # -- connection -------------------------------------------------------------------------
 
     def _connected(self) -> Any:
         with self._lock:
-            if self._session is None:
-                self._session = connect(self.config, self._credentials)
+            if self._connection is None:
+                self._connection = connect(self.config, self._credentials)
                 _log.info("xnat_connected", url=self.config.url, via=self._credentials.source)
-            return self._session
+            return self._connection
 
     def close(self) -> None:
         """Log out and close the connection (safe to call twice)."""
         with self._lock:
-            session, self._session = self._session, None
-        if session is not None:
-            problem = disconnect(session)
+            connection, self._connection = self._connection, None
+        if connection is not None:
+            problem = disconnect(connection)
             if problem is not None:
                 _log.warning("xnat_logout_failed", url=self.config.url, reason=problem)
 
@@ -111,12 +111,12 @@ class XnatTarget(Closing):
             FatalError: the login was refused.
         """
         problems = local_problems(uploads)
-        session = self._connected()
+        connection = self._connected()
         replace = self.config.overwrite == "delete"
         for project in sorted({u.project for u in uploads}):
             mine = [u for u in uploads if u.project == project]
             try:
-                problems += self._project_problems(session, project, mine, replace)
+                problems += self._project_problems(connection, project, mine, replace)
             except PacsmanError:
                 raise
             except Exception as exc:  # xnat/requests errors: sorted by classify
@@ -124,16 +124,16 @@ class XnatTarget(Closing):
         return problems
 
     def _project_problems(
-        self, session: Any, project: str, uploads: list[SessionUpload], replace: bool
+        self, connection: Any, project: str, uploads: list[SessionUpload], replace: bool
     ) -> list[LabelProblem]:
-        if not state.project_exists(session, project):
+        if not state.project_exists(connection, project):
             message = (
                 f"project {project!r} does not exist on {self.config.url}, or user "
                 f"{self._credentials.user!r} may not see it; create it or fix the project ID"
             )
             return [LabelProblem(u, message) for u in uploads]
-        sessions = state.project_sessions(session, project)
-        subjects = state.project_subjects(session, project)
+        sessions = state.project_sessions(connection, project)
+        subjects = state.project_subjects(connection, project)
         return archive_problems(uploads, sessions, subjects, replace=replace)
 
     # -- push -------------------------------------------------------------------------------
@@ -146,30 +146,32 @@ class XnatTarget(Closing):
             ItemFailed: the label clashes, XNAT refused the upload, or the files are wrong.
             FatalError: the login was refused, or permission is missing.
         """
-        session = self._connected()
+        connection = self._connected()
         try:
             if self.config.destination == "/prearchive":
-                return self._attempt_prearchive(session, upload)
-            return self._attempt(session, upload)
+                return self._attempt_prearchive(connection, upload)
+            return self._attempt(connection, upload)
         except PacsmanError:
             raise
         except Exception as exc:  # xnat/requests errors: sorted by classify
             raise self._failure(exc, f"pushing {upload.describe()}") from exc
 
-    def _attempt(self, session: Any, upload: SessionUpload) -> PushOutcome:
-        found = state.find_archived(session, upload.project, upload.session)
-        if found is None or not self._settled(session, upload, found):
-            self._send(session, upload)
-            found = state.find_archived(session, upload.project, upload.session)
+    def _attempt(self, connection: Any, upload: SessionUpload) -> PushOutcome:
+        found = state.find_archived(connection, upload.project, upload.session)
+        if found is None or not self._settled(connection, upload, found):
+            self._send(connection, upload)
+            found = state.find_archived(connection, upload.project, upload.session)
             if found is None or not self._arrived(upload, found.study_instance_uid, found.scans):
                 raise _short_of(upload, found.scans if found else None)
             detail = f"pushed {upload.expected_files} file(s), verified on XNAT"
         else:  # an earlier attempt or run got it there: clear what a clash may have left
-            self._clean_leftovers(session, upload)
+            self._clean_leftovers(connection, upload)
             detail = f"already on XNAT with all {upload.expected_files} file(s); nothing sent"
         return PushOutcome(upload, "DONE", found.uri, found.files, detail)
 
-    def _settled(self, session: Any, upload: SessionUpload, found: state.ArchivedSession) -> bool:
+    def _settled(
+        self, connection: Any, upload: SessionUpload, found: state.ArchivedSession
+    ) -> bool:
         """True if ``found`` already is the upload, complete; raise if it clashes."""
         where = f"session {upload.session!r} in project {upload.project!r}"
         if found.subject != upload.subject:
@@ -198,7 +200,7 @@ class XnatTarget(Closing):
     def _arrived(upload: SessionUpload, uid: str, scans: Mapping[str, int]) -> bool:
         return uid == upload.study_instance_uid and complete(upload, scans)
 
-    def _send(self, session: Any, upload: SessionUpload) -> None:
+    def _send(self, connection: Any, upload: SessionUpload) -> None:
         files = dicom_files(upload.directory)
         if len(files) != upload.expected_files:
             raise ItemFailed(
@@ -208,7 +210,7 @@ class XnatTarget(Closing):
         with session_zip(upload.directory, files, work_dir=self._work_dir) as stream:
             _log.info("xnat_import", session=upload.describe(), files=len(files))
             try:
-                session.services.import_(
+                connection.services.import_(
                     data=stream,  # a stream, not a path: xnatpy draws no progress bar
                     project=upload.project,
                     subject=upload.subject,
@@ -222,59 +224,59 @@ class XnatTarget(Closing):
             except (xnat_errors.XNATUploadError, xnat_errors.XNATResponseError) as exc:
                 if http_status(exc) not in (400, 409):
                     raise
-                self._clash(session, upload, exc)
+                self._clash(connection, upload, exc)
 
-    def _clash(self, session: Any, upload: SessionUpload, exc: Exception) -> None:
+    def _clash(self, connection: Any, upload: SessionUpload, exc: Exception) -> None:
         """XNAT refused the import (400/409): fine if the session is complete after all."""
-        self._clean_leftovers(session, upload)
-        found = state.find_archived(session, upload.project, upload.session)
+        self._clean_leftovers(connection, upload)
+        found = state.find_archived(connection, upload.project, upload.session)
         if found is not None and self._arrived(upload, found.study_instance_uid, found.scans):
             return
         if found is not None:
-            self._settled(session, upload, found)  # raises the clear message if it clashes
+            self._settled(connection, upload, found)  # raises the clear message if it clashes
         raise ItemFailed(
             f"XNAT refused the import of {upload.describe()} ({http_status(exc)}: "
             f"{xnat_message(exc)}); its prearchive leftovers were deleted"
         )
 
-    def _clean_leftovers(self, session: Any, upload: SessionUpload) -> None:
-        entries = state.find_prearchived(session, upload.project, upload.study_instance_uid)
+    def _clean_leftovers(self, connection: Any, upload: SessionUpload) -> None:
+        entries = state.find_prearchived(connection, upload.project, upload.study_instance_uid)
         for entry in entries:
             if entry.status.upper() in _LEFTOVERS:
-                state.delete_prearchive(session, entry)
+                state.delete_prearchive(connection, entry)
                 _log.info("xnat_prearchive_cleaned", session=upload.describe(), url=entry.url)
 
     # -- destination /prearchive ------------------------------------------------------------
 
-    def _attempt_prearchive(self, session: Any, upload: SessionUpload) -> PushOutcome:
-        archived = state.find_archived(session, upload.project, upload.session)
-        if archived is not None and self._settled(session, upload, archived):
+    def _attempt_prearchive(self, connection: Any, upload: SessionUpload) -> PushOutcome:
+        archived = state.find_archived(connection, upload.project, upload.session)
+        if archived is not None and self._settled(connection, upload, archived):
             detail = "already archived (someone archived it from the prearchive); nothing sent"
             return PushOutcome(upload, "DONE", archived.uri, archived.files, detail)
-        found = self._in_prearchive(session, upload)
+        found = self._in_prearchive(connection, upload)
         detail = f"already in the prearchive with all {upload.expected_files} file(s)"
         if found is None:
-            self._send(session, upload)
-            found = self._in_prearchive(session, upload, after_send=True)
+            self._send(connection, upload)
+            found = self._in_prearchive(connection, upload, after_send=True)
             detail = f"pushed {upload.expected_files} file(s) to the prearchive, verified"
         return PushOutcome(upload, "DONE", found, upload.expected_files, detail)
 
     def _in_prearchive(
-        self, session: Any, upload: SessionUpload, *, after_send: bool = False
+        self, connection: Any, upload: SessionUpload, *, after_send: bool = False
     ) -> str | None:
         """The URI of a complete READY prearchive entry; stale copies are deleted first."""
-        entries = state.find_prearchived(session, upload.project, upload.study_instance_uid)
+        entries = state.find_prearchived(connection, upload.project, upload.study_instance_uid)
         if any(e.busy for e in entries):
             raise TransientError(f"XNAT is still building {upload.describe()} in its prearchive")
         best: dict[str, int] | None = None
         for entry in entries:
-            counts = state.scan_counts(session, f"/data{entry.url}")
+            counts = state.scan_counts(connection, f"/data{entry.url}")
             if entry.status.upper() == "READY" and complete(upload, counts):
                 return f"/data{entry.url}"
             if best is None or sum(counts.values()) > sum(best.values()):
                 best = counts
             if not after_send:
-                state.delete_prearchive(session, entry)
+                state.delete_prearchive(connection, entry)
         if after_send:
             raise _short_of(upload, best)
         return None

@@ -6,22 +6,20 @@ differ only in case name the same thing there.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pacsman.layout import is_xnat_label, xnat_label_outsiders
 from pacsman.queryfile._text import Cell, Report, show
 
 __all__ = ["Labels", "label_problem"]
 
-_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
 
 def label_problem(value: str) -> str | None:
     """``None`` if ``value`` is a valid XNAT label, else the message (bad characters, fix)."""
-    if _LABEL.fullmatch(value):
+    if is_xnat_label(value):
         return None
-    bad = sorted(set(re.sub(r"[A-Za-z0-9_-]", "", value)))
+    bad = xnat_label_outsiders(value)
     if bad:
         chars = ", ".join(show(ch) for ch in bad)
         return f"{show(value)} holds {chars}; XNAT labels take only A-Z, a-z, 0-9, '_' and '-'"

@@ -26,7 +26,7 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsman.closing import Started
-from pacsman.dicom.client import guard_reactor
+from pacsman.dicom.hooks import guard_reactor
 from pacsman.testing._matching import LEVELS, UNIQUE_KEYS, build_response, match_entities
 from pacsman.testing.synthetic import StudySpec, iter_datasets, synthetic_uid
 
