@@ -6,10 +6,11 @@ before, ...), and the median of the rounds is compared.
 
     python3 benchmarks/before_after.py --before HEAD~3 --rounds 3
     python3 benchmarks/before_after.py --before v0.1.0 --only cfind_rate anonymize_rate
+    python3 benchmarks/before_after.py --before HEAD~3 --after HEAD   # ignore uncommitted edits
 
-The earlier revision is checked out into a temporary git worktree and run with
-``PYTHONPATH`` pointing at it, and with a ``pacsman`` on ``PATH`` that runs its code, so both
-sides run the same benchmark scripts of their own revision against fresh peers.
+The earlier revision (and ``--after``, when given) is checked out into a temporary git
+worktree and run with ``PYTHONPATH`` pointing at it, and with a ``pacsman`` on ``PATH`` that
+runs its code, so each side runs its own revision's benchmark scripts against fresh peers.
 """
 
 from __future__ import annotations
@@ -61,24 +62,36 @@ def _run(name: str, tree: Path, shim: Path) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="git revision to compare with")
+    parser.add_argument("--after", help="git revision to compare (default: the work tree)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--instances", type=int, help="instances for retrieve_throughput and push_e2e"
+    )
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=list(BENCHMARKS))
     args = parser.parse_args()
+    if args.instances:
+        BENCHMARKS["retrieve_throughput"] += ["--instances", str(args.instances)]
+        BENCHMARKS["push_e2e"] += ["--instances", str(args.instances)]
+        BENCHMARKS["push_e2e"] += ["--studies", str(max(1, args.instances // 100))]
     with tempfile.TemporaryDirectory(prefix="pacsman-before-after-") as tmp:
-        before = Path(tmp) / "before"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(before), args.before],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
+        revisions = {"before": args.before, "after": args.after}
+        sides = {side: Path(tmp) / side if rev else ROOT for side, rev in revisions.items()}
         try:
-            sides = {"before": before, "after": ROOT}
+            for side, rev in revisions.items():
+                if rev:
+                    subprocess.run(
+                        ["git", "worktree", "add", "--detach", str(sides[side]), rev],
+                        cwd=ROOT,
+                        check=True,
+                        capture_output=True,
+                    )
             shims = {side: _shim(tree, Path(tmp) / f"bin-{side}") for side, tree in sides.items()}
             for name in args.only:
                 _compare(name, sides, shims, args.rounds)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT)
+            for side, rev in revisions.items():
+                if rev:
+                    subprocess.run(["git", "worktree", "remove", "--force", str(sides[side])])
     return 0
 
 
