@@ -3,6 +3,7 @@ and an exit code.
 
     pacsman --queryfile q.csv [--info] [--save] [--anonymize] [--push [xnat|dicom|folder]]
             [--workers N] [--out_directory DIR] [--pacs NAME] [--config PATH]
+            [--adopt-existing] [--new-run]
                                             the pipeline: validate, C-FIND, retrieve, verify,
                                             de-identify, push, verify on the target (here)
     pacsman validate q.csv [--config PATH]  check a query file, send nothing (here)
@@ -14,8 +15,13 @@ and an exit code.
                                             de-identify and push a local folder (pacsman.push.cli)
     pacsman xnat upload-resource|download   XNAT side tools (pacsman.push.cli)
 
-Exit codes: 0 every row done; 1 some rows failed; 2 bad input or config, nothing sent;
-3 fatal (e.g. the PACS rejects pacsman's AE title).
+Exit codes: 0 every row done; 1 some rows failed; 2 bad input or config, nothing sent (or,
+for series folders the job store does not know, nothing retrieved); 3 fatal (e.g. the PACS
+rejects pacsman's AE title, or the job store cannot be used).
+
+Every command, the stage commands too, logs as ``log:`` in the config says (level, file,
+console); ``--log-level`` overrides the level.  The error that ends a command is logged with
+its traceback at debug level, and in ``log.file`` when it is fatal.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from pacsman.errors import (
     InputError,
     PacsmanError,
 )
-from pacsman.log import configure_logging
+from pacsman.log import configure_logging, log_failure
 from pacsman.pipeline import RunOptions, RunSummary, run_queryfile
 from pacsman.queryfile import load_queryfile
 
@@ -99,6 +105,18 @@ def _run_parser() -> argparse.ArgumentParser:
         help="where the info CSV goes (default: store_root from the config, ./data)",
     )
     parser.add_argument("--pacs", help="PACS node for rows without a Pacs column")
+    parser.add_argument(
+        "--adopt-existing",
+        action="store_true",
+        help="with --save: series folders already on disk that the job store does not know "
+        "are kept; those holding as many instances as C-FIND reports are not retrieved again",
+    )
+    parser.add_argument(
+        "--new-run",
+        action="store_true",
+        help="with --save: start a new run on purpose (the job store's run for this query "
+        "file is retired) and retrieve every series again",
+    )
     _common(parser)
     return parser
 
@@ -121,15 +139,20 @@ def _load_config(path: Path | None) -> Config:
 
 def _validate(args: argparse.Namespace) -> int:
     try:
-        pacs_names: tuple[str, ...] | None = tuple(_load_config(args.config).pacs)
+        config: Config | None = _load_config(args.config)
     except ConfigError:
         if args.config is not None:
             raise
-        pacs_names = None
-    queryfile = load_queryfile(args.queryfile, pacs_names=pacs_names)
-    for warning in queryfile.warnings:
+        config = None
+    if config is None:
+        queryfile = load_queryfile(args.queryfile)
+    else:
+        queryfile = load_queryfile(
+            args.queryfile, character_sets=config.character_sets, default_pacs=config.default_pacs
+        )
+    for warning in (*(config.warnings if config else ()), *queryfile.warnings):
         print(warning, file=sys.stderr)
-    note = "" if pacs_names is not None else " (no config found: Pacs names not checked)"
+    note = "" if config is not None else " (no config found: Pacs names not checked)"
     print(f"{args.queryfile}: {len(queryfile.rows)} row(s) OK{note}")
     return EXIT_OK
 
@@ -151,6 +174,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     if not 1 <= args.workers <= 64:
         raise InputError(f"--workers {args.workers}: use 1 to 64 worker processes")
+    for flag, given in (("--adopt-existing", args.adopt_existing), ("--new-run", args.new_run)):
+        if given and not args.save:
+            raise InputError(f"{flag} is about retrieving: use it with --save")
     config = _load_config(args.config)
     out = args.out_directory if args.out_directory is not None else config.store_root
     options = RunOptions(
@@ -161,6 +187,8 @@ def _run(args: argparse.Namespace) -> int:
         push=args.push,
         workers=args.workers,
         pacs=args.pacs,
+        adopt_existing=args.adopt_existing,
+        new_run=args.new_run,
     )
     summary = run_queryfile(options, config)
     _print_summary(summary)
@@ -178,7 +206,9 @@ def _print_summary(summary: RunSummary) -> None:
     if summary.series_states:
         series = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.series_states.items()))
         print(f"series: {series}; {summary.received_instances} instance(s) received")
-    if summary.queried_now == 0 and summary.worked_now == 0:
+    if summary.adopted:
+        print(f"{summary.adopted} series adopted from disk (their count matched C-FIND)")
+    if summary.queried_now == 0 and summary.worked_now == 0 and not summary.adopted:
         print("nothing to do: every row and series was already settled in the job store")
     if summary.failed_lines:
         lines = ", ".join(str(n) for n in summary.failed_lines)
@@ -186,25 +216,49 @@ def _print_summary(summary: RunSummary) -> None:
     print(f"info: {summary.info_csv}")
 
 
-def _configure_logging(args: argparse.Namespace) -> None:
-    level = args.log_level or "info"
-    log_file = None
-    config_path = getattr(args, "config", None)
+def _configure_logging(config_path: Path | None, log_level: str | None) -> None:
+    """Logging as the config's ``log:`` section says; without a usable config, the defaults.
+
+    A config that cannot be read is reported by the command itself, with every problem.
+    """
+    level, log_file, console = log_level or "info", None, "auto"
     try:
         config = load_config(config_path)
-        level = args.log_level or config.log.level
-        log_file = config.log.file
-        console = config.log.console
     except PacsmanError:
-        console = "auto"
-    configure_logging(level=level, file=log_file, console=console)
+        pass
+    else:
+        level, log_file, console = (
+            log_level or config.log.level,
+            config.log.file,
+            config.log.console,
+        )
+    try:
+        configure_logging(level=level, file=log_file, console=console)
+    except OSError as exc:  # log.file cannot be opened: say so, and log to the console alone
+        configure_logging(level=level, console=console)
+        print(
+            f"pacsman: warning: log.file {log_file}: {exc.strerror}; logging to the console only",
+            file=sys.stderr,
+        )
+
+
+def _logging_arguments(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``--config`` and ``--log-level`` of a stage command; its arguments without the latter."""
+    level = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    level.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    known, rest = level.parse_known_args(argv)
+    config = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    config.add_argument("--config", type=Path)
+    known.config = config.parse_known_args(rest)[0].config
+    return known, rest
 
 
 def _stage_command(name: str, argv: list[str]) -> int:
     module, function = _STAGE_COMMANDS[name]
     run: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
-    configure_logging()
-    return _guarded(lambda: run(argv))
+    known, rest = _logging_arguments(argv)
+    _configure_logging(known.config, known.log_level)
+    return _guarded(lambda: run(rest))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -215,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = argv[0] if argv and argv[0] in _SUBCOMMANDS else None
     parser = _sub_parser(command) if command else _run_parser()
     args = parser.parse_args(argv[1:] if command else argv)
-    _configure_logging(args)
+    _configure_logging(args.config, args.log_level)
     handler = {"validate": _validate, "echo": _echo}.get(command or "", _run)
     return _guarded(lambda: handler(args))
 
@@ -225,9 +279,11 @@ def _guarded(call: Callable[[], int]) -> int:
     try:
         return call()
     except InputError as exc:
+        log_failure(exc)
         print(f"pacsman: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except PacsmanError as exc:
+        log_failure(exc, fatal=exc.exit_code == EXIT_FATAL)
         print(f"pacsman: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

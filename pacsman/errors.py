@@ -3,7 +3,8 @@
 * :class:`InputError` -- fix the input; raised before any network traffic (exit 2).
 * :class:`TransientError` -- the peer pushed back or vanished; retry with back-off.
 * :class:`ItemFailed` -- this row/series failed for good; record it and go on (exit 1).
-* :class:`FatalError` -- nothing more can be done in this run (exit 3).
+* :class:`FatalError` -- nothing more can be done in this run (exit 3); its subclass
+  :class:`JobStoreError` says what is wrong with the job store file and how to fix it.
 
 Messages name the thing, the value, the rule and the fix.  Only the CLI and the daemon
 catch :class:`PacsmanError` broadly.
@@ -25,6 +26,7 @@ __all__ = [
     "FatalError",
     "InputError",
     "ItemFailed",
+    "JobStoreError",
     "PacsmanError",
     "Problem",
     "QueryFileError",
@@ -123,3 +125,11 @@ class FatalError(PacsmanError):
     """The run cannot go on (e.g. the PACS rejects our AE title permanently)."""
 
     exit_code = EXIT_FATAL
+
+
+class JobStoreError(FatalError):
+    """The job store cannot be used (not a database, read-only, a folder, disk full...).
+
+    The message names the file, what is wrong and the fix; the run stops with exit 3 and
+    what was recorded before stays recorded.
+    """

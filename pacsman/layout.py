@@ -3,27 +3,43 @@
 ``<out>/<subject>/<session>/<SeriesNumber>-<SeriesDescription>/<SOPInstanceUID>.dcm``: every
 component comes from the PACS or the query file, so every one goes through
 :func:`safe_component` before it touches the filesystem.
+
+Files that can hold PHI are written 0600 in folders created 0700, whatever the umask
+(:func:`private_directory`, :func:`open_private`), and every CSV goes through
+:func:`write_private_csv`, which neutralizes spreadsheet formulas (:func:`csv_cell`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 __all__ = [
     "ANONYMIZED_DIRECTORY",
+    "PRIVATE_DIRECTORY_MODE",
+    "PRIVATE_FILE_MODE",
     "XNAT_LABEL_RULE",
     "ReceivedSeries",
     "anonymized_series_directory",
+    "csv_cell",
     "default_labels",
     "instance_filename",
     "is_xnat_label",
+    "open_private",
+    "private_directory",
+    "private_tree",
     "raw_series_directories",
     "safe_component",
     "series_directory",
+    "uncsv_cell",
+    "write_private",
+    "write_private_csv",
     "xnat_label_outsiders",
 ]
 
@@ -39,6 +55,11 @@ _WHITESPACE_RUN = re.compile(r"[\s_]+")
 _EDGE_JUNK = "._- "
 #: Already safe, and left unchanged by the full treatment: the common case (UIDs, numbers).
 _PLAIN = re.compile(r"[0-9A-Za-z](?:[0-9A-Za-z.-]*[0-9A-Za-z])?")
+#: Names Windows (and so an SMB share) reserves for devices, with or without an extension.
+_WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{port}{n}" for port in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3"]
+)
 
 
 def is_xnat_label(text: str) -> bool:
@@ -81,21 +102,42 @@ def safe_component(text: str, *, fallback: str, max_length: int = 64) -> str:
       hidden, never ``.`` or ``..``, and never looks like a command-line option.
     * The result is at most ``max_length`` bytes in UTF-8 (so also at most ``max_length``
       characters), cut at a character boundary.
+    * A name Windows reserves for a device (``CON``, ``PRN``, ``AUX``, ``NUL``, ``COM0``-``9``,
+      ``LPT0``-``9``, in any case, with or without an extension) gets ``_`` after its stem
+      (``CON_``, ``nul_.txt``), so ``store_root`` can be an SMB share.  Trailing dots and
+      spaces, which Windows drops, are already stripped above.
 
     Raises:
         ValueError: if ``max_length`` < 1 or ``fallback`` itself sanitizes to nothing.
     """
     if max_length < 1:
         raise ValueError(f"max_length {max_length} must be >= 1")
-    if len(text) <= max_length and _PLAIN.fullmatch(text):
+    if len(text) <= max_length and _PLAIN.fullmatch(text) and not _is_reserved(text):
         return text
-    cleaned = _clean(text, max_length)
+    cleaned = _not_reserved(_clean(text, max_length), max_length)
     if cleaned:
         return cleaned
-    safe_fallback = _clean(fallback, max_length)
+    safe_fallback = _not_reserved(_clean(fallback, max_length), max_length)
     if not safe_fallback:
         raise ValueError(f"fallback {fallback!r} is not a usable path component")
     return safe_fallback
+
+
+def _is_reserved(name: str) -> bool:
+    """True for ``CON``, ``nul.txt``, ``Com1.dcm``...: a device on Windows, whatever the case."""
+    return name.partition(".")[0].rstrip(" ").upper() in _WINDOWS_RESERVED
+
+
+def _not_reserved(name: str, max_length: int = 64) -> str:
+    """``name`` with ``_`` after a reserved stem (``CON`` -> ``CON_``, ``nul.txt`` ->
+    ``nul_.txt``); any other name is returned unchanged."""
+    if not _is_reserved(name):
+        return name
+    stem, dot, rest = name.partition(".")
+    renamed = f"{stem}_{dot}{rest}"
+    if len(renamed.encode("utf-8")) > max_length:
+        renamed = f"{stem[:-1]}_{dot}{rest}"
+    return renamed
 
 
 def default_labels(patient_id: str, study_date: str) -> tuple[str, str]:
@@ -203,6 +245,138 @@ def anonymized_series_directory(
     out_directory: Path, *, subject: str, session: str, series_number: str
 ) -> Path:
     """``<out>/anonymized/<subject>/<session>/<SeriesNumber>``: never the SeriesDescription,
-    which may hold PHI.  ``subject`` and ``session`` are XNAT labels, already safe."""
+    which may hold PHI.  ``subject`` and ``session`` are XNAT labels, safe but for the names
+    Windows reserves (``CON`` -> ``CON_``, see :func:`safe_component`)."""
     number = safe_component(series_number, fallback="series")
-    return out_directory / ANONYMIZED_DIRECTORY / subject / session / number
+    folders = (_not_reserved(subject), _not_reserved(session))  # XNAT allows 'CON' and 'nul'
+    return out_directory / ANONYMIZED_DIRECTORY / folders[0] / folders[1] / number
+
+
+# -- files that can hold PHI: 0600 files in 0700 folders, whatever the umask ------------------
+
+#: The mode of every file pacsman writes that can hold PHI: DICOM, CSVs, the log, the job store.
+PRIVATE_FILE_MODE = 0o600
+#: The mode of every folder pacsman creates for them.
+PRIVATE_DIRECTORY_MODE = 0o700
+
+
+def private_directory(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` and its missing parents as 0700 folders; return ``path``.
+
+    Folders that already exist keep their mode (the user chose it).  Modes are set with
+    ``chmod``, so the umask does not matter.
+
+    Raises:
+        OSError: a folder cannot be created (e.g. a parent is a file, or the disk is full).
+    """
+    target = Path(path)
+    missing: list[Path] = []
+    here = target
+    while not here.is_dir() and here.parent != here:
+        missing.append(here)
+        here = here.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, PRIVATE_DIRECTORY_MODE)
+        except FileExistsError:
+            if folder.is_dir():  # another thread or process made it
+                continue
+            raise
+        os.chmod(folder, PRIVATE_DIRECTORY_MODE)
+    return target
+
+
+def open_private(
+    path: str | os.PathLike[str], flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+) -> int:
+    """``os.open`` for a file that can hold PHI: mode 0600 (set with ``fchmod``), close-on-exec.
+
+    Raises:
+        OSError: the file cannot be opened or its mode set.
+    """
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_private(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` (created or truncated) with mode 0600.
+
+    Raises:
+        OSError: the file cannot be written (its folder must exist).
+    """
+    fd = open_private(path)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def private_tree(root: Path) -> None:
+    """Make every folder under ``root`` (and ``root``) 0700 and every file 0600."""
+    os.chmod(root, PRIVATE_DIRECTORY_MODE)
+    for folder, folders, files in os.walk(root):
+        for name in folders:
+            os.chmod(os.path.join(folder, name), PRIVATE_DIRECTORY_MODE)
+        for name in files:
+            os.chmod(os.path.join(folder, name), PRIVATE_FILE_MODE)
+
+
+#: What makes a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: str | int | None) -> str:
+    """One CSV cell that a spreadsheet shows as data and never runs as a formula.
+
+    Following OWASP's CSV-injection guidance, text that starts with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return gets a leading single quote: ``=HYPERLINK(...)`` is
+    written ``'=HYPERLINK(...)``.  That includes text that only looks like a negative number
+    (a PACS's SeriesNumber ``-1`` is written ``'-1``): it came from outside, so it is text.
+    Integers pacsman computes itself (counts, date shifts) stay numbers (``-3``): an ``int``
+    cannot hold a formula.  ``None`` is an empty cell.  :func:`uncsv_cell` reads a cell back.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return f"'{value}" if value.startswith(_FORMULA_START) else value
+
+
+def uncsv_cell(text: str) -> str:
+    """The value :func:`csv_cell` wrote as ``text`` (its quote before a formula sign removed)."""
+    if text.startswith("'") and text[1:].startswith(_FORMULA_START):
+        return text[1:]
+    return text
+
+
+def write_private_csv(
+    path: Path, header: Sequence[str], rows: Iterable[Sequence[str | int | None]]
+) -> Path:
+    """Write a CSV that can hold PHI: every cell through :func:`csv_cell`, mode 0600, atomic.
+
+    UTF-8 without a BOM, comma-separated, ``\\n`` line ends; the file appears complete or not
+    at all (temporary file, then rename), and its missing folders are created 0700.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([csv_cell(name) for name in header])
+    writer.writerows([csv_cell(cell) for cell in row] for row in rows)
+    private_directory(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write_private(tmp, buffer.getvalue().encode("utf-8"))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,7 +1,10 @@
 """Logging, configured once: structlog events, human on a TTY, JSON lines in files.
 
 * Console (stderr): coloured key=value lines on a TTY, JSON lines otherwise (journald, nohup).
-* ``log.file``: JSON lines appended, whatever the console does.
+* ``log.file``: JSON lines appended, whatever the console does; created 0600 (its new folders
+  0700), with full tracebacks (``exception``).
+* The error that ends a command (:func:`log_failure`): its traceback goes to the console at
+  debug level only, and to ``log.file`` at debug level or when the error is fatal.
 * Patient data never reaches a log at info level or above: known PHI keys are redacted, and
   pynetdicom's identifier dumps are switched off (in :mod:`pacsman.dicom.client`).
 * pynetdicom's own warnings (e.g. a dropped DIMSE message) are forwarded as ``pynetdicom``
@@ -12,13 +15,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import traceback
+from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TextIO, cast
 
 import structlog
 
-__all__ = ["PHI_KEYS", "configure_logging"]
+from pacsman.layout import PRIVATE_FILE_MODE, private_directory
+
+__all__ = ["PHI_KEYS", "configure_logging", "log_failure"]
 
 #: Event keys that may carry patient data; redacted at info level and above.
 PHI_KEYS = frozenset(
@@ -48,15 +57,39 @@ def _redact(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 class _JsonFile:
-    """A processor that appends each event as one JSON line to a file, then passes it on."""
+    """A processor that appends each event as one JSON line to a file, then passes it on.
+
+    The file is created 0600 and an existing one of ours is set to 0600: events name series,
+    folders and errors.  A traceback (``exc_info``) is written in full as ``exception``.
+    """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] = path.open("a", encoding="utf-8", buffering=1)
+        private_directory(path.parent)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags, PRIVATE_FILE_MODE)
+        with suppress(PermissionError):  # a shared log owned by someone else keeps its mode
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+        self._fh: IO[str] = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+    def write(self, event: dict[str, Any]) -> None:
+        """Append one event as a JSON line (none once closed by a later configuration)."""
+        if not self._fh.closed:
+            self._fh.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        """Close the file."""
+        self._fh.close()
 
     def __call__(self, _: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-        self._fh.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")
+        record = dict(event)
+        if record.get("exc_info"):
+            record = dict(structlog.processors.format_exc_info(None, "", record))
+        self.write(record)
         return event
+
+
+#: What :func:`configure_logging` set up last: the level, and the ``log.file`` writer.
+_current: dict[str, Any] = {"level": logging.INFO, "file": None}
 
 
 class _Stderr:
@@ -95,15 +128,21 @@ def configure_logging(
     """Configure structlog for the whole process (call once, from the CLI or the daemon)."""
     stream = stream or cast(TextIO, _Stderr())
     as_json = console == "json" or (console == "auto" and not stream.isatty())
+    previous = _current["file"]
+    if previous is not None:
+        previous.close()
+    json_file = None if file is None else _JsonFile(file)
+    _current.update(level=_LEVELS.get(level, logging.INFO), file=json_file)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
     ]
-    if file is not None:
-        processors.append(_JsonFile(file))
+    if json_file is not None:
+        processors.append(json_file)
     if as_json:
+        processors.append(structlog.processors.format_exc_info)
         processors.append(structlog.processors.JSONRenderer(ensure_ascii=False))
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
@@ -116,6 +155,30 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _quiet_pynetdicom()
+
+
+def log_failure(exc: BaseException, *, fatal: bool = False) -> None:
+    """Record the error that ends a command, with its full traceback.
+
+    At debug level it is a ``command_failed`` debug event (console and ``log.file``); at any
+    other level, a ``fatal`` error still goes to ``log.file`` (not to the console, where the
+    command prints its one-line message).
+    """
+    if _current["level"] <= logging.DEBUG:
+        structlog.get_logger("pacsman.cli").debug("command_failed", error=str(exc), exc_info=exc)
+        return
+    json_file: _JsonFile | None = _current["file"]
+    if fatal and json_file is not None:
+        json_file.write(
+            {
+                **structlog.contextvars.get_contextvars(),
+                "event": "command_failed",
+                "level": "error",
+                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                "error": str(exc),
+                "exception": "".join(traceback.format_exception(exc)),
+            }
+        )
 
 
 def _quiet_pynetdicom() -> None:

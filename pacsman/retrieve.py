@@ -19,8 +19,15 @@ from pydicom.dataset import Dataset
 
 from pacsman.closing import Closing
 from pacsman.dicom import client
-from pacsman.dicom.client import DicomPeer, RetrieveProgress, RetrieveResult, StorageRole
-from pacsman.errors import TransientError
+from pacsman.dicom.cget import GetRounds
+from pacsman.dicom.client import (
+    DicomPeer,
+    RetrieveProgress,
+    RetrieveResult,
+    StorageRole,
+)
+from pacsman.dicom.contexts import StoragePlan
+from pacsman.errors import ItemFailed, TransientError
 from pacsman.throttle import Courtesy, RetryPolicy
 
 __all__ = ["FetchResult", "Level", "Receiver", "RetrieveAssociation", "SeriesRequest"]
@@ -59,7 +66,17 @@ class FetchResult:
 
 
 class RetrieveAssociation(Closing):
-    """C-MOVEs or C-GETs against one PACS node over one reused association."""
+    """C-MOVEs or C-GETs against one PACS node over one reused association.
+
+    A C-GET (``storage`` given, no ``move_destination``) first asks the PACS, by an
+    image-level C-FIND on the same association, which instances the request covers and their
+    SOP classes (and transfer syntaxes, where the PACS says).  The association then proposes
+    one context per class and syntax those need (:mod:`pacsman.dicom.contexts`), opened anew
+    only when the one open does not cover them.  When one association cannot hold them all,
+    or the PACS does not say which classes it holds, the instances still missing are asked
+    for again on the next association, until none is missing or every storage class pacsman
+    knows has been offered.
+    """
 
     def __init__(
         self,
@@ -76,16 +93,16 @@ class RetrieveAssociation(Closing):
         self.retry = retry
         self.courtesy = courtesy
         self.move_destination = move_destination
-        self.storage = storage
+        self.storage = storage if move_destination is None else None
         node = peer.node
         models = client.MOVE_MODELS if move_destination is not None else client.GET_MODELS
         self.model = models[node.query_model]
-        # The C-FIND context rides along with C-MOVE: archives that keep the RSNA'93 CTN rule
-        # (DCMTK dcmqrscp --require-find) refuse a C-MOVE context proposed without it.
-        contexts = [self.model]
-        if move_destination is not None:
-            contexts.append(client.FIND_MODELS[node.query_model])
-        self._link = client.ReusedAssociation(peer, contexts, storage=storage)
+        self.find_model = client.FIND_MODELS[node.query_model]
+        # The C-FIND context rides along: archives that keep the RSNA'93 CTN rule (DCMTK
+        # dcmqrscp --require-find) refuse a C-MOVE context proposed without it, and a C-GET
+        # asks on it which SOP classes the instances have.
+        contexts = [self.model, self.find_model]
+        self._link = client.ReusedAssociation(peer, contexts, storage=self.storage)
 
     def close(self) -> None:
         """Release the association, if one is open."""
@@ -97,49 +114,76 @@ class RetrieveAssociation(Closing):
         *,
         level: Level = "SERIES",
         sop_instance_uids: Sequence[str] = (),
+        rounds: int | None = None,
     ) -> FetchResult:
         """Route ``requests``, retrieve them (retrying transient failures), count on disk.
 
         ``level`` STUDY fetches the whole study of ``requests[0]`` once; IMAGE fetches only
-        ``sop_instance_uids`` of ``requests[0]``'s series.
+        ``sop_instance_uids`` of ``requests[0]``'s series.  ``rounds`` (C-GET) stops after
+        that many associations (e.g. 1 for a probe); None goes on while one could help.
 
         Raises:
             TransientError: still failing after every attempt.
+            SubOperationsFailed: (C-GET) the PACS could not send some of its instances on any
+                association pacsman offered; the message names the SOP classes and syntaxes.
             ItemFailed: the PACS refused this retrieve.
             FatalError: e.g. the PACS does not know the move destination.
         """
         for request in requests:
             self.receiver.route(request.series_instance_uid, request.directory)
         identifier = self._identifier(requests[0], level, sop_instance_uids)
+        series = frozenset(r.series_instance_uid for r in requests)
         result = self.retry.call(
-            lambda: self._once(identifier),
+            lambda: self._once(identifier, series, rounds),
             operation="c_move" if self.move_destination else "c_get",
             pacs=self.peer.node.name,
         )
-        received = {
-            r.series_instance_uid: len(self.receiver.received(r.series_instance_uid))
-            for r in requests
-        }
+        received = {uid: len(self.receiver.received(uid)) for uid in sorted(series)}
         return FetchResult(result=result, received=received)
 
-    def _once(self, identifier: Dataset) -> RetrieveResult:
+    def _once(
+        self, identifier: Dataset, series: frozenset[str], rounds: int | None = None
+    ) -> RetrieveResult:
+        """One attempt: wait for this node's turn, retrieve, tell the courtesy how it went.
+
+        Only congestion (a transient failure) lengthens the node's pause; a refusal of this
+        request is the PACS answering, as a success is.
+        """
         self.courtesy.wait_turn(pacs=self.peer.node.name)
         try:
-            assoc = self._link.get()
-            result = client.retrieve(
-                self.peer,
-                assoc,
-                identifier,
-                model=self.model,
-                move_destination=self.move_destination,
-                on_progress=self._progress,
-            )
+            if self.storage is None:
+                result = self._retrieve(identifier)
+            else:
+                result = GetRounds(
+                    self.peer,
+                    self._link,
+                    storage=self.storage,
+                    find_model=self.find_model,
+                    retrieve=self._retrieve,
+                    on_disk=self.receiver.received,
+                    series=series,
+                    rounds=rounds,
+                ).run(identifier)
         except TransientError:
             self.courtesy.congested()
             self.close()
             raise
+        except ItemFailed:
+            self.courtesy.succeeded()
+            raise
         self.courtesy.succeeded()
         return result
+
+    def _retrieve(self, identifier: Dataset, plan: StoragePlan | None = None) -> RetrieveResult:
+        """One C-MOVE/C-GET on the open association (proposing ``plan``, for a C-GET)."""
+        return client.retrieve(
+            self.peer,
+            self._link.get(plan),
+            identifier,
+            model=self.model,
+            move_destination=self.move_destination,
+            on_progress=self._progress,
+        )
 
     def _progress(self, progress: RetrieveProgress) -> None:
         _log.debug(

@@ -2,8 +2,8 @@
 
 * :class:`RetryPolicy` is a small value object: how many attempts, how long to wait.  Only
   :class:`~pacsman.errors.TransientError` is retried; everything else goes straight up.
-* :class:`Courtesy` paces retrieve starts towards one PACS: a minimum interval that grows with
-  congestion and shrinks with success, and an optional daily time window.
+* :class:`Courtesy` paces retrieve starts towards one PACS: a minimum interval, an optional
+  daily time window, and a capped pause after congestion that the next answer ends.
 """
 
 from __future__ import annotations
@@ -99,9 +99,12 @@ def seconds_until_window(window: str | None, now: datetime) -> float:
 class Courtesy:
     """Paces retrieve starts towards one PACS: interval, daily window, congestion back-off.
 
-    ``interval`` is the configured minimum time between two C-MOVE/C-GET starts.  Each
-    congestion signal doubles the current interval (at least 1 s, at most ``max_interval``);
-    each success halves it again, down to the configured minimum.  Thread-safe: the
+    ``interval`` is the configured minimum time between two C-MOVE/C-GET starts.  When the
+    PACS pushes back (congestion: 0xA70x, a transient association reject, an abort), the
+    node's *next* start waits a pause: 1 s after the first signal, doubling with each further
+    signal in a row, never more than ``max_backoff``.  Any answer from the PACS -- a success,
+    or the refusal of one request -- ends the streak, so the series after it wait only the
+    interval: the back-off never grows into a penalty on unrelated series.  Thread-safe: the
     retrieve workers of one PACS share one instance.
     """
 
@@ -110,19 +113,27 @@ class Courtesy:
         *,
         interval: float = 0.0,
         window: str | None = None,
-        max_interval: float = 600.0,
+        max_backoff: float = 60.0,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = datetime.now,
     ) -> None:
         self.minimum = interval
-        self.current = interval
         self.window = window
-        self.max_interval = max_interval
+        self.max_backoff = max_backoff
         self.stop = stop or threading.Event()
         self._clock, self._now = clock, now
         self._lock = threading.Lock()
         self._last_start: float | None = None
+        self._streak = 0
+        self._paused_until = 0.0
+
+    @property
+    def backoff(self) -> float:
+        """The pause the current congestion streak calls for (0 when there is none)."""
+        if self._streak == 0:
+            return 0.0
+        return float(min(self.max_backoff, 2.0 ** (self._streak - 1)))
 
     def wait_turn(self, **context: object) -> None:
         """Block until this PACS may get the next retrieve; return at once if stopped."""
@@ -133,20 +144,22 @@ class Courtesy:
                     "waiting_for_window", window=self.window, wait_s=round(opens_in), **context
                 )
                 self.stop.wait(opens_in)
+            start = self._paused_until
             if self._last_start is not None:
-                remaining = self._last_start + self.current - self._clock()
-                if remaining > 0:
-                    self.stop.wait(remaining)
+                start = max(start, self._last_start + self.minimum)
+            remaining = start - self._clock()
+            if remaining > 0:
+                self.stop.wait(remaining)
             self._last_start = self._clock()
 
     def congested(self) -> None:
-        """The PACS pushed back: lengthen the interval."""
+        """The PACS pushed back: pause the node's next start (see the class docstring)."""
         with self._lock:
-            self.current = min(self.max_interval, max(1.0, self.current * 2))
+            self._streak += 1
+            self._paused_until = max(self._paused_until, self._clock() + self.backoff)
 
     def succeeded(self) -> None:
-        """A retrieve went through: shorten the interval towards the configured minimum."""
+        """The PACS answered (a success, or a refusal of this one request): end the streak."""
         with self._lock:
-            self.current = max(self.minimum, self.current / 2)
-            if self.current < 1.0 and self.minimum < 1.0:
-                self.current = self.minimum
+            self._streak = 0
+            self._paused_until = 0.0

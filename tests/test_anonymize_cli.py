@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import re
 import stat
 from collections.abc import Iterator
@@ -136,9 +137,14 @@ def test_label_clash_with_the_mapping_quarantines(
     write_study(OTHER, tmp_path / "b")
     assert _anonymize(tmp_path / "a", tmp_path / "out_a", state) == 0
     assert _anonymize(tmp_path / "b", tmp_path / "out_b", state) == 1
-    assert "subject 'P_0001' already maps to another PatientID" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "differs from the one recorded for subject 'P_0001'" in printed
+    assert "so it is another patient" in printed
     assert not list((tmp_path / "out_b").glob("*.dcm"))
-    assert len(list(quarantine_dir(tmp_path / "out_b").glob("*.dcm"))) == 5
+    held = quarantine_dir(tmp_path / "out_b")
+    assert len(list(held.glob("*.dcm"))) == 5
+    assert _mode(held) == 0o700  # quarantined files hold what the leak check found
+    assert {_mode(path) for path in held.iterdir()} == {0o600}
 
 
 @pytest.mark.parametrize(
@@ -214,3 +220,37 @@ def test_mapping_export_without_a_table_exits_2(
     missing = str(tmp_path / "none.sqlite")
     assert main(["mapping", "export", str(tmp_path / "x.csv"), "--mapping", missing]) == 2
     assert "no mapping table here; run an anonymization first" in capsys.readouterr().err
+
+
+def test_symbolic_link_loops_are_skipped_not_fatal(
+    source: Path, tmp_path: Path, state: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A link to itself and two links to each other under IN_DIR are not files: the study
+    beside them is written (issue 10, item 11).  OUT_DIR on a loop exits 2, named."""
+    (source / "self").symlink_to("self")
+    (source / "ping").symlink_to("pong")
+    (source / "pong").symlink_to("ping")
+    (source / "nested" / "up").symlink_to(source)  # a loop through a folder
+    assert _anonymize(source, tmp_path / "out", state) == 0
+    assert f"{SPEC.n_instances} file(s) written" in capsys.readouterr().out
+    (tmp_path / "loop").symlink_to("loop")
+    assert _anonymize(source, tmp_path / "loop" / "out", state) == 2
+    assert "OUT_DIR" in capsys.readouterr().err
+
+
+def test_log_file_and_level_come_from_the_config(
+    source: Path, tmp_path: Path, state: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``log.file`` and ``log.level`` apply to ``pacsman anonymize`` (issue 10, item 16); the
+    file is 0600 in a 0700 folder; --log-level overrides the level."""
+    config = write_config(tmp_path, port=104, called_ae_title="PACS")
+    log = tmp_path / "logs" / "pacsman.jsonl"
+    config.write_text(config.read_text() + f"log:\n  file: {log}\n  level: warning\n")
+    argv = ["--config", str(config), *state]
+    assert _anonymize(source, tmp_path / "out", argv) == 0
+    assert "anonymize_batch_done" not in log.read_text(encoding="utf-8")  # info < warning
+    assert _anonymize(source, tmp_path / "out2", [*argv, "--log-level", "info"]) == 0
+    capsys.readouterr()
+    events = [json.loads(line)["event"] for line in log.read_text(encoding="utf-8").splitlines()]
+    assert "anonymize_batch_done" in events
+    assert (_mode(log), _mode(log.parent)) == (0o600, 0o700)

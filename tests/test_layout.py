@@ -34,6 +34,8 @@ INTERNALS = (
     "receive_primitive",
     "STORE_SEND_CHUNKED_DATASET",
     "LOG_REQUEST_IDENTIFIERS",
+    "_create_association",
+    "_servers",
 )
 
 

@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import csv
+import json
+import shutil
+import stat
 import textwrap
 import zipfile
 from collections.abc import Iterator
@@ -14,7 +17,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import structlog
 
+from pacsman.cli import main
 from pacsman.errors import InputError, ItemFailed
 from pacsman.push.cli import upload_main, xnat_main
 from pacsman.testing.xnat_emulator import XnatEmulator
@@ -216,3 +221,66 @@ def test_download_of_an_empty_session_is_recorded_as_failed(
         xnat_main(["download", "--out", str(out), "--config", str(config)])
     with (out / "manifest.csv").open() as stream:
         assert ["FAILED"] == [r["state"] for r in csv.DictReader(stream)]
+
+
+def test_download_resumes_after_the_manifest_is_lost(
+    tmp_path: Path, emulator: XnatEmulator, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With manifest.csv gone, --extract (and zips) find the sessions already in place,
+    record them DONE and fetch only the missing one (issue 10, item 12).  Folders are 0700,
+    files 0600."""
+    for number, subject in enumerate(("SUBJ1", "SUBJ2")):
+        source = study_dir(tmp_path / "local", f"source{number}")
+        argv = [str(source), "--subject", subject, "--session", f"E{subject}"]
+        assert 0 == upload_main([*argv, "--config", str(config)])
+    for extract in (["--extract"], []):
+        out = tmp_path / f"down{len(extract)}"
+        argv = ["download", "--out", str(out), "--config", str(config), *extract]
+        assert 0 == xnat_main(argv)
+        (out / "manifest.csv").unlink()
+        if extract:
+            shutil.rmtree(out / "SUBJ2" / "ESUBJ2")
+        else:
+            (out / "SUBJ2" / "ESUBJ2.zip").unlink()
+        capsys.readouterr()
+        assert 0 == xnat_main(argv)
+        assert "2 session(s) matched: 1 downloaded, 1 already there" in capsys.readouterr().out
+        with (out / "manifest.csv").open() as stream:
+            rows = list(csv.DictReader(stream))
+        assert [("ESUBJ1", "DONE", "5"), ("ESUBJ2", "DONE", "5")] == [
+            (r["session"], r["state"], r["files"]) for r in rows
+        ]
+        assert "found complete on disk" in rows[0]["detail"]
+        modes = {stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*") if p.is_file()}
+        folders = {stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")] if p.is_dir()}
+        assert ({0o600}, {0o700}) == (modes, folders)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Logging as it was before a test that runs ``main()`` (which configures it)."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def test_xnat_and_upload_log_as_the_config_says(
+    tmp_path: Path,
+    emulator: XnatEmulator,
+    config: Path,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    """``log.file`` and ``log.level`` apply to ``upload`` and ``xnat`` (issue 10, item 16)."""
+    log = tmp_path / "logs" / "pacsman.jsonl"
+    config.write_text(config.read_text() + f"log:\n  file: {log}\n  level: debug\n")
+    source = study_dir(tmp_path / "local", "one")
+    argv = [str(source), "--subject", "S1", "--session", "E1", "--config", str(config)]
+    assert 0 == main(["upload", *argv])
+    out = tmp_path / "down"
+    assert 0 == main(["xnat", "download", "--out", str(out), "--config", str(config)])
+    capsys.readouterr()
+    events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    names = {e["event"] for e in events}
+    assert {"push_started", "xnat_downloaded"} <= names
+    assert "debug" in {e["level"] for e in events}

@@ -347,13 +347,17 @@ def test_bytes_neither_utf8_nor_cp1252(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
-def test_utf16_is_refused_clearly(tmp_path: Path, encoding: str) -> None:
-    """Excel's "Unicode Text" (UTF-16, with or without BOM) gets its own clear error."""
+@pytest.mark.parametrize(
+    ("encoding", "iconv"),
+    [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"), ("utf-16-be", "UTF-16BE")],
+)
+def test_utf16_is_refused_clearly(tmp_path: Path, encoding: str, iconv: str) -> None:
+    """Excel's "Unicode Text" (UTF-16, with or without BOM) gets its own clear error; without
+    a BOM the iconv line names the byte order (iconv reads BOM-less UTF-16 as big-endian)."""
     path = _write(tmp_path, "PatientID\nDEMO001\n".encode(encoding), name="list.txt")
     assert _problems(path) == [
         'list.txt: the file is UTF-16 (Excel "Unicode Text"), not UTF-8; save it as '
-        '"CSV UTF-8" in Excel, or: iconv -f UTF-16 -t UTF-8 list.txt > list-utf8.txt'
+        f'"CSV UTF-8" in Excel, or: iconv -f {iconv} -t UTF-8 list.txt > list-utf8.txt'
     ]
 
 

@@ -54,13 +54,18 @@ CALLER = "ORTHANC"
 
 
 class Receiver:
-    """A started StorageSCP with its writer and everything ``on_stored`` reported."""
+    """A started StorageSCP with its writer and everything ``on_stored`` reported.
+
+    Its writer keeps unsolicited instances (``unsolicited="keep"``), so that the tests here
+    need not route every series; the default, refusing them, is tested in
+    ``test_scp_hostile.py``.
+    """
 
     def __init__(self, root: Path, **kwargs: Any) -> None:
         self.root = root
         self.stored: list[StoredInstance] = []
         self.writer = InstanceWriter(
-            unrouted_directory=root / "unrouted", on_stored=self.stored.append
+            unrouted_directory=root / "unrouted", on_stored=self.stored.append, unsolicited="keep"
         )
         kwargs.setdefault("allowed_calling_ae_titles", [CALLER])
         self.scp = StorageSCP(
@@ -149,7 +154,7 @@ def route_demo(writer: InstanceWriter, root: Path) -> dict[str, Path]:
         ("T1 SAG  post\tGd", "T1_SAG_post_Gd"),
         ("Mu\u0308ller^Ju\u0308rgen", "Müller^Jürgen"),
         ("\u202eevil\u200b", "evil"),
-        ('con:*?"<>|', "con"),
+        ('con:*?"<>|', "con_"),  # CON is a Windows reserved name (issue 10 #15)
         ("", "fallback"),
         ("-rf", "rf"),
     ],
@@ -409,10 +414,11 @@ def test_duplicate_instance_is_stored_and_counted_once(
     assert len(rx.files()) == 1
 
 
-def test_unrouted_instances_go_to_the_unrouted_directory(
+def test_kept_unrouted_instances_go_to_the_unrouted_directory(
     tmp_path: Path, dcmtk_bin: Callable[[str], Path], receiver: Callable[..., Receiver]
 ) -> None:
-    """A series nobody routed lands in unrouted/<study>/<series>/, with one warning."""
+    """Kept (``unsolicited="keep"``), a series nobody routed lands in
+    unrouted/<study>/<series>/, with one warning."""
     rx = receiver()
     files = demo_files(tmp_path)[:3]  # the 3 localizers: one series
     with capture_logs() as logs:

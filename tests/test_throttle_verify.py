@@ -1,4 +1,4 @@
-"""Courtesy pacing (interval, window, congestion) and the per-series verdict, table-driven."""
+"""Courtesy pacing (interval, window, capped congestion back-off) and the per-series verdict."""
 
 from __future__ import annotations
 
@@ -40,33 +40,58 @@ class _Clock:
         return self.t
 
 
-def test_courtesy_interval_grows_with_congestion_and_shrinks_with_success() -> None:
-    """Congestion doubles the interval (>= 1 s, capped); success halves it to the minimum."""
-    courtesy = Courtesy(interval=0.0, max_interval=8.0)
-    for expected in (1.0, 2.0, 4.0, 8.0, 8.0):
+class _Stop(threading.Event):
+    """A stop event whose wait() records the wait and advances the fake clock instead."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(round(timeout or 0.0, 6))
+        self.clock.t += timeout or 0.0
+        return False
+
+
+def test_courtesy_backoff_doubles_is_capped_and_ends_with_an_answer() -> None:
+    """Congestion in a row pauses the next start 1, 2, 4, 8, 8 s (capped); one answer ends
+    the streak at once, so the series after it wait only the interval."""
+    courtesy = Courtesy(interval=0.0, max_backoff=8.0)
+    backoffs = []
+    for _ in range(5):
         courtesy.congested()
-        assert courtesy.current == expected
-    for expected in (4.0, 2.0, 1.0, 0.0):
-        courtesy.succeeded()
-        assert courtesy.current == expected
+        backoffs.append(courtesy.backoff)
+    assert backoffs == [1.0, 2.0, 4.0, 8.0, 8.0]
+    courtesy.succeeded()
+    assert courtesy.backoff == 0.0
+
+
+def test_congestion_pauses_the_next_start_not_the_series_after_an_answer() -> None:
+    """The pause applies to the node's next start; after the PACS answers, later starts wait
+    only the configured interval, however long the streak was."""
+    clock = _Clock()
+    stop = _Stop(clock)
+    courtesy = Courtesy(interval=0.5, max_backoff=60.0, stop=stop, clock=clock)
+    courtesy.wait_turn()
+    for _ in range(20):
+        courtesy.congested()
+    courtesy.wait_turn()  # the next start waits the capped pause
+    courtesy.succeeded()
+    courtesy.wait_turn()  # then only the interval
+    courtesy.wait_turn()
+    assert stop.waits == [60.0, 0.5, 0.5]
 
 
 def test_courtesy_waits_for_the_interval() -> None:
     """A second start within the interval waits for the rest of it."""
     clock = _Clock()
-    waits: list[float] = []
-
-    class _Stop(threading.Event):
-        def wait(self, timeout: float | None = None) -> bool:
-            waits.append(timeout or 0.0)
-            clock.t += timeout or 0.0
-            return False
-
-    courtesy = Courtesy(interval=60.0, stop=_Stop(), clock=clock)
+    stop = _Stop(clock)
+    courtesy = Courtesy(interval=60.0, stop=stop, clock=clock)
     courtesy.wait_turn()
     clock.t += 15.0
     courtesy.wait_turn()
-    assert waits == [45.0]
+    assert stop.waits == [45.0]
 
 
 @pytest.mark.parametrize(

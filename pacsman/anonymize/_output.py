@@ -8,8 +8,9 @@ from pathlib import Path
 import structlog
 
 from pacsman.anonymize._result import AnonymizeResult
+from pacsman.layout import private_directory, write_private
 
-__all__ = ["hold", "quarantine_dir", "store"]
+__all__ = ["discard", "hold", "quarantine_dir", "store"]
 
 _log = structlog.get_logger("pacsman.anonymize.engine")
 
@@ -27,7 +28,7 @@ def hold(result: AnonymizeResult, reason: str) -> AnonymizeResult:
         _write_atomic(note, (combined + "\n").encode())
         return AnonymizeResult(result.path, result.sop_instance_uid, True, combined, result.source)
     held = quarantine_dir(result.path.parent) / result.path.name
-    held.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(held.parent)
     _write_atomic(held.with_name(held.name + ".reason.txt"), (reason + "\n").encode())
     os.replace(result.path, held)
     _log.debug("anonymize_quarantined", sop_instance_uid=result.sop_instance_uid, reason=reason)
@@ -37,10 +38,10 @@ def hold(result: AnonymizeResult, reason: str) -> AnonymizeResult:
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data)
+        write_private(tmp, data)  # 0600, in 0700 folders: a quarantined file may hold PHI
     except FileNotFoundError:  # the first file in a new folder
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
+        private_directory(path.parent)
+        write_private(tmp, data)
     os.replace(tmp, path)
 
 
@@ -58,3 +59,10 @@ def store(data: bytes, dst_dir: Path, name: str, reason: str | None) -> Path:
     _write_atomic(held, data)
     _write_atomic(note, (reason + "\n").encode())
     return held
+
+
+def discard(dst_dir: Path, name: str) -> None:
+    """Remove any earlier copy of ``name`` (written, or quarantined with its note)."""
+    held = quarantine_dir(dst_dir) / name
+    for path in (dst_dir / name, held, held.with_name(name + ".reason.txt")):
+        path.unlink(missing_ok=True)

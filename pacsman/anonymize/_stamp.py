@@ -48,6 +48,8 @@ class _Constants:
 
     elements: tuple[tuple[int, RawDataElement], ...]
     items: tuple[dict[BaseTag, RawDataElement], ...]
+    #: DeidentificationMethodCodeSequence, built once: written and read, never changed
+    sequence: DataElement
 
     @classmethod
     def build(
@@ -69,7 +71,8 @@ class _Constants:
                 raw_text(0x00080104, "LO", [meaning], implicit=implicit),  # CodeMeaning
             )
             items.append({element.tag: element for element in item})
-        return cls(elements, tuple(items))
+        sequence = DataElement(0x00120064, "SQ", [Dataset(dict(item)) for item in items])
+        return cls(elements, tuple(items), sequence)
 
 
 def transfer_syntax(ds: Dataset) -> str:
@@ -119,8 +122,7 @@ class Stamp:
         )
         for tag, element in constants.elements:
             ds[tag] = element
-        items = [Dataset(dict(item)) for item in constants.items]
-        ds[0x00120064] = DataElement(0x00120064, "SQ", items)  # ...MethodCodeSequence
+        ds[0x00120064] = constants.sequence  # ...MethodCodeSequence, shared
 
     def _flags_converted(self, ds: Dataset) -> None:
         """The flags as pydicom elements, for data sets not read as little endian."""

@@ -66,10 +66,10 @@ def element_texts(
     """The element's values as text; raw bytes are decoded here, without pydicom's checks."""
     value = element.value
     if isinstance(value, bytes):
-        if vr in CHARSET_VRS:
-            text = decode_bytes(value, encodings, _DELIMITERS)
+        if vr not in CHARSET_VRS or (value.isascii() and b"\x1b" not in value):
+            text = value.decode("latin-1")  # ASCII is ASCII in every character set
         else:
-            text = value.decode("latin-1")
+            text = decode_bytes(value, encodings, _DELIMITERS)
         parts = [text] if vr in _SINGLE_VALUED else text.split("\\")
         return [part.strip("\0 ") for part in parts]
     if value is None or value == "":

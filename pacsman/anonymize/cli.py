@@ -114,7 +114,7 @@ def _settings(args: argparse.Namespace) -> _Settings:
         raise InputError(f"IN_DIR {in_dir}: not a folder; give the folder holding the DICOM files")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"OUT_DIR {out_dir}: exists and is not a folder; give a folder")
-    if out_dir.resolve() == in_dir.resolve():
+    if _resolved(out_dir, "OUT_DIR") == _resolved(in_dir, "IN_DIR"):
         raise InputError(f"OUT_DIR {out_dir} is IN_DIR; give a separate output folder")
     config = _config(args.config)
     profile_path = args.profile or (config.anonymization.profile if config else None)
@@ -132,13 +132,31 @@ def _settings(args: argparse.Namespace) -> _Settings:
     )
 
 
+def _resolved(path: Path, name: str) -> Path:
+    """``path`` with every symbolic link followed.
+
+    Raises:
+        InputError: a link in it points back at itself (a symbolic-link loop).
+    """
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop
+        raise InputError(
+            f"{name} {path}: cannot be followed ({exc}); remove the symbolic-link loop or "
+            "give the real folder"
+        ) from exc
+
+
 def _files(in_dir: Path, out_dir: Path) -> list[Path]:
-    """Every file under ``in_dir``, sorted, leaving out the output and quarantine folders."""
-    excluded = [out_dir.resolve(), quarantine_dir(out_dir).resolve()]
+    """Every file under ``in_dir``, sorted, leaving out the output and quarantine folders.
+
+    Only regular files (or links to one) count: a broken link or a symbolic-link loop is
+    not a file, and is left out before its target is ever resolved.
+    """
+    excluded = [_resolved(out_dir, "OUT_DIR"), _resolved(quarantine_dir(out_dir), "OUT_DIR")]
     files = []
     for path in sorted(in_dir.rglob("*")):
-        resolved = path.resolve()
-        if path.is_file() and not any(resolved.is_relative_to(e) for e in excluded):
+        if path.is_file() and not any(path.resolve().is_relative_to(e) for e in excluded):
             files.append(path)
     if not files:
         raise InputError(f"IN_DIR {in_dir}: holds no file; give the folder with the DICOM files")

@@ -2,7 +2,8 @@
 
 An SQLite file created with mode 0600 (its journal inherits the mode).  It holds PHI: it
 never goes into the output and its content is never logged.  ``export_mapping`` writes it
-as CSV (mode 0600) for the data manager (``pacsman mapping export``).
+as CSV (mode 0600, formulas neutralized: :func:`pacsman.layout.write_private_csv`) for the
+data manager (``pacsman mapping export``).
 
 It also numbers labels made from a naming template (``{project}_{n:04d}``): an original
 seen before gets the same label on every run.
@@ -11,7 +12,6 @@ seen before gets the same label on every run.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import sqlite3
 import string
@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 from pacsman.errors import InputError, ItemFailed
+from pacsman.layout import write_private_csv
 
-__all__ = ["MappingTable", "check_template", "export_mapping"]
+__all__ = ["MappingTable", "check_template", "export_mapping", "same_patient_id"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subjects (
@@ -49,6 +50,16 @@ _COLUMNS = (
     "StudyInstanceUID",
     "AccessionNumber",
 )
+
+
+def _normalized_id(value: str) -> str:
+    return "".join(c for c in value.casefold() if c.isalnum()).lstrip("0")
+
+
+def same_patient_id(recorded: str, given: str) -> bool:
+    """True when two PatientIDs name the same patient: equal once case, spaces, separators
+    and leading zeros are ignored (an SR that drops the zeros of ``0012345``)."""
+    return recorded == given or _normalized_id(recorded) == _normalized_id(given)
 
 
 def _create_private(path: Path) -> None:
@@ -117,19 +128,27 @@ class MappingTable:
             "SELECT patient_id FROM subjects WHERE project = ? AND subject = ?",
             (project, subject),
         ).fetchone()
-        if known_patient != patient_id:
+        if not same_patient_id(known_patient, patient_id):
             raise ItemFailed(
-                f"project {project}: subject {subject!r} already maps to another PatientID; "
+                f"project {project}: this file's PatientID (0010,0020) differs from the one "
+                f"recorded for subject {subject!r} in the mapping table (compared without "
+                "case, spaces, separators and leading zeros), so it is another patient; "
                 "give each patient its own Subject label"
             )
         known_subject, known_study = self._db.execute(
             "SELECT subject, study_instance_uid FROM sessions WHERE project = ? AND session = ?",
             (project, session),
         ).fetchone()
-        if (known_subject, known_study) != (subject, study_uid):
+        if known_subject != subject:
             raise ItemFailed(
-                f"project {project}: session {session!r} already maps to another study or "
-                "subject; give each study its own Session label"
+                f"project {project}: session {session!r} is recorded for subject "
+                f"{known_subject!r}, not {subject!r}; give each study its own Session label"
+            )
+        if known_study != study_uid:
+            raise ItemFailed(
+                f"project {project}: this file's StudyInstanceUID (0020,000D) differs from "
+                f"the one recorded for session {session!r} in the mapping table, so it is "
+                "another study; give each study its own Session label"
             )
 
     def label_for(
@@ -161,14 +180,13 @@ class MappingTable:
             return label
 
     def export(self, out: Path) -> int:
-        """Write the mapping as CSV to ``out`` (mode 0600); return the number of rows."""
+        """Write the mapping as CSV to ``out`` (mode 0600, atomic); return the number of rows.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
         rows = self._db.execute(_EXPORT).fetchall()
-        _create_private(out)
-        os.chmod(out, 0o600)
-        with out.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(_COLUMNS)
-            writer.writerows(rows)
+        write_private_csv(out, _COLUMNS, rows)
         return len(rows)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
@@ -23,7 +23,7 @@ import yaml
 
 from pacsman.config import _values as v
 from pacsman.config._reader import Problems, Section, scan_tree
-from pacsman.config._yaml import load_yaml
+from pacsman.config._yaml import load_yaml, not_a_regular_file, read_config_text
 from pacsman.config.push import DicomTarget, PushConfig, XnatConfig, parse_push, parse_xnat
 from pacsman.errors import ConfigError, Problem
 
@@ -61,6 +61,11 @@ _QUERY_MODELS: tuple[QueryModel, ...] = ("study", "patient")
 _COUNT_INSTANCES: tuple[CountInstances, ...] = ("auto", "always", "never")
 _LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 _CONSOLE_FORMATS: tuple[ConsoleFormat, ...] = ("auto", "human", "json")
+Unsolicited = Literal["refuse", "keep"]
+_UNSOLICITED: tuple[Unsolicited, ...] = ("refuse", "keep")
+#: Encapsulated documents (PDF, CDA, ...): left out of the output, or the session held.
+EncapsulatedPolicy = Literal["omit", "quarantine"]
+_ENCAPSULATED: tuple[EncapsulatedPolicy, ...] = ("omit", "quarantine")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,16 @@ class LocalAE:
     port: int = 11112
     #: Calling AE titles the Storage SCP accepts; empty = the PACS nodes' called_ae_titles.
     allowed_calling_ae_titles: tuple[str, ...] = ()
+    #: The Storage SCP answers only to ``ae_title`` as called AE title, unless this is true.
+    accept_any_called_ae_title: bool = False
+    #: Seconds a new connection has to send its whole A-ASSOCIATE-RQ, else it is closed.
+    association_request_timeout: float = 5.0
+    #: Connections (waiting or associated) one peer address may hold at once, 1..1000.
+    max_connections_per_address: int = 8
+    #: Instances of series no retrieve asked for: refuse them (0x0124), or keep them in
+    #: ``_unrouted/`` up to ``unsolicited_quota_mb`` (then 0xA700).
+    unsolicited: Unsolicited = "refuse"
+    unsolicited_quota_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -125,6 +140,9 @@ class AnonymizationConfig:
     #: Labels for query rows without Subject/Session; fields {project} and {n} (stable numbering).
     subject_template: str = "{project}_S{n:04d}"
     session_template: str = "{project}_E{n:05d}"
+    #: omit: leave encapsulated documents out (recorded) and push the rest of the session;
+    #: quarantine: hold them, and so the session, for review.
+    encapsulated: EncapsulatedPolicy = "omit"
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,8 @@ class Config:
     anonymization: AnonymizationConfig = AnonymizationConfig()
     push: PushConfig = PushConfig()  # noqa: RUF009 - a frozen dataclass (_config_push)
     source: Path | None = None
+    #: Settings that work but need a look (e.g. ``bind_host: 0.0.0.0``), in file order.
+    warnings: tuple[Problem, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pacs", MappingProxyType(dict(self.pacs)))
@@ -149,6 +169,11 @@ class Config:
         for name, node in self.pacs.items():
             if node.name != name:
                 raise ValueError(f"PACS node {node.name!r} is filed under {name!r}")
+
+    @property
+    def character_sets(self) -> dict[str, str]:
+        """Each PACS node's ``character_set``, by node name (what a query file may send)."""
+        return {name: node.character_set for name, node in self.pacs.items()}
 
     def node(self, name: str | None = None) -> PacsNode:
         """Return the PACS node called ``name``, or the default node when ``name`` is None.
@@ -192,7 +217,10 @@ def find_config(explicit: Path | None = None, *, search: Sequence[Path] = DEFAUL
 def _must_exist(path: Path, what: str) -> Path:
     if path.is_file():
         return path
-    reason = "is a directory" if path.is_dir() else "does not exist"
+    try:
+        reason = f"is {not_a_regular_file(path.stat().st_mode)}, not a regular file"
+    except OSError:
+        reason = "does not exist"
     message = f"{what} {reason}; give the path of a YAML config file, or {_COPY_EXAMPLE}"
     raise ConfigError([Problem(source=str(path), message=message)])
 
@@ -206,14 +234,7 @@ def load_config(path: Path | None = None, *, search: Sequence[Path] = DEFAULT_SE
     """
     found = find_config(path, search=search)
     source = str(found)
-    try:
-        content = found.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        message = f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"
-        raise ConfigError([Problem(source=source, message=message)]) from None
-    except OSError as exc:
-        message = f"cannot read the file: {exc.strerror}"
-        raise ConfigError([Problem(source=source, message=message)]) from None
+    content = read_config_text(found)
     try:
         data = load_yaml(content)
     except yaml.YAMLError as exc:
@@ -255,13 +276,14 @@ def parse_config(data: object, *, source: str) -> Config:
             problems.add(path, message, line)
         config = _parse_root(Section(problems, "", data), source)
         if config is not None and not problems.found:
-            return config
+            return replace(config, warnings=problems.warnings_in_file_order())
     raise ConfigError(problems.in_file_order())
 
 
 def _parse_root(root: Section, source: str) -> Config | None:
     local = _parse_local(root.section("local"))
     nodes = _parse_nodes(root.section("pacs"))
+    _warn_connection_cap(root, local, nodes)
     default = _default_pacs(root, nodes)
     store_root = root.get("store_root", v.file_path, Config.store_root)
     jobstore = root.get("jobstore", v.file_path, Config.jobstore)
@@ -286,6 +308,21 @@ def _parse_root(root: Section, source: str) -> Config | None:
     )
 
 
+def _warn_connection_cap(
+    root: Section, local: LocalAE, nodes: Mapping[str, PacsNode | None]
+) -> None:
+    """A PACS moving N series at once opens N connections to the Storage SCP."""
+    busiest = max((n.max_associations for n in nodes.values() if n is not None), default=1)
+    cap = local.max_connections_per_address
+    if busiest > cap:
+        root.section("local").warn(
+            "max_connections_per_address",
+            f"{cap} is fewer than the {busiest} retrieves a PACS node may run at once "
+            f"(max_associations); its extra connections would be refused: set it to {busiest} "
+            "or more",
+        )
+
+
 def _default_pacs(root: Section, nodes: Mapping[str, object]) -> str | None:
     """Return ``default_pacs``, or the first node when it is not set."""
     default = root.get("default_pacs", v.name, None)
@@ -305,7 +342,23 @@ def _parse_local(local: Section) -> LocalAE:
         bind_host=local.get("bind_host", v.host, LocalAE.bind_host),
         port=local.get("port", v.tcp_port, LocalAE.port),
         allowed_calling_ae_titles=local.get_list("allowed_calling_ae_titles", v.ae_title),
+        accept_any_called_ae_title=local.get(
+            "accept_any_called_ae_title", v.boolean, LocalAE.accept_any_called_ae_title
+        ),
+        association_request_timeout=local.get(
+            "association_request_timeout", v.seconds(), LocalAE.association_request_timeout
+        ),
+        max_connections_per_address=local.get(
+            "max_connections_per_address",
+            v.int_between(1, 1000),
+            LocalAE.max_connections_per_address,
+        ),
+        unsolicited=local.get("unsolicited", v.choice(_UNSOLICITED), LocalAE.unsolicited),
+        unsolicited_quota_mb=local.get(
+            "unsolicited_quota_mb", v.int_between(1, 10_000_000), LocalAE.unsolicited_quota_mb
+        ),
     )
+    local.warn("bind_host", v.bind_host_warning(result.bind_host))
     local.finish()
     return result
 
@@ -387,6 +440,9 @@ def _parse_anonymization(section: Section) -> AnonymizationConfig:
         ),
         session_template=section.get(
             "session_template", v.label_template, AnonymizationConfig.session_template
+        ),
+        encapsulated=section.get(
+            "encapsulated", v.choice(_ENCAPSULATED), AnonymizationConfig.encapsulated
         ),
     )
     section.finish()

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from pacsman.config._values import SECRETS_FIX, Invalid, describe, suggest
 from pacsman.config._yaml import LineDict, item_line, key_line
-from pacsman.errors import Problem
+from pacsman.errors import Problem, Severity
 
 __all__ = ["Problems", "Section", "is_secret_key", "scan_tree"]
 
@@ -36,15 +36,31 @@ class Problems:
     def __init__(self, source: str) -> None:
         self.source = source
         self.found: list[Problem] = []
+        #: Settings that work but need a look; they never stop the config loading.
+        self.warnings: list[Problem] = []
 
     def add(self, path: str, message: str, line: int | None) -> None:
         """Record ``path: message`` at ``line``; the top level has an empty path."""
         text = f"{path}: {message}" if path else message
         self.found.append(Problem(source=self.source, message=text, line=line))
 
+    def warn(self, path: str, message: str, line: int | None) -> None:
+        """Record the warning ``path: message`` at ``line``."""
+        text = f"{path}: {message}" if path else message
+        problem = Problem(self.source, text, line=line, severity=Severity.WARNING)
+        self.warnings.append(problem)
+
     def in_file_order(self) -> list[Problem]:
-        """Return the problems sorted by line; problems without a line come last."""
-        return sorted(self.found, key=lambda p: (p.line is None, p.line or 0))
+        """Return the errors, then the warnings, sorted by line (no line: last)."""
+        return _by_line(self.found) + _by_line(self.warnings)
+
+    def warnings_in_file_order(self) -> tuple[Problem, ...]:
+        """Return the warnings sorted by line."""
+        return tuple(_by_line(self.warnings))
+
+
+def _by_line(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
 
 
 class Section:
@@ -128,6 +144,11 @@ class Section:
                 where = item_line(items, index) or self.line_of(key)
                 self.problems.add(f"{self.child(key)}[{index}]", str(exc), where)
         return tuple(checked)
+
+    def warn(self, key: str, message: str | None) -> None:
+        """Record ``message`` as a warning about ``key``; ``None`` means nothing to say."""
+        if message is not None:
+            self.problems.warn(self.child(key), message, self.line_of(key))
 
     def section(self, key: str) -> Section:
         """Return the nested section under ``key`` (all defaults when absent)."""

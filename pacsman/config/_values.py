@@ -10,6 +10,7 @@ import difflib
 import ipaddress
 import math
 import re
+import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date
 from os import PathLike
@@ -25,6 +26,7 @@ __all__ = [
     "SECRETS_FIX",
     "Invalid",
     "ae_title",
+    "bind_host_warning",
     "boolean",
     "character_set",
     "choice",
@@ -39,6 +41,7 @@ __all__ = [
     "tcp_port",
     "text",
     "time_window",
+    "url_warning",
     "xnat_project",
 ]
 
@@ -54,6 +57,15 @@ _HHMM = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
 _WINDOW = re.compile(rf"({_HHMM})-({_HHMM})")
 
 
+#: The longest text a message repeats; longer values are cut with "...".
+_SHOWN = 60
+#: The widest a label template may pad a field: XNAT labels hold at most 64 characters.
+_LABEL_WIDTH = 64
+_TEMPLATE_FIELDS = ("project", "n")
+#: ``scheme://user:password@`` at the start of a URL, even one urlsplit cannot parse.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
 class Invalid(ValueError):
     """A config value broke a rule; the message names the value, the rule and the fix."""
 
@@ -64,6 +76,10 @@ def describe(value: object) -> str:
         return "nothing (null)"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"a number of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    if isinstance(value, str) and len(value) > _SHOWN:
+        return repr(value[: _SHOWN - 3] + "...")
     if isinstance(value, int | float | str):
         return repr(value)
     if isinstance(value, Mapping):
@@ -250,22 +266,52 @@ def time_window(value: object) -> str:
 
 
 def label_template(value: object) -> str:
-    """A label template with the fields ``project`` and ``n`` giving valid XNAT labels."""
+    """A label template with the fields ``project`` and ``n`` giving valid XNAT labels.
+
+    Only ``{project}`` and ``{n}`` with a format of at most 64 characters are allowed, so a
+    template can never build a huge label (``{n:99999999}``).
+    """
     template = text(value)
+    shown = describe(template)
     try:
+        _check_template_fields(template)
         example = template.format(project="P", n=1)
     except (ValueError, IndexError, KeyError) as exc:
         raise Invalid(
-            f"{template!r} is not a valid template ({exc}); use fields {{project}} and {{n}}, "
+            f"{shown} is not a valid template ({exc}); use fields {{project}} and {{n}}, "
             "e.g. '{project}_{n:04d}'"
-        ) from exc
+        ) from None
     if "{n" not in template:
-        raise Invalid(f"{template!r} has no {{n}}: every label would be the same")
+        raise Invalid(f"{shown} has no {{n}}: every label would be the same")
     if not is_xnat_label(example):
         raise Invalid(
-            f"{template!r} gives labels like {example!r}; XNAT labels are 1-64 of A-Z a-z 0-9 _ -"
+            f"{shown} gives labels like {describe(example)}; "
+            "XNAT labels are 1-64 of A-Z a-z 0-9 _ -"
         )
     return template
+
+
+def _check_template_fields(template: str) -> None:
+    """Refuse fields other than {project} and {n}, and formats wider than a label.
+
+    Raises:
+        ValueError: the reason, shown in brackets after the template.
+    """
+    for _, field, format_spec, conversion in string.Formatter().parse(template):
+        if field is None:
+            continue
+        spec = format_spec or ""
+        if field not in _TEMPLATE_FIELDS:
+            raise ValueError(f"unknown field {describe(field)}")
+        if conversion or "{" in spec:
+            raise ValueError(f"field {{{field}}} may only take a plain format such as :04d")
+        for number in re.findall(r"[0-9]+", spec):
+            if len(number) > 2 or int(number) > _LABEL_WIDTH:
+                shown = spec if len(spec) <= 12 else spec[:9] + "..."
+                raise ValueError(
+                    f"{{{field}:{shown}}} is wider than the {_LABEL_WIDTH} characters"
+                    " of an XNAT label"
+                )
 
 
 def file_path(value: object) -> Path:
@@ -280,26 +326,72 @@ def file_path(value: object) -> Path:
 def http_url(value: object) -> str:
     """An ``http(s)://host[:port][/path]`` URL without credentials, query or fragment.
 
-    A trailing ``/`` is removed.
+    A trailing ``/`` is removed.  Messages never repeat credentials, a query string or a
+    fragment: they can hold a token.
     """
     if not isinstance(value, str):
         raise Invalid(f"expected a URL, got {describe(value)}; use https://host[:port][/path]")
-    parts = urlsplit(value.strip())
-    if parts.username is not None or parts.password is not None:
-        raise Invalid(f"the URL contains credentials; {SECRETS_FIX}")
+    candidate = value.strip()
     try:
+        parts = urlsplit(candidate)
         port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # e.g. an unclosed '[' or a port that is no number
+        parts, port_ok = urlsplit(""), False
+    if parts.username is not None or _USERINFO.match(candidate):
+        raise Invalid(f"the URL contains credentials; {SECRETS_FIX}")
+    shown = describe(_without_secrets(candidate))
+    if parts.query or parts.fragment or "?" in candidate or "#" in candidate:
+        raise Invalid(
+            f"{shown} has a query string or fragment (not repeated here: it may hold a token);"
+            f" use http(s)://host[:port][/path] only; {SECRETS_FIX}"
+        )
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or not port_ok:
+        raise Invalid(f"{shown} is not an http(s) URL; use http(s)://host[:port][/path]")
+    return candidate.rstrip("/")
+
+
+def _without_secrets(url: str) -> str:
+    """``url`` without what may be secret: ``user:password@``, ``?query``, ``#fragment``."""
+    url = _USERINFO.sub(r"\1", url)
+    cut = re.split(r"[?#]", url, maxsplit=1)
+    return cut[0] + "?..." if len(cut) > 1 else url
+
+
+def url_warning(url: str | None) -> str | None:
+    """A warning for a plain ``http://`` URL to another machine; ``None`` when fine."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http" or _is_loopback(parts.hostname or ""):
+        return None
+    return (
+        f"{describe(url)} is plain http: the XNAT credentials and every pushed image cross "
+        "the network unencrypted; use https:// (plain http only to 127.0.0.1 or localhost)"
+    )
+
+
+def bind_host_warning(bind_host: str) -> str | None:
+    """A warning for a Storage SCP bound to every interface; ``None`` when fine."""
+    try:
+        unspecified = ipaddress.ip_address(bind_host).is_unspecified
     except ValueError:
-        port_ok = False
-    if (
-        parts.scheme.lower() not in ("http", "https")
-        or not parts.hostname
-        or not port_ok
-        or parts.query
-        or parts.fragment
-    ):
-        raise Invalid(f"{value!r} is not an http(s) URL; use http(s)://host[:port][/path]")
-    return value.strip().rstrip("/")
+        return None
+    if not unspecified:
+        return None
+    return (
+        f"{bind_host!r} makes the Storage SCP listen on every network interface, so any host "
+        "that reaches local.port can send to it; set local.bind_host to the address of the "
+        "interface the PACS sends to (or 127.0.0.1 when the PACS runs on this machine)"
+    )
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def xnat_project(value: object) -> str:

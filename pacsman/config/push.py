@@ -93,6 +93,7 @@ def parse_xnat(section: Section) -> XnatConfig:
             "is set but verify_tls is false, so it would be ignored; remove one of them",
             section.line_of("ca_bundle"),
         )
+    section.warn("url", v.url_warning(result.url))
     section.finish()
     return result
 

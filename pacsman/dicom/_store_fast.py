@@ -20,6 +20,11 @@ everything else (negotiation, release, abort, timers, C-ECHO):
   this same thread, the only one that writes to the socket while established.
 * Any other message (C-ECHO, a C-STORE on an unknown context, anything odd) is handed to
   pynetdicom's DIMSE provider unchanged, as its own DT-2 action would have done.
+* Nothing grows without bound: a command set longer than ``codec.MAX_COMMAND_SET``, a
+  dataset handed to pynetdicom longer than ``codec.MAX_OTHER_DATASET`` or a PDU longer than
+  our maximum PDU length aborts the association (``association_aborted``, with the reason
+  and the peer; never patient data).  A C-STORE dataset holds at most its first 8 MiB in
+  memory (:mod:`pacsman.dicom._pending`); the rest streams to disk.
 
 Skipped for the shortcut messages: pynetdicom's PDU/DIMSE notification events.  Every
 pynetdicom internal used here is a function of :mod:`pacsman.dicom.hooks`; on a pynetdicom
@@ -39,6 +44,7 @@ from pynetdicom.events import Event
 
 from pacsman.dicom import codec as dimse
 from pacsman.dicom import hooks
+from pacsman.dicom._guard import refuse_further_input
 from pacsman.dicom._pending import PROCESSING_FAILURE, PendingInstance
 from pacsman.dicom._writer import InstanceWriter
 
@@ -107,6 +113,7 @@ class _FastReceiver:
         self.command = bytearray()
         self.store: _Store | None = None
         self.forwarding = False  # the current message belongs to pynetdicom
+        self.forwarded = 0  # dataset bytes of that message handed to pynetdicom so far
         self.normal_path: Callable[[], bool] = hooks.input_check(assoc)
 
     # -- the DUL reactor's hook --------------------------------------------------------
@@ -175,7 +182,7 @@ class _FastReceiver:
     def _read_p_data(self, raw: socket.socket, total: int) -> None:
         if total > len(self.buffer):
             if total > self.limit:
-                _log.warning("pdu_too_large", size=total, limit=self.limit)
+                self._abort(f"PDU of {total} bytes, more than the {self.limit} we accept")
                 hooks.abort_invalid_pdu(self.assoc)
                 return
             self.buffer = bytearray(total)
@@ -194,18 +201,23 @@ class _FastReceiver:
         pos, end = 0, len(view)
         while pos < end:
             if pos + 6 > end:
-                return False
+                return self._abort("malformed presentation data value item")
             length = int.from_bytes(view[pos : pos + 4], "big")
             if length < 2 or pos + 4 + length > end:
+                return self._abort("malformed presentation data value item")
+            data = view[pos + 6 : pos + 4 + length]
+            if not self._fragment(view[pos + 4], view[pos + 5], data):
                 return False
-            self._fragment(view[pos + 4], view[pos + 5], view[pos + 6 : pos + 4 + length])
             pos += 4 + length
         return True
 
-    def _fragment(self, context_id: int, control: int, data: memoryview) -> None:
+    def _fragment(self, context_id: int, control: int, data: memoryview) -> bool:
+        """Take one PDV; False (the association is to be aborted, logged) if it breaks a cap."""
         last = bool(control & 0x02)
         if control & 0x01:
             self.discard()
+            if len(self.command) + len(data) > dimse.MAX_COMMAND_SET:
+                return self._abort(f"command set longer than {dimse.MAX_COMMAND_SET} bytes")
             self.command += data
             if last:
                 self._command_complete(context_id)
@@ -214,8 +226,27 @@ class _FastReceiver:
             if last:
                 self._finish_store()
         else:
+            self.forwarded += len(data)
+            if self.forwarded > dimse.MAX_OTHER_DATASET:
+                limit = dimse.MAX_OTHER_DATASET
+                return self._abort(f"dataset of a message not stored longer than {limit} bytes")
             hooks.forward_to_dimse(self.assoc, context_id, bytes((control,)) + data)
             self.forwarding = not last
+        return True
+
+    def _abort(self, reason: str) -> bool:
+        """Log why the association is aborted, drop what it was receiving; return False."""
+        address = self.peer.address_info
+        _log.warning(
+            "association_aborted",
+            reason=reason,
+            calling_ae_title=str(self.peer.ae_title),
+            peer=f"{address.address}:{address.port}" if address else "unknown",
+        )
+        self.discard()
+        self.command = bytearray()
+        refuse_further_input(self.assoc)
+        return False
 
     # -- DIMSE level -------------------------------------------------------------------
 
@@ -227,6 +258,7 @@ class _FastReceiver:
         if store is None:  # not ours: pynetdicom decodes it, with any dataset that follows
             kind = dimse.us(fields, dimse.DATASET_TYPE) if fields is not None else None
             self.forwarding = kind != dimse.NO_DATASET  # unknown: assume a dataset follows
+            self.forwarded = 0
             hooks.forward_to_dimse(self.assoc, context_id, b"\x03" + raw)
             return
         self.store, self.forwarding = store, False
@@ -244,8 +276,17 @@ class _FastReceiver:
             sop_instance_uid=dimse.text(fields, dimse.AFFECTED_SOP_INSTANCE),
             transfer_syntax_uid=transfer_syntax,
             sender=str(self.peer.ae_title),
+            solicited=self._solicited(fields),
         )
         return _Store(context_id, dimse.us(fields, dimse.MESSAGE_ID) or 0, pending)
+
+    def _solicited(self, fields: dimse.Fields) -> bool:
+        """True for a C-GET sub-operation (our own association) or a C-MOVE sub-operation
+        whose Move Originator is our AE title (PS3.7 9.3.1.1)."""
+        if not self.assoc.is_acceptor:
+            return True
+        originator = dimse.text(fields, dimse.MOVE_ORIGINATOR_AE_TITLE).strip()
+        return bool(originator) and originator == str(self.assoc.acceptor.ae_title).strip()
 
     def _finish_store(self) -> None:
         store, self.store = self.store, None

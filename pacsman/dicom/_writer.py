@@ -5,8 +5,20 @@
 they come off the network, to the returned
 :class:`~pacsman.dicom._pending.PendingInstance`; its ``finish()`` returns the status.
 
-* Routed series (:meth:`InstanceWriter.route`) land in their directory; any other series in
-  ``<unrouted>/<StudyInstanceUID>/<SeriesInstanceUID>/``, logged once as ``unrouted_series``.
+* Routed series (:meth:`InstanceWriter.route`) land in their directory.  An instance of any
+  other series is unsolicited: no pending request asked for it.  It is refused (0x0124,
+  logged once per series as ``unsolicited_series_refused``) unless the writer keeps them
+  (``unsolicited="keep"``), in ``<unrouted>/<StudyInstanceUID>/<SeriesInstanceUID>/``,
+  logged once as ``unrouted_series``, until that directory holds ``unsolicited_quota``
+  bytes; then 0xA700 (out of resources, ``unsolicited_quota_full``).
+* The exception: a sub-operation of a retrieve of ours (C-GET, or C-MOVE with our AE title
+  as Move Originator) for a series no row selected, which a study-level retrieve brings
+  along.  Refusing it would fail the whole retrieve at some PACSes (Orthanc answers
+  0xC000), so it is acknowledged (0x0000) and dropped, never written nor counted (logged
+  once per series as ``unselected_series_dropped``); kept instead where the writer keeps
+  unsolicited instances and the quota allows.
+* The dataset is checked against the command set (:mod:`pacsman.dicom._pending`), so the
+  file name, the count and the dataset all carry the same SOPInstanceUID.
 * Duplicates: the same SOPInstanceUID for the same directory, already on disk or being
   written, is acknowledged with success and reported with ``duplicate=True``; the first copy
   is kept untouched and the new bytes are dropped.  (Re-requesting an incomplete series makes
@@ -17,26 +29,39 @@ they come off the network, to the returned
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import structlog
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from pacsman.dicom import hooks
-from pacsman.dicom._pending import PROCESSING_FAILURE, SUCCESS, TMP_MARK, PendingInstance
-from pacsman.layout import instance_filename, safe_component
+from pacsman.dicom._pending import (
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    TMP_MARK,
+    Claim,
+    PendingInstance,
+)
+from pacsman.layout import instance_filename, private_directory, safe_component
 
 __all__ = ["InstanceWriter", "StoredInstance"]
 
 _MIN_COMPLETE = 132 + 12  # preamble, DICM and a group length: anything shorter is a stub
 _MAX_CACHED = 10_000  # directories remembered (and unrouted warnings) before a reset
+#: What the unrouted directory may hold by default (``local.unsolicited_quota_mb``).
+DEFAULT_UNSOLICITED_QUOTA = 1024 << 20
+
+Unsolicited = Literal["refuse", "keep"]
 
 _log = structlog.get_logger("pacsman.dicom.scp")
 
@@ -65,7 +90,9 @@ class InstanceWriter:
 
     Route a series with :meth:`route` before its move starts.  ``on_stored`` is called in the
     receiving thread for every acknowledged instance (duplicates included, failures not),
-    after its file is in place; it must be quick and must not raise.
+    after its file is in place; it must be quick and must not raise.  Instances of series
+    not routed are refused, or with ``unsolicited="keep"`` kept in ``unrouted_directory``
+    up to ``unsolicited_quota`` bytes (counting what is there already).
     """
 
     def __init__(
@@ -73,8 +100,14 @@ class InstanceWriter:
         *,
         unrouted_directory: Path,
         on_stored: Callable[[StoredInstance], None] | None = None,
+        unsolicited: Unsolicited = "refuse",
+        unsolicited_quota: int = DEFAULT_UNSOLICITED_QUOTA,
     ) -> None:
         self.unrouted_directory = unrouted_directory
+        self.unsolicited = unsolicited
+        self.unsolicited_quota = unsolicited_quota
+        self._unrouted_bytes: int | None = None  # measured on the first unrouted instance
+        self._refused_series: set[tuple[str, str]] = set()  # (event, series) logged once
         self._on_stored = on_stored
         self._lock = threading.Lock()
         self._routes: dict[str, str] = {}
@@ -92,7 +125,7 @@ class InstanceWriter:
         Raises:
             OSError: if ``directory`` cannot be created or listed.
         """
-        directory.mkdir(parents=True, exist_ok=True)
+        private_directory(directory)  # 0700: named after the patient, holds PHI
         with self._lock:
             busy = {pending.tmp for pending in self._in_flight.values()}
         on_disk = set(_complete_files(directory, busy))
@@ -117,15 +150,26 @@ class InstanceWriter:
             return frozenset(self._received.get(series_instance_uid, ()))
 
     def begin(
-        self, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, sender: str
+        self,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        sender: str,
+        solicited: bool = False,
     ) -> PendingInstance:
-        """Start receiving one instance; ``sender`` is the peer's AE title."""
+        """Start receiving one instance; ``sender`` is the peer's AE title.
+
+        ``solicited``: it answers a retrieve of ours (a C-GET sub-operation, or a C-MOVE
+        sub-operation whose Move Originator is our AE title).
+        """
         return PendingInstance(
             self,
             sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_instance_uid,
             transfer_syntax_uid=transfer_syntax_uid,
             sender=sender,
+            solicited=solicited,
         )
 
     def handle_store(self, event: Event) -> int:
@@ -138,11 +182,14 @@ class InstanceWriter:
         request = cast(C_STORE, event.request)
         assoc = event.assoc
         peer = assoc.requestor if assoc.is_acceptor else assoc.acceptor
+        originator = str(request.MoveOriginatorApplicationEntityTitle or "").strip()
+        local = str(assoc.acceptor.ae_title).strip()
         pending = self.begin(
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
             transfer_syntax_uid=str(event.context.transfer_syntax),
             sender=str(peer.ae_title),
+            solicited=not assoc.is_acceptor or (bool(originator) and originator == local),
         )
         try:
             for chunk in _dataset_chunks(request):
@@ -155,23 +202,63 @@ class InstanceWriter:
 
     # -- the PendingInstance owner protocol ----------------------------------------------
 
-    def _claim(self, pending: PendingInstance) -> tuple[str, str, bool]:
-        """Choose directory and path; return them and whether this is a duplicate."""
+    def _claim(self, pending: PendingInstance) -> Claim:
+        """Choose directory and path, and whether this is a duplicate; or refuse it."""
         series = pending.series_uid
         name = instance_filename(pending.sop_instance_uid)
         with self._lock:
             directory = self._routes.get(series)
+            unrouted = directory is None
             if directory is not None:
                 duplicate = name[:-4] in self._received[series]
                 path = os.path.join(directory, name)
             else:
+                refusal = self._unsolicited_refusal(pending)
+                if refusal != SUCCESS and pending.solicited:
+                    self._log_refused(pending, "unselected_series_dropped", SUCCESS)
+                    return Claim(drop=True)
+                if refusal != SUCCESS:
+                    return Claim(status=refusal)
                 directory = self._unrouted_directory(pending)
                 path = os.path.join(directory, name)
                 duplicate = os.path.exists(path)
             duplicate = duplicate or path in self._in_flight
             if not duplicate:
                 self._in_flight[path] = pending
-        return directory, path, duplicate
+        return Claim(directory, path, duplicate, unrouted=unrouted)
+
+    def _unsolicited_refusal(self, pending: PendingInstance) -> int:
+        """SUCCESS if an instance of a series nobody routed may be kept; else the status."""
+        if self.unsolicited == "refuse":
+            if not pending.solicited:
+                self._log_refused(pending, "unsolicited_series_refused", NOT_AUTHORIZED)
+            return NOT_AUTHORIZED
+        if self._unrouted_bytes is None:
+            self._unrouted_bytes = _tree_size(self.unrouted_directory)
+        if self._unrouted_bytes >= self.unsolicited_quota:
+            if not pending.solicited:
+                self._log_refused(pending, "unsolicited_quota_full", OUT_OF_RESOURCES)
+            return OUT_OF_RESOURCES
+        return SUCCESS
+
+    def _log_refused(self, pending: PendingInstance, event: str, status: int) -> None:
+        key = (event, pending.series_uid)
+        if key in self._refused_series:
+            return
+        if len(self._refused_series) >= _MAX_CACHED:
+            self._refused_series.clear()
+        self._refused_series.add(key)
+        _log.warning(
+            event,
+            status=f"0x{status:04X}",
+            study_uid=pending.study_uid,
+            series_uid=pending.series_uid,
+            calling_ae_title=pending.sender,
+            unrouted_directory=str(self.unrouted_directory),
+            quota_bytes=self.unsolicited_quota,
+            fix="route the series first (a pending retrieve), or set local.unsolicited: keep "
+            "and local.unsolicited_quota_mb",
+        )
 
     def _unrouted_directory(self, pending: PendingInstance) -> str:
         directory = self._unrouted.get(pending.series_uid)
@@ -190,7 +277,7 @@ class InstanceWriter:
 
     def _ensure_directory(self, directory: str) -> None:
         if directory not in self._directories:
-            os.makedirs(directory, exist_ok=True)
+            private_directory(directory)
             if len(self._directories) >= _MAX_CACHED:  # a long-running daemon: stay bounded
                 self._directories.clear()
             self._directories.add(directory)
@@ -205,7 +292,9 @@ class InstanceWriter:
                 same = self._routes.get(pending.series_uid) == os.path.dirname(path)
                 if ok and received is not None and same:
                     received.add(os.path.basename(path)[:-4])
-        if ok and self._on_stored is not None:
+                if ok and pending.unrouted and self._unrouted_bytes is not None:
+                    self._unrouted_bytes += pending.meta_size + pending.dataset_size
+        if ok and path and self._on_stored is not None:  # no path: dropped, never stored
             self._on_stored(_stored(pending, duplicate))
         return pending.status
 
@@ -243,6 +332,16 @@ def _dataset_chunks(request: C_STORE) -> Iterator[bytes | memoryview]:
     if isinstance(data, BytesIO):
         with data.getbuffer() as view:
             yield view
+
+
+def _tree_size(directory: Path) -> int:
+    """The bytes of the files under ``directory`` (0 if it does not exist)."""
+    total = 0
+    for folder, _, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
 
 
 def _complete_files(directory: Path, busy: set[str]) -> Iterator[str]:

@@ -23,16 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from pacsman.config import PacsNode
 from pacsman.dicom._find_fast import FindChannel, Interrupted, TimedOut
+from pacsman.dicom.contexts import StoragePlan, StorageRole, accepted_storage
 from pacsman.dicom.hooks import NoDelayAE, guard_reactor
 from pacsman.dicom.statuses import CONGESTION, REJECT_ADVICE, STATUS_NAMES, status_name
 from pacsman.errors import AssociationRejected, FatalError, ItemFailed, TransientError
@@ -40,6 +40,7 @@ from pacsman.errors import AssociationRejected, FatalError, ItemFailed, Transien
 __all__ = [
     "FIND_MODELS",
     "GET_MODELS",
+    "MAX_CONTEXTS",
     "MOVE_MODELS",
     "STATUS_NAMES",
     "VERIFICATION",
@@ -48,6 +49,8 @@ __all__ = [
     "RetrieveResult",
     "ReusedAssociation",
     "StorageRole",
+    "SubOperationsFailed",
+    "accepted_storage",
     "associate",
     "echo",
     "find",
@@ -91,25 +94,7 @@ class DicomPeer:
 
 
 #: PS3.8: at most 128 presentation contexts per association.
-_MAX_CONTEXTS = 128
-
-
-@dataclass(frozen=True)
-class StorageRole:
-    """What a C-GET requestor must offer to receive its sub-operations on the same association."""
-
-    sop_classes: Sequence[str]
-    transfer_syntaxes: Sequence[str]
-    handle_store: Callable[[evt.Event], int]
-    #: Called once the association is up, before the first C-GET (e.g. the SCP's fast path).
-    on_established: Callable[[Association], None] | None = None
-
-    def propose(self, ae: AE, *, room: int) -> list[Any]:
-        """Add up to ``room`` storage contexts to ``ae``; return the SCP role items."""
-        chosen = list(self.sop_classes)[:room]
-        for uid in chosen:
-            ae.add_requested_context(uid, list(self.transfer_syntaxes))
-        return [build_role(uid, scp_role=True) for uid in chosen]
+MAX_CONTEXTS = 128
 
 
 @dataclass(frozen=True)
@@ -131,6 +116,19 @@ class RetrieveResult:
     failed: int | None = None
     warning: int | None = None
     failed_sop_instance_uids: tuple[str, ...] = ()
+    #: The response's Error Comment (0000,0902), if the PACS sent one.
+    error_comment: str = ""
+
+
+class SubOperationsFailed(ItemFailed):
+    """The PACS could not send instances of *this* C-GET to pacsman: no presentation context
+    fits them (their SOP class or syntax was not negotiated), or pacsman's Storage SCP refused
+    them.  Not congestion: retrying the same request on the same association cannot help.
+    ``result`` holds the counts and the Failed SOP Instance UID List."""
+
+    def __init__(self, message: str, result: RetrieveResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def _make_ae(peer: DicomPeer, abstract_syntaxes: Sequence[str]) -> AE:
@@ -174,10 +172,12 @@ def associate(
     abstract_syntaxes: Sequence[str],
     *,
     storage: StorageRole | None = None,
+    plan: StoragePlan | None = None,
 ) -> Iterator[Association]:
     """Open one association to ``peer`` proposing ``abstract_syntaxes``; release on exit.
 
-    ``storage`` also proposes storage contexts with the SCP role, for C-GET.
+    ``storage`` also proposes storage contexts with the SCP role, for C-GET: those of
+    ``plan``, or the first rung of :meth:`StorageRole.ladder`.
 
     Raises:
         AssociationRejected: transient reject, refused connection, abort or timeout.
@@ -185,13 +185,21 @@ def associate(
     """
     node = peer.node
     ae = _make_ae(peer, abstract_syntaxes)
+    proposed = list(ae.requested_contexts)
     roles: list[Any] = []
     handlers: list[Any] = []
     if storage is not None:
-        roles = storage.propose(ae, room=_MAX_CONTEXTS - len(abstract_syntaxes))
+        room = MAX_CONTEXTS - len(abstract_syntaxes)
+        storage_contexts, roles = storage.propose(plan or storage.ladder(room=room)[0])
+        proposed += storage_contexts
         handlers = [(evt.EVT_C_STORE, storage.handle_store)]
     assoc = ae.associate(
-        node.host, node.port, ae_title=node.called_ae_title, ext_neg=roles, evt_handlers=handlers
+        node.host,
+        node.port,
+        contexts=proposed,
+        ae_title=node.called_ae_title,
+        ext_neg=roles,
+        evt_handlers=handlers,
     )
     if assoc.is_rejected:
         raise _rejection(peer, assoc)
@@ -238,7 +246,11 @@ def _all_contexts_refused(peer: DicomPeer, assoc: Association) -> FatalError:
 
 
 class ReusedAssociation:
-    """One association kept open across many operations, and opened again after a fault."""
+    """One association kept open across many operations, and opened again after a fault.
+
+    With a :class:`StorageRole`, :meth:`get` may ask for another :class:`StoragePlan`: the
+    open association is then released and one proposing that plan is opened.
+    """
 
     def __init__(
         self,
@@ -248,20 +260,31 @@ class ReusedAssociation:
         storage: StorageRole | None = None,
     ) -> None:
         self.peer = peer
-        self._open = partial(associate, peer, abstract_syntaxes, storage=storage)
+        self.abstract_syntaxes = tuple(abstract_syntaxes)
+        self.storage = storage
+        self.plan: StoragePlan | None = None
         self._context: Any = None
         self._assoc: Association | None = None
 
-    def get(self) -> Association:
-        """The open association (opening it if needed).
+    @property
+    def room(self) -> int:
+        """How many storage contexts an association can propose beside its own."""
+        return MAX_CONTEXTS - len(self.abstract_syntaxes)
+
+    def get(self, plan: StoragePlan | None = None) -> Association:
+        """The open association (opening it if needed), proposing ``plan`` if one is given.
 
         Raises:
             AssociationRejected, FatalError: as :func:`associate`.
         """
-        if self._assoc is None or not self._assoc.is_established:
+        stale = plan is not None and plan != self.plan
+        if stale or self._assoc is None or not self._assoc.is_established:
             self.close()
-            self._context = self._open()
-            self._assoc = self._context.__enter__()
+            if plan is None and self.storage is not None:
+                plan = self.plan or self.storage.ladder(room=self.room)[0]
+            context = associate(self.peer, self.abstract_syntaxes, storage=self.storage, plan=plan)
+            self._assoc = context.__enter__()
+            self._context, self.plan = context, plan
         return self._assoc
 
     def close(self) -> None:
@@ -379,7 +402,10 @@ def retrieve(
     """One C-MOVE (to ``move_destination``) or, when it is ``None``, one C-GET.
 
     Raises:
-        TransientError: congestion (0xA70x), cancel, abort, or no final status.
+        TransientError: congestion (0xA70x with nothing to say which instances failed),
+            cancel, abort, or no final status.
+        SubOperationsFailed: a C-GET whose sub-operations failed (0xCxxx, or 0xA702 with a
+            Failed SOP Instance UID List or an Error Comment naming a presentation context).
         ItemFailed: the PACS refused this retrieve (0xA900, 0xCxxx, other failures).
         FatalError: unknown move destination (0xA801), SOP class not supported, or the model
             is not accepted.
@@ -400,43 +426,77 @@ def retrieve(
             if on_progress is not None:
                 on_progress(progress)
             continue
-        return _check_retrieve_final(
-            peer, code, progress, _failed_uids(answer), destination=move_destination
+        result = RetrieveResult(
+            code,
+            progress.completed,
+            progress.failed,
+            progress.warning,
+            _failed_uids(answer),
+            str(getattr(status, "ErrorComment", "") or "").strip(),
         )
+        return _check_retrieve_final(peer, result, destination=move_destination)
     raise TransientError(
         f"retrieve from PACS {peer.describe()} ended without a final status after "
         f"{last.completed or 0} completed sub-operation(s) (association aborted or timed out)"
     )
 
 
+#: Words of an Error Comment that blame negotiation, not load (Orthanc, DCMTK, pynetdicom).
+_CONTEXT_WORDS = ("presentation context", "sop class", "transfer syntax")
+
+
+def _blames_negotiation(result: RetrieveResult, *, get: bool) -> bool:
+    """Whether a failed retrieve failed for want of a presentation context, not from load.
+
+    A PACS that is merely busy refuses before it starts (0xA700-0xA702, no instance named).
+    One that tried each instance and could not send it names them in the Failed SOP Instance
+    UID List (PS3.4 C.4.3.1.3.2).  On a C-GET they could only have failed on this very
+    association, and a C-GET that fails "unable to process" (0xCxxx) is one whose
+    sub-operation found no context (Orthanc 1.10 says no more).  An Error Comment naming a
+    context, SOP class or transfer syntax says so outright.
+    """
+    code = result.status
+    if code != 0xA702 and not 0xC000 <= code <= 0xCFFF:
+        return False
+    comment = result.error_comment.lower()
+    if any(word in comment for word in _CONTEXT_WORDS):
+        return True
+    return get and (code != 0xA702 or bool(result.failed_sop_instance_uids))
+
+
 def _check_retrieve_final(
-    peer: DicomPeer,
-    code: int,
-    counts: RetrieveProgress,
-    failed_uids: tuple[str, ...],
-    *,
-    destination: str | None,
+    peer: DicomPeer, result: RetrieveResult, *, destination: str | None
 ) -> RetrieveResult:
+    code = result.status
     if code in (0x0000, 0x0001, 0xB000):
-        return RetrieveResult(code, counts.completed, counts.failed, counts.warning, failed_uids)
+        return result
     what = f"PACS {peer.describe()} answered the {'C-GET' if destination is None else 'C-MOVE'}"
+    said = f"{what} with {status_name(code)}" + (
+        f" ({result.error_comment})" if result.error_comment else ""
+    )
+    if _blames_negotiation(result, get=destination is None):
+        failed = result.failed or len(result.failed_sop_instance_uids) or "some"
+        message = f"{said}: the PACS could not send {failed} instance(s) to pacsman"
+        if destination is None:
+            raise SubOperationsFailed(message, result)
+        raise ItemFailed(message)
     if code in CONGESTION or code == 0xFE00:
-        raise TransientError(f"{what} with {status_name(code)}")
+        raise TransientError(said)
     if code == 0xA801:
         raise FatalError(
-            f"{what} with {status_name(code)}: the PACS does not know move destination "
+            f"{said}: the PACS does not know move destination "
             f"{destination!r}; ask its administrator to add AE {destination!r} with this host "
             "and local.port, or set local.ae_title to the AE title the PACS knows"
         )
     if code == 0x0122:
-        raise FatalError(f"{what} with {status_name(code)}; try retrieve_method: move/get")
+        raise FatalError(f"{said}; try retrieve_method: move/get")
     hint = ""
     if destination is not None and 0xC000 <= code <= 0xCFFF:
         hint = (
             f"; some PACSes (Orthanc) answer this way when they do not know move destination "
             f"{destination!r}"
         )
-    raise ItemFailed(f"{what} with {status_name(code)}{hint}")
+    raise ItemFailed(f"{said}{hint}")
 
 
 def store(peer: DicomPeer, assoc: Association, path: Path) -> int:

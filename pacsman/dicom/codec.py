@@ -33,6 +33,13 @@ DATASET_TYPE = 0x0800
 STATUS = 0x0900
 ERROR_COMMENT = 0x0902
 AFFECTED_SOP_INSTANCE = 0x1000
+MOVE_ORIGINATOR_AE_TITLE = 0x1030  # a C-STORE sent as a C-MOVE sub-operation (PS3.7 9.3.1.1)
+
+#: The longest command set pacsman takes (a C-STORE-RQ's is ~200 bytes); longer aborts.
+MAX_COMMAND_SET = 8 << 10
+#: The longest dataset pacsman holds in memory for a message it does not store (C-ECHO has
+#: none); longer aborts.  C-STORE datasets stream to disk instead.
+MAX_OTHER_DATASET = 64 << 10
 
 #: CommandDataSetType when no dataset follows; any other value means one does.
 NO_DATASET = 0x0101

@@ -1,12 +1,15 @@
-"""Find StudyInstanceUID and SeriesInstanceUID (or a few other early values) in raw bytes.
+"""Find the SOP, Study and Series UIDs (or a few other early values) in raw dataset bytes.
 
 A C-STORE'd dataset arrives as bytes in the negotiated transfer syntax.  Routing needs two
-UIDs from group 0020, which come long before the pixel data: this walks element headers
-from the start, skips values (and whole sequences), and stops at the first tag after
-(0020,000E).  Nothing is decoded, nothing is copied but the two values.
+UIDs from group 0020, and checking the C-STORE needs two from group 0008; all come long
+before the pixel data.  This walks element headers from the start, skips values (and whole
+sequences), and stops at the first tag after (0020,000E).  Nothing is decoded, nothing is
+copied but the values wanted.
 
-:func:`routing_uids` returns ``None`` when the bytes end before the answer is known, so a
-caller can retry with more bytes; a malformed header yields ``("", "")`` (unroutable).
+:func:`dataset_head` (and :func:`routing_uids`) return ``None`` when the bytes end before the
+answer is known, so a caller can retry with more bytes.  :class:`DatasetWalk` then follows
+the element headers of the rest of the dataset as it streams past, so that a dataset cut
+short (inside an element or a sequence) is told from a whole one without holding it.
 :func:`part10_values` does the same walk over the first bytes of a Part 10 file (the push
 stage reads StudyInstanceUID and SeriesNumber of every file it sends this way).
 """
@@ -19,10 +22,22 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16
+
 from pacsman.dicom.meta import LONG_VRS_BYTES
 
-__all__ = ["Syntax", "part10_values", "routing_uids", "syntax_of"]
+__all__ = [
+    "DatasetHead",
+    "DatasetWalk",
+    "Syntax",
+    "dataset_head",
+    "part10_values",
+    "routing_uids",
+    "syntax_of",
+]
 
+_SOP_CLASS_UID = 0x00080016
+_SOP_INSTANCE_UID = 0x00080018
 _STUDY_UID = 0x0020000D
 _SERIES_UID = 0x0020000E
 _ITEM = 0xFFFEE000
@@ -30,10 +45,12 @@ _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _MAX_DEPTH = 32
+_LOOKAHEAD = 32  # more than the longest element header (12 bytes)
 Bytes = bytes | bytearray | memoryview
 _RAW_LE, _RAW_BE = struct.Struct("<HHL"), struct.Struct(">HHL")
 _EXPLICIT_LE, _EXPLICIT_BE = struct.Struct("<HH2sH"), struct.Struct(">HH2sH")
 _U32_LE, _U32_BE = struct.Struct("<L"), struct.Struct(">L")
+_SHORT_VRS_BYTES = frozenset(str(vr.value).encode() for vr in EXPLICIT_VR_LENGTH_16)
 _GROUP_LE = struct.Struct("<H")
 
 _IMPLICIT = "1.2.840.10008.1.2"
@@ -44,6 +61,14 @@ _DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
 
 class _Malformed(Exception):
     """The bytes are not a dataset in the claimed transfer syntax."""
+
+
+class _Ended(struct.error):
+    """The bytes end before the walk is done; ``at_boundary`` if between two elements."""
+
+    def __init__(self, *, at_boundary: bool) -> None:
+        super().__init__("the bytes end before the last wanted tag")
+        self.at_boundary = at_boundary
 
 
 @dataclass(frozen=True)
@@ -130,18 +155,69 @@ class _Reader:
             pos = self.skip_value(length, value, implicit_items, depth)
 
 
-def _scan(reader: _Reader, found: dict[int, str], pos: int = 0) -> None:
+def _scan(reader: _Reader, found: dict[int, str], pos: int = 0) -> int:
+    """Fill ``found`` with top-level values; return where the first tag past them starts.
+
+    Raises:
+        _Ended: the bytes end first (``at_boundary`` if exactly between two elements).
+        _Malformed: a header that cannot be in this encoding.
+    """
     last = max(found)
-    while True:  # ends at the first tag past the last one wanted, or with struct.error
-        tag, length, value, implicit_items = reader.header(pos)
+    buffer = reader.buffer
+    end = len(buffer)
+    plain = not reader.implicit and reader.little
+    while pos < end:
+        try:
+            if plain:  # explicit VR little endian: most elements take the fast loop
+                pos, passed = _scan_plain(buffer, found, pos, last)
+                if passed:
+                    return pos
+                if pos >= end:
+                    break
+            tag, length, value, implicit_items = reader.header(pos)
+            if tag > last:
+                return pos
+            if tag in found and length != _UNDEFINED:
+                if value + length > end:
+                    raise struct.error("value runs past the end")
+                text = bytes(reader.buffer[value : value + length])
+                found[tag] = text.decode("ascii", errors="replace").rstrip("\0 ")
+            pos = reader.skip_value(length, value, implicit_items, 0)
+        except struct.error:
+            raise _Ended(at_boundary=False) from None
+    raise _Ended(at_boundary=pos == end)
+
+
+def _scan_plain(buffer: Bytes, found: dict[int, str], pos: int, last: int) -> tuple[int, bool]:
+    """:func:`_scan`'s loop for explicit VR little endian elements of defined length.
+
+    Returns where it stopped and whether that is past ``last``; it stops before any other
+    element (undefined length, an unknown VR, an item tag) and where fewer than 12 bytes
+    are left, for :func:`_scan`'s general step.
+    """
+    end = len(buffer)
+    unpack, u32 = _EXPLICIT_LE.unpack_from, _U32_LE.unpack_from
+    while pos + 12 <= end:
+        group, element, vr, length = unpack(buffer, pos)
+        tag = group << 16 | element
         if tag > last:
-            break
-        if tag in found and length != _UNDEFINED:
-            if value + length > len(reader.buffer):
+            return pos, True
+        if vr in LONG_VRS_BYTES:
+            (length,) = u32(buffer, pos + 8)
+            if length == _UNDEFINED:
+                return pos, False
+            value = pos + 12
+        elif vr in _SHORT_VRS_BYTES:
+            value = pos + 8
+        else:
+            return pos, False
+        if tag in found:
+            if value + length > end:
                 raise struct.error("value runs past the end")
-            text = bytes(reader.buffer[value : value + length])
+            text = bytes(buffer[value : value + length])
             found[tag] = text.decode("ascii", errors="replace").rstrip("\0 ")
-        pos = reader.skip_value(length, value, implicit_items, 0)
+        pos = value + length
+    return pos, False
 
 
 def _inflate(data: Bytes, limit: int) -> bytes:
@@ -151,27 +227,200 @@ def _inflate(data: Bytes, limit: int) -> bytes:
         return b""
 
 
+@dataclass(frozen=True)
+class DatasetHead:
+    """What the first bytes of a received dataset say (``""`` for a value not there).
+
+    ``whole`` is False when the bytes end inside an element (a dataset cut short) or are
+    not a dataset in the transfer syntax at all.  ``end`` is where the rest of the
+    dataset's top-level elements start, for a :class:`DatasetWalk` in ``syntax`` (the
+    encoding that read it, implicit VR for a sender that mislabels it); ``None`` for a
+    deflated dataset, which is not walked.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    whole: bool
+    end: int | None
+    syntax: Syntax
+
+
+def dataset_head(
+    data: Bytes, syntax: Syntax, *, final: bool, inflate_limit: int = 1 << 22
+) -> DatasetHead | None:
+    """Return the SOP Class/Instance, Study and Series UIDs from a dataset's first bytes.
+
+    ``data`` is the dataset (no file meta) as received.  Returns ``None`` if ``data`` ends
+    before the answer is known and ``final`` is false.  Deflated datasets are inflated up to
+    ``inflate_limit`` bytes.
+    """
+    buffer = _inflate(data, inflate_limit) if syntax.deflated else data
+    found = dict.fromkeys((_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_UID, _SERIES_UID), "")
+    whole = True
+    try:
+        end: int | None = _scan(
+            _Reader(buffer, implicit=syntax.implicit, little=syntax.little_endian), found
+        )
+    except _Ended as ended:
+        if not final:
+            return None
+        whole, end = ended.at_boundary, len(buffer)
+    except _Malformed:
+        if not syntax.implicit:  # tolerate a sender that mislabels implicit VR data
+            implicit = Syntax(True, True, syntax.deflated)
+            return dataset_head(data, implicit, final=final, inflate_limit=inflate_limit)
+        whole, end = False, None
+    return DatasetHead(
+        sop_class_uid=found[_SOP_CLASS_UID],
+        sop_instance_uid=found[_SOP_INSTANCE_UID],
+        study_instance_uid=found[_STUDY_UID],
+        series_instance_uid=found[_SERIES_UID],
+        whole=whole,
+        end=None if syntax.deflated else end,
+        syntax=syntax,
+    )
+
+
 def routing_uids(
     data: Bytes, syntax: Syntax, *, final: bool, inflate_limit: int = 1 << 22
 ) -> tuple[str, str] | None:
     """Return ``(StudyInstanceUID, SeriesInstanceUID)`` read from a dataset's first bytes.
 
-    ``data`` is the dataset (no file meta) as received.  Returns ``None`` if ``data`` ends
-    before both are known and ``final`` is false; a UID that is absent, or a header that is
-    malformed, comes back as ``""``.  Deflated datasets are inflated up to
-    ``inflate_limit`` bytes.
+    As :func:`dataset_head`: ``None`` if ``data`` ends before both are known and ``final``
+    is false; a UID that is absent, or a header that is malformed, comes back as ``""``.
     """
-    buffer = _inflate(data, inflate_limit) if syntax.deflated else data
-    found = {_STUDY_UID: "", _SERIES_UID: ""}
-    try:
-        _scan(_Reader(buffer, implicit=syntax.implicit, little=syntax.little_endian), found)
-    except struct.error:  # the bytes end early
-        if not final:
-            return None
-    except _Malformed:
-        if not syntax.implicit:  # tolerate a sender that mislabels implicit VR data
-            return routing_uids(data, Syntax(True, True, syntax.deflated), final=final)
-    return found[_STUDY_UID], found[_SERIES_UID]
+    head = dataset_head(data, syntax, final=final, inflate_limit=inflate_limit)
+    if head is None:
+        return None
+    return head.study_instance_uid, head.series_instance_uid
+
+
+def _skip_plain(buffer: Bytes, pos: int) -> int:
+    """Skip explicit VR little endian elements of defined length; return where the first
+    other element starts (or fewer than 12 bytes are left), for :class:`DatasetWalk`."""
+    end = len(buffer)
+    unpack, u32 = _EXPLICIT_LE.unpack_from, _U32_LE.unpack_from
+    while pos + 12 <= end:
+        _, _, vr, length = unpack(buffer, pos)
+        if vr in LONG_VRS_BYTES:
+            (length,) = u32(buffer, pos + 8)
+            if length == _UNDEFINED:
+                return pos
+            pos += 12 + length
+        elif vr in _SHORT_VRS_BYTES:
+            pos += 8 + length
+        else:
+            return pos
+    return pos
+
+
+class DatasetWalk:
+    """Follows a dataset's element headers as its bytes stream past: is it whole at the end?
+
+    Start it where :func:`dataset_head` stopped (``DatasetHead.end``) and :meth:`feed` it
+    every byte of the dataset from the start, in order, in chunks of any size.  Values are
+    skipped without being looked at, so a large pixel data chunk costs one comparison;
+    undefined-length sequences, items and encapsulated pixel data are followed to their
+    delimiters.  Only a header cut by a chunk boundary (at most 12 bytes) is copied.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_carry",
+        "_implicit",
+        "_little",
+        "_plain",
+        "_pos",
+        "_readers",
+        "_seen",
+        "_stack",
+    )
+
+    def __init__(self, syntax: Syntax, *, start: int) -> None:
+        self._little = syntax.little_endian
+        self._readers: dict[bool, _Reader] = {}  # made when first needed
+        self._implicit = syntax.implicit
+        self._plain = not syntax.implicit and syntax.little_endian  # the fast loop applies
+        self._pos = start  # where the next header starts, counted from the dataset's start
+        self._seen = 0  # bytes fed so far
+        self._carry = b""  # the start of a header cut by the end of the last chunk
+        self._stack: list[tuple[bool, bool]] = []  # (in a sequence, implicit VR) per level
+        self._broken = False
+
+    @property
+    def whole(self) -> bool:
+        """True if the bytes fed so far end exactly after a whole top-level element."""
+        return not (self._broken or self._stack or self._carry) and self._pos == self._seen
+
+    def feed(self, chunk: Bytes) -> None:
+        """Take the next bytes of the dataset."""
+        base = self._seen
+        self._seen = end = base + len(chunk)
+        if self._pos >= end or self._broken:
+            return
+        if self._carry:  # finish the cut header from the carried bytes and the new ones
+            head = self._carry + bytes(chunk[:_LOOKAHEAD])
+            start, self._carry = self._pos, b""
+            self._walk(head, start, last=len(chunk) <= _LOOKAHEAD)
+            if self._carry or not base <= self._pos < end:
+                return
+        self._walk(chunk, base, last=True)
+
+    def _walk(self, buffer: Bytes, base: int, *, last: bool) -> None:
+        size = len(buffer)
+        while not self._broken:
+            offset = self._pos - base
+            if offset >= size:
+                return
+            try:
+                if self._plain and not self._stack:
+                    offset = _skip_plain(buffer, offset)
+                    self._pos = base + offset
+                    if offset >= size:
+                        return
+                self._pos = base + self._step(buffer, offset)
+            except struct.error:  # the header runs past this buffer
+                if last:
+                    self._carry = bytes(buffer[offset:])
+                return
+            except _Malformed:
+                self._broken = True
+
+    def _step(self, buffer: Bytes, offset: int) -> int:
+        """Read the header at ``offset``; return where the next one starts."""
+        stack = self._stack
+        implicit = stack[-1][1] if stack else self._implicit
+        reader = self._readers.get(implicit)
+        if reader is None:
+            reader = self._readers[implicit] = _Reader(
+                buffer, implicit=implicit, little=self._little
+            )
+        reader.buffer = buffer
+        if stack and stack[-1][0]:  # in a sequence: an item, or the sequence's end
+            tag, length, value = reader.raw_header(offset)
+            if tag == _SEQUENCE_END:
+                stack.pop()
+            elif tag != _ITEM:
+                raise _Malformed
+            elif length == _UNDEFINED:
+                stack.append((False, implicit))
+            else:
+                value += length  # a defined-length item, or a pixel data fragment
+            return value
+        tag, length, value, implicit_items = reader.header(offset)
+        if tag == _ITEM_END:
+            if not stack:
+                raise _Malformed
+            stack.pop()
+            return value
+        if length != _UNDEFINED:
+            return value + length
+        if len(stack) >= _MAX_DEPTH:
+            raise _Malformed
+        stack.append((True, implicit or implicit_items))
+        return value
 
 
 def _meta_end(buffer: Bytes) -> tuple[str, int]:

@@ -38,14 +38,23 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import AddressInformation, AssociationSocket
+from pynetdicom.transport import (
+    AddressInformation,
+    AssociationServer,
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
 
 __all__ = [
     "CHECKED_PYDICOM",
     "CHECKED_PYNETDICOM",
+    "AdmittingRequestHandler",
     "NoDelayAE",
     "abort_invalid_pdu",
     "accepted_transfer_syntax",
+    "admission_supported",
+    "adopt_socket",
     "cheaply_copied_context",
     "chunked_dataset_path",
     "connection_closed",
@@ -55,11 +64,13 @@ __all__ = [
     "input_check",
     "installed_pynetdicom",
     "is_established_state",
+    "make_server",
     "raw_socket",
     "reactor_has_work",
     "read_pdu",
     "restart_idle_timer",
     "send_pdu",
+    "serve_in_background",
     "set_input_check",
     "set_reactor_sleep",
     "set_unvalidated",
@@ -173,7 +184,8 @@ class _CheapCopyContext(PresentationContext):
     """A presentation context that pynetdicom can copy cheaply (see below)."""
 
     # pynetdicom 3.0.4: the acceptor's contexts are deep-copied for every association; with
-    # 170 SOP classes x 32 transfer syntaxes that took ~80 ms of CPU per association.  The
+    # 170 SOP classes x 32 transfer syntaxes that took ~80 ms of CPU per association.  So are
+    # the requestor's (AE.associate): a C-GET's 126 storage contexts took ~0.2 s.  The
     # only mutable attribute is the transfer syntax list (``_transfer_syntax``); UIDs are
     # immutable strings.  Every list attribute is copied, so a new one stays unshared.
     def __deepcopy__(self, memo: dict[int, Any]) -> _CheapCopyContext:
@@ -187,7 +199,8 @@ class _CheapCopyContext(PresentationContext):
 def cheaply_copied_context(
     abstract_syntax: str, transfer_syntaxes: Sequence[str]
 ) -> PresentationContext:
-    """A :class:`PresentationContext` for an acceptor, cheap for pynetdicom to copy."""
+    """A :class:`PresentationContext` (an acceptor's, or a requestor's passed to
+    ``AE.associate(contexts=...)``), cheap for pynetdicom to copy."""
     context = _CheapCopyContext()
     context.abstract_syntax = abstract_syntax
     context.transfer_syntax = list[str | bytes | UID](transfer_syntaxes)
@@ -199,6 +212,95 @@ def chunked_dataset_path(request: C_STORE) -> Path | None:
     # pynetdicom 3.0.4: C_STORE._dataset_path, a Part 10 file (meta first), else None.
     path = getattr(request, "_dataset_path", None)
     return path if isinstance(path, Path) else None
+
+
+# -- the acceptor's connections (pynetdicom 3.0.4: pynetdicom/transport.py and ae.py) -----
+# Not a speed-up: the Storage SCP's admission (pacsman.dicom._admission) on any version
+# where admission_supported() is True; elsewhere the SCP starts pynetdicom's own server.
+
+
+class AdmittingRequestHandler(RequestHandler):
+    """pynetdicom's request handler, with a step before the association and one inside it.
+
+    :meth:`admit` runs first, in the connection's own thread, before any association
+    exists; False creates none (the admitter has closed the socket).  :meth:`prepare` gets
+    each new association once its socket is set, before ``EVT_CONN_OPEN`` and its threads.
+    """
+
+    def handle(self) -> None:
+        """Admit the connection, then let pynetdicom create and start the association."""
+        if self.admit():
+            super().handle()
+
+    def admit(self) -> bool:
+        """Decide on the connection before any association exists (default: admit)."""
+        return True
+
+    def prepare(self, assoc: Association) -> None:
+        """Adjust a new association before ``EVT_CONN_OPEN`` (default: nothing)."""
+
+    # pynetdicom 3.0.4: RequestHandler.handle() calls self._create_association(), which
+    # returns the acceptor Association with its AssociationSocket set, then triggers
+    # EVT_CONN_OPEN and starts the association's thread.
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        self.prepare(assoc)
+        return assoc
+
+
+def admission_supported() -> bool:
+    """True if pynetdicom's request handler has the step :class:`AdmittingRequestHandler`
+    builds on (pynetdicom 3.0.4: ``RequestHandler._create_association``)."""
+    return callable(getattr(RequestHandler, "_create_association", None))
+
+
+def adopt_socket(assoc: Association, cls: type[AssociationSocket]) -> AssociationSocket:
+    """Make the association's AssociationSocket an instance of ``cls`` and return it.
+
+    ``cls`` must subclass :class:`AssociationSocket` and only override methods and
+    properties (instance attributes it adds are set by the caller).
+    """
+    # pynetdicom 3.0.4: Association.set_socket() refuses a second socket, and wrapping the
+    # accepted socket in a new AssociationSocket would queue Evt5 (connection open) twice;
+    # Association.dul.socket is the AssociationSocket set by RequestHandler.
+    transport = assoc.dul.socket
+    if not isinstance(transport, AssociationSocket):
+        raise RuntimeError("adopt_socket() needs an association whose socket is set")
+    transport.__class__ = cls
+    return transport
+
+
+def make_server(
+    ae: ApplicationEntity,
+    address: tuple[str, int],
+    *,
+    server_class: type[ThreadedAssociationServer],
+    request_handler: type[RequestHandler],
+    contexts: list[PresentationContext],
+    evt_handlers: list[Any],
+    ssl_context: Any = None,
+) -> ThreadedAssociationServer:
+    """A bound, listening server of ``server_class`` whose connections ``request_handler``
+    handles (public API: ``AE.make_server`` passes ``request_handler`` to the server)."""
+    server: AssociationServer = ae.make_server(
+        address,
+        contexts=contexts,
+        ssl_context=ssl_context,
+        evt_handlers=evt_handlers,
+        server_class=server_class,
+        request_handler=request_handler,
+    )
+    assert isinstance(server, server_class)
+    return server
+
+
+def serve_in_background(ae: ApplicationEntity, server: ThreadedAssociationServer) -> None:
+    """Serve on a daemon thread, stopped by ``ae.shutdown()`` as ``AE.start_server``'s are."""
+    # pynetdicom 3.0.4: AE.start_server(block=False) starts serve_forever() on a daemon
+    # thread and appends the server to AE._servers, which AE.shutdown() stops.
+    name = f"AcceptorServer@{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    ae._servers.append(server)
 
 
 # -- the reactor race, pynetdicom #875 (any version with the same queue) -------------------

@@ -1,8 +1,16 @@
 """pacsman's own Storage SCP: receives C-MOVE/C-GET results straight to disk.
 
-* **Who may store.**  Only the calling AE titles it is given; anyone else gets an
-  A-ASSOCIATE-RJ (permanent, calling AE title not recognised), logged as
-  ``association_rejected`` with the AE title and peer address.  It listens on one address.
+* **Who may store.**  Only the calling AE titles it is given, calling it by its own AE
+  title (unless ``accept_any_called_ae_title``); anyone else gets an A-ASSOCIATE-RJ
+  (permanent, calling AE title not recognised, or called AE title not recognised), logged
+  as ``association_rejected`` with the AE titles and peer address.  It listens on one
+  address.
+* **Hostile peers.**  A connection becomes an association only once its whole
+  A-ASSOCIATE-RQ has arrived, in time and within size, and no address holds more than its
+  share of connections (:mod:`pacsman.dicom._admission`); command sets, PDUs and datasets
+  held in memory are capped; a dataset must be whole and carry the SOP Class/Instance UIDs
+  of its command, and unsolicited instances are refused or kept under a quota
+  (:class:`InstanceWriter`).  See README "Security".
 * **How.**  Each instance goes to disk as received -- no decode, no re-encode, compressed
   pixel data stays compressed -- under a temporary name, then renamed atomically
   (:class:`InstanceWriter`).  A full disk answers 0xA700 and leaves no partial file.
@@ -19,6 +27,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Collection
 from typing import Any, Self
 
@@ -31,12 +40,15 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from pacsman.closing import Started
 from pacsman.dicom import hooks
+from pacsman.dicom._admission import Admission, AdmissionHandler, AdmissionServer
 from pacsman.dicom._store_fast import install
 from pacsman.dicom._writer import InstanceWriter, StoredInstance
 from pacsman.errors import FatalError
 from pacsman.layout import default_labels, safe_component, series_directory
 
 __all__ = [
+    "DEFAULT_ASSOCIATION_REQUEST_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS_PER_ADDRESS",
     "STORAGE_SOP_CLASSES",
     "TRANSFER_SYNTAXES",
     "InstanceWriter",
@@ -96,6 +108,11 @@ VERIFICATION = "1.2.840.10008.1.1"
 _REJECTED_PERMANENT = 0x01
 _SOURCE_SERVICE_USER = 0x01
 _CALLING_AE_NOT_RECOGNISED = 0x03
+_CALLED_AE_NOT_RECOGNISED = 0x07
+#: Seconds a new connection has to deliver its whole A-ASSOCIATE-RQ.
+DEFAULT_ASSOCIATION_REQUEST_TIMEOUT = 5.0
+#: Connections (waiting or associated) one peer address may hold at once.
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 8
 
 _log = structlog.get_logger("pacsman.dicom.scp")
 
@@ -105,10 +122,13 @@ class StorageSCP(Started):
 
     ``port=0`` lets the OS choose; :attr:`port` holds the real port once started.
     ``allowed_calling_ae_titles`` is enforced as given: an empty collection rejects everyone
-    (the caller passes the PACS nodes' AE titles when the config lists none).  Timeouts are
-    in seconds; ``network_timeout`` is how long an association may sit idle, which must
-    outlast the pauses of a slow PACS mid-move.  ``fast_path=False`` leaves every message to
-    pynetdicom (with :meth:`InstanceWriter.handle_store`), for comparison and debugging.
+    (the caller passes the PACS nodes' AE titles when the config lists none); the called AE
+    title must be ``ae_title`` unless ``accept_any_called_ae_title``.  Timeouts are in
+    seconds; ``network_timeout`` is how long an association may sit idle, which must outlast
+    the pauses of a slow PACS mid-move; ``association_request_timeout`` is how long a new
+    connection has to send its A-ASSOCIATE-RQ.  ``max_connections_per_address`` caps the
+    connections of one peer address.  ``fast_path=False`` leaves every message to pynetdicom
+    (with :meth:`InstanceWriter.handle_store`), for comparison and debugging.
     """
 
     def __init__(
@@ -124,6 +144,10 @@ class StorageSCP(Started):
         network_timeout: float = 600.0,
         maximum_pdu_size: int = DEFAULT_MAXIMUM_PDU,
         maximum_associations: int = 10,
+        association_request_timeout: float = DEFAULT_ASSOCIATION_REQUEST_TIMEOUT,
+        max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        accept_any_called_ae_title: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
         fast_path: bool = True,
     ) -> None:
         self.writer = writer
@@ -137,6 +161,14 @@ class StorageSCP(Started):
         self._ae.network_timeout = network_timeout
         self._ae.maximum_pdu_size = maximum_pdu_size
         self._ae.maximum_associations = maximum_associations
+        self.accept_any_called_ae_title = accept_any_called_ae_title
+        self.ssl_context = ssl_context
+        self._admission = Admission(
+            self._ae,
+            request_timeout=association_request_timeout,
+            max_per_address=max_connections_per_address,
+            network_timeout=network_timeout,
+        )
         self._fast_path = fast_path
         self._server: ThreadedAssociationServer | None = None
         self._contexts = _contexts()
@@ -150,19 +182,13 @@ class StorageSCP(Started):
         if self._server is not None:
             return self
         try:
-            server = self._ae.start_server(
-                (self.bind_host, self.port),
-                block=False,
-                evt_handlers=self._handlers(),
-                contexts=self._contexts,
-            )
+            server = self._listen()
         except OSError as exc:
             raise FatalError(
                 f"the Storage SCP cannot listen on {self.bind_host}:{self.port} "
                 f"(AE {self.ae_title}): {exc.strerror or exc}; stop whatever uses that port "
                 "or set local.port / local.bind_host in the config"
             ) from exc
-        assert server is not None  # block=False returns the running server
         self._server = server
         self.port = int(server.server_address[1])
         _log.info("scp_started", ae_title=self.ae_title, host=self.bind_host, port=self.port)
@@ -172,8 +198,36 @@ class StorageSCP(Started):
         """Stop listening and abort associations still open (their partial files go)."""
         server, self._server = self._server, None
         if server is not None:
+            self._admission.close_all()
             self._ae.shutdown()  # aborts open associations; takes up to 0.5 s (accept poll)
             _log.info("scp_stopped", ae_title=self.ae_title, port=self.port)
+
+    def _listen(self) -> ThreadedAssociationServer:
+        """A running server: pacsman's admission where pynetdicom allows it, else its own."""
+        address = (self.bind_host, self.port)
+        if not hooks.admission_supported():
+            server = self._ae.start_server(
+                address,
+                block=False,
+                ssl_context=self.ssl_context,
+                evt_handlers=self._handlers(),
+                contexts=self._contexts,
+            )
+            assert server is not None  # block=False returns the running server
+            return server
+        server = hooks.make_server(
+            self._ae,
+            address,
+            server_class=AdmissionServer,
+            request_handler=AdmissionHandler,
+            contexts=self._contexts,
+            evt_handlers=self._handlers(),
+            ssl_context=self.ssl_context,
+        )
+        assert isinstance(server, AdmissionServer)
+        server.admission = self._admission
+        hooks.serve_in_background(self._ae, server)
+        return server
 
     def _handlers(self) -> list[Any]:
         return [
@@ -196,19 +250,26 @@ class StorageSCP(Started):
         assoc = event.assoc
         request = assoc.requestor.primitive
         calling = str(getattr(request, "calling_ae_title", "")).strip()
-        if calling in self.allowed_calling_ae_titles:
+        called = str(getattr(request, "called_ae_title", "")).strip()
+        if calling not in self.allowed_calling_ae_titles:
+            reason, diagnostic = "calling AE title not allowed", _CALLING_AE_NOT_RECOGNISED
+            fix = "add it to local.allowed_calling_ae_titles if it is a PACS of yours"
+        elif called != self.ae_title.strip() and not self.accept_any_called_ae_title:
+            reason, diagnostic = "called AE title is not ours", _CALLED_AE_NOT_RECOGNISED
+            fix = f"the peer must call {self.ae_title!r} (local.ae_title)"
+        else:
             return
         address = assoc.requestor.address_info
         _log.warning(
             "association_rejected",
-            reason="calling AE title not allowed",
+            reason=reason,
             calling_ae_title=calling,
+            called_ae_title=called,
             peer=f"{address.address}:{address.port}" if address else "unknown",
             allowed=sorted(self.allowed_calling_ae_titles),
+            fix=fix,
         )
-        assoc.acse.send_reject(
-            _REJECTED_PERMANENT, _SOURCE_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED
-        )
+        assoc.acse.send_reject(_REJECTED_PERMANENT, _SOURCE_SERVICE_USER, diagnostic)
         assoc.kill()  # as pynetdicom does: returns once the A-ASSOCIATE-RJ is on the wire
 
 

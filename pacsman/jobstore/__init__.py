@@ -1,12 +1,17 @@
 """The job store: SQLite (stdlib) state for runs, rows, studies, series and pushes.
 
-A *run* is one query file (by content hash) plus one effective config (by hash): the same
-command run again finds the same run and resumes it.  Every change of state is one call and
+A *run* is one query file's rows plus one effective config (by hash): the same command run
+again finds the same run and resumes it.  Runs and rows are keyed by the normalized row
+values (:mod:`pacsman.jobstore._keys`), never by line numbers: a blank line or re-ordered
+rows give the same run, and each row keeps its state under its new line number.  Every
+change of state is one call and
 one transaction, and is also appended to ``transitions`` so an operator can read what
 happened.  Each series' raw and de-identified directories are recorded too, so every step
 reads where its input is instead of working it out again.  Opening a store brings its schema
 to :data:`SCHEMA_VERSION` (see :mod:`pacsman.jobstore._schema`).  The file is created with
-mode 0600: it holds patient identifiers.
+mode 0600, and its missing folders 0700: it holds patient identifiers.  Any problem with the
+file (not a database, read-only, a folder, disk full) is a
+:class:`~pacsman.errors.JobStoreError` naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from typing import Any
 import structlog
 
 from pacsman.errors import InputError
+from pacsman.jobstore._errors import folder_error, raise_for_file, store_error
+from pacsman.jobstore._keys import row_keys, run_key
 from pacsman.jobstore._schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -38,6 +45,7 @@ from pacsman.jobstore._schema import (
     SeriesPlace,
     recorded_directory,
 )
+from pacsman.layout import open_private, private_directory
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
 
 __all__ = [
@@ -66,23 +74,40 @@ class JobStore:
     """SQLite-backed state.  Use as a context manager; one per process, shared by its threads."""
 
     def __init__(self, path: Path) -> None:
+        """Open (or create) the store at ``path`` and bring its schema up to date.
+
+        Raises:
+            JobStoreError: the file cannot be used; the message says why and how to fix it.
+            InputError: the store was written by a newer pacsman.
+        """
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
-        self._db = sqlite3.connect(
-            path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
         self._lock = threading.RLock()
+        if path.is_dir():
+            raise folder_error(path)
         try:
-            self._migrate()
+            private_directory(path.parent)
+            if not path.exists():
+                os.close(open_private(path, os.O_CREAT | os.O_WRONLY))
+            self._db = sqlite3.connect(
+                path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise store_error(path, exc) from exc
+        try:
+            self._open()
         except BaseException:
             self._db.close()
             raise
+
+    def _open(self) -> None:
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise_for_file(self.path, exc)
+            raise
+        self._migrate()
 
     def _migrate(self) -> None:
         """Apply every migration newer than the store, all in one transaction.
@@ -121,20 +146,34 @@ class JobStore:
         self._db.close()
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        """One SELECT, under the same lock as the writers (threads share this connection)."""
+        """One SELECT, under the same lock as the writers (threads share this connection).
+
+        Raises:
+            JobStoreError: the file cannot be read.
+        """
         with self._lock:
-            return self._db.execute(sql, params).fetchall()
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise_for_file(self.path, exc)
+                raise
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; a problem with the file in it becomes a :class:`JobStoreError`."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back already
+                        self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise_for_file(self.path, exc)
                 raise
-            self._db.execute("COMMIT")
 
     def _transition(
         self, db: sqlite3.Connection, run_id: int, kind: str, key: str, state: str, detail: str
@@ -156,43 +195,101 @@ class JobStore:
         run_id_, queryfile, created = found[0]
         return Run(int(run_id_), str(queryfile), str(created), resumed=True)
 
-    def open_run(self, queryfile: QueryFile, config_sha256: str) -> Run:
-        """Find the run for this query file and config, or create it."""
+    def open_run(
+        self,
+        queryfile: QueryFile,
+        config_sha256: str,
+        *,
+        default_pacs: str = "",
+        new_run: bool = False,
+    ) -> Run:
+        """Find the run for these rows and this config, or create it.
+
+        The run key comes from the rows' values (each row's PACS node is its own, else
+        ``default_pacs``): see :mod:`pacsman.jobstore._keys`.  A run recorded by a release
+        before keys, for the same file bytes, is found and given its key.  With ``new_run``,
+        a run found is retired (kept, never resumed) and a new one starts.
+        """
+        pairs = [(row, row.pacs or default_pacs) for row in queryfile.rows]
+        key = run_key(row_keys(pairs))
         with self._tx() as db:
             found = db.execute(
-                "SELECT id, queryfile, created_at FROM runs "
-                "WHERE queryfile_sha256 = ? AND config_sha256 = ?",
-                (queryfile.sha256, config_sha256),
+                "SELECT id, queryfile, created_at FROM runs WHERE config_sha256 = ? "
+                "AND retired_at = '' AND queryfile_sha256 IN (?, ?) "
+                "ORDER BY queryfile_sha256 = ? DESC, id LIMIT 1",
+                (config_sha256, key, queryfile.sha256, key),
             ).fetchone()
-            if found:
+            if found and new_run:
+                self._retire(db, int(found[0]))
+            elif found:
+                db.execute("UPDATE runs SET queryfile_sha256 = ? WHERE id = ?", (key, found[0]))
                 return Run(found[0], found[1], found[2], resumed=True)
             created = _now()
             cursor = db.execute(
                 "INSERT INTO runs(queryfile, queryfile_sha256, config_sha256, created_at) "
                 "VALUES (?,?,?,?)",
-                (str(queryfile.path), queryfile.sha256, config_sha256, created),
+                (str(queryfile.path), key, config_sha256, created),
             )
             run_id = int(cursor.lastrowid or 0)
             self._transition(db, run_id, "run", str(run_id), "CREATED", str(queryfile.path))
             return Run(run_id, str(queryfile.path), created, resumed=False)
 
+    def _retire(self, db: sqlite3.Connection, run_id: int) -> None:
+        db.execute(
+            "UPDATE runs SET retired_at = ?, queryfile_sha256 = queryfile_sha256 || ? WHERE id = ?",
+            (_now(), f"/retired-{run_id}", run_id),
+        )
+        self._transition(db, run_id, "run", str(run_id), "RETIRED", "--new-run")
+        _log.info("run_retired", retired_run=run_id)
+
     def add_rows(self, run: Run, rows: Sequence[tuple[QueryRow, str]]) -> None:
-        """Record (row, PACS node name) pairs as PENDING; rows already known are kept."""
+        """Record (row, PACS node name) pairs as PENDING; rows already known are kept.
+
+        A known row is found by its key, whatever its line: when the file gained a blank
+        line or its rows were re-ordered, the row (with its studies and series) takes its
+        new line number.
+        """
+        keys = row_keys(rows)
         with self._tx() as db:
-            for row, pacs in rows:
-                db.execute(
-                    "INSERT OR IGNORE INTO rows(run_id, line, pacs, subject, session, keys_json, "
-                    "state) VALUES (?,?,?,?,?,?,?)",
-                    (
-                        run.id,
-                        row.line,
-                        pacs,
-                        row.subject,
-                        row.session,
-                        json.dumps(dict(row.keys), sort_keys=True),
-                        ItemState.PENDING.value,
-                    ),
-                )
+            known = db.execute("SELECT line, row_key FROM rows WHERE run_id = ?", (run.id,))
+            by_key, unkeyed = {}, set()
+            for line, key in known.fetchall():
+                if key:
+                    by_key[key] = int(line)
+                else:
+                    unkeyed.add(int(line))
+            moves: dict[int, int] = {}
+            for (row, pacs), key in zip(rows, keys, strict=True):
+                line = by_key.get(key)
+                if line is not None:
+                    if line != row.line:
+                        moves[line] = row.line
+                elif row.line in unkeyed:  # recorded before keys: same file bytes, same line
+                    db.execute(
+                        "UPDATE rows SET row_key = ? WHERE run_id = ? AND line = ?",
+                        (key, run.id, row.line),
+                    )
+                else:
+                    self._insert_row(db, run, row, pacs, key)
+            _renumber(db, run, moves)
+
+    def _insert_row(
+        self, db: sqlite3.Connection, run: Run, row: QueryRow, pacs: str, key: str
+    ) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO rows(run_id, line, pacs, subject, session, keys_json, "
+            "state, row_key) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                run.id,
+                row.line,
+                pacs,
+                row.subject,
+                row.session,
+                json.dumps(dict(row.keys), sort_keys=True),
+                ItemState.PENDING.value,
+                key,
+            ),
+        )
 
     def row_states(self, run: Run) -> dict[int, ItemState]:
         """The state of every row of ``run``, by line."""
@@ -323,7 +420,7 @@ class JobStore:
             "se.pacs, se.series_instance_uid, se.study_instance_uid, se.state, st.patient_id, "
             "st.study_date, COALESCE(r.subject, ''), COALESCE(r.session, ''), "
             "se.series_number, se.series_description, se.raw_directory, se.anonymization, "
-            "se.xnat_subject, se.xnat_session, se.anonymized_directory",
+            "se.xnat_subject, se.xnat_session, se.anonymized_directory, se.expected_instances",
         )
         return [
             SeriesPlace(
@@ -342,9 +439,46 @@ class JobStore:
                 xnat_subject=str(r[12]),
                 xnat_session=str(r[13]),
                 anonymized_directory=_path(r[14]),
+                expected_instances=_count(r[15]),
             )
             for r in rows
         ]
+
+    def recorded_elsewhere(self, run: Run, placed: Sequence[tuple[SeriesPlace, Path]]) -> set[str]:
+        """The SeriesInstanceUIDs of ``placed`` that another run records in the same folder.
+
+        Files found there were put there by a run this job store knows, not by something
+        it lost.
+        """
+        known = set()
+        for series, directory in placed:
+            found = self._read(
+                "SELECT 1 FROM series WHERE series_instance_uid = ? AND pacs = ? "
+                "AND run_id != ? AND raw_directory = ? LIMIT 1",
+                (series.series_instance_uid, series.pacs, run.id, str(directory)),
+            )
+            if found:
+                known.add(series.series_instance_uid)
+        return known
+
+    def record_adopted(self, run: Run, adopted: Sequence[tuple[SeriesPlace, int, str]]) -> None:
+        """Record series found complete on disk as COMPLETE: (series, instances, detail)."""
+        with self._tx() as db:
+            for series, received, detail in adopted:
+                db.execute(
+                    "UPDATE series SET state = ?, detail = ?, received_instances = ? "
+                    "WHERE run_id = ? AND pacs = ? AND series_instance_uid = ?",
+                    (
+                        ItemState.COMPLETE.value,
+                        detail,
+                        received,
+                        run.id,
+                        series.pacs,
+                        series.series_instance_uid,
+                    ),
+                )
+                uid = series.series_instance_uid
+                self._transition(db, run.id, "series", uid, ItemState.COMPLETE.value, detail)
 
     def series_for_retrieve(self, run: Run) -> list[RetrieveSeries]:
         """Every series of ``run`` (settled or not: a study is complete when all are)."""
@@ -566,6 +700,22 @@ class JobStore:
             study = StudyMatch(r[0], r[1], "", r[2], r[3], r[4], r[5])
             records.append(_info_record(base, study, r))
         return records
+
+
+def _renumber(db: sqlite3.Connection, run: Run, moves: dict[int, int]) -> None:
+    """Give rows (and their studies and series) their new line numbers, old -> new.
+
+    Two steps (first to ``-new``, then to ``new``), so no line is held twice on the way.
+    """
+    if not moves:
+        return
+    for table in ("rows", "studies", "series"):
+        for old, new in moves.items():
+            db.execute(
+                f"UPDATE {table} SET line = ? WHERE run_id = ? AND line = ?", (-new, run.id, old)
+            )
+        db.execute(f"UPDATE {table} SET line = -line WHERE run_id = ? AND line < 0", (run.id,))
+    _log.info("rows_renumbered", rows=len(moves))
 
 
 def _schema_version(db: sqlite3.Connection) -> int:

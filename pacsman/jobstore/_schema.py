@@ -5,6 +5,12 @@ The schema is an ordered list of :class:`Migration`: a store records the version
 transaction.  Statements are plain SQL that SQLite and PostgreSQL both accept, so a later
 backend replays the same list.  Versions 2 and 3 were never released: the release that added
 the retrieve verdicts, de-identification and pushes recorded version 4.
+
+Since version 6, ``runs.queryfile_sha256`` holds the run key (the hash of the normalized
+rows, :mod:`pacsman.jobstore._keys`), not the hash of the file's bytes; a run recorded by
+an earlier release is found by its bytes once more and then given its run key.  A run
+started over with ``--new-run`` is retired: ``retired_at`` is set and ``/retired-<id>`` is
+appended to its key, so it is kept but never resumed.
 """
 
 from __future__ import annotations
@@ -111,11 +117,19 @@ _VERSION_5 = (
     "ALTER TABLE series ADD COLUMN anonymized_directory TEXT NOT NULL DEFAULT ''",
 )
 
+_VERSION_6 = (
+    "ALTER TABLE runs ADD COLUMN retired_at TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE rows ADD COLUMN row_key TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX IF NOT EXISTS rows_by_key ON rows(run_id, row_key)",
+    "CREATE INDEX IF NOT EXISTS series_by_uid ON series(series_instance_uid)",
+)
+
 #: Every schema change, oldest first.  Append only: a released migration never changes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, query rows, studies, series and the transition log", _VERSION_1),
     Migration(4, "retrieve verdicts, de-identification outcomes and pushes", _VERSION_4),
     Migration(5, "each series' raw and de-identified directory", _VERSION_5),
+    Migration(6, "run and row keys from the normalized rows; retired runs", _VERSION_6),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -174,6 +188,7 @@ class SeriesPlace:
     xnat_subject: str
     xnat_session: str
     anonymized_directory: Path | None
+    expected_instances: int | None = None
 
 
 @dataclass(frozen=True)

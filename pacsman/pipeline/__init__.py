@@ -11,6 +11,11 @@ there; they share nothing else but :mod:`pacsman.layout`.  De-identification and
 always run in the de-identify/push process (:mod:`pacsman.pipeline.background`), beside
 retrieval.  Rows and series already settled in the job store are not worked on again, so a
 killed run resumes where it stopped.
+
+Before any C-MOVE, series folders that already hold DICOM files are checked (:mod:`._disk`):
+files no run of the job store put there (the store was lost, emptied or replaced) stop the
+run with the folders named, unless ``--adopt-existing`` (adopt those whose count matches
+C-FIND) or ``--new-run`` (retrieve again on purpose) is given.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -30,6 +35,7 @@ from pacsman.errors import InputError
 from pacsman.jobstore import JobStore, Run
 from pacsman.layout import anonymized_series_directory, raw_series_directories
 from pacsman.models import ItemState, QueryFile
+from pacsman.pipeline._disk import settle_series_on_disk
 from pacsman.pipeline.background import DeidentifyPushProcess, Request
 from pacsman.pipeline.query import query_pending
 from pacsman.pipeline.report import info_path, write_info_csv
@@ -58,6 +64,10 @@ class RunOptions:
     push: TargetKind | None = None
     workers: int = 1
     pacs: str | None = None
+    #: Adopt series found complete on disk that the job store does not know (--adopt-existing).
+    adopt_existing: bool = False
+    #: Start a new run even when the job store has one for these rows (--new-run).
+    new_run: bool = False
 
     @property
     def deidentify(self) -> bool:
@@ -83,6 +93,8 @@ class RunSummary:
     series_states: dict[str, int] = field(default_factory=dict)
     received_instances: int = 0
     failed_lines: tuple[int, ...] = ()
+    #: Series found complete on disk and recorded without retrieving them, by this run.
+    adopted: int = 0
 
     @property
     def ok(self) -> bool:
@@ -131,21 +143,27 @@ def run_queryfile(
         FatalError: a PACS or the target rejects pacsman for good, or the de-identify/push
             process stopped; the run stops, state is kept.
     """
-    queryfile = load_queryfile(options.queryfile, pacs_names=tuple(config.pacs))
+    default_node = config.node(options.pacs).name
+    queryfile = load_queryfile(
+        options.queryfile, character_sets=config.character_sets, default_pacs=default_node
+    )
     _check_deidentification(config, options)
+    for warning in config.warnings:
+        _log.warning("config_warning", problem=str(warning))
     for warning in queryfile.warnings:
         _log.warning("queryfile_cleaned", problem=str(warning))
-    default_node = config.node(options.pacs).name
     with JobStore(config.jobstore) as store:
-        run = store.open_run(queryfile, config_sha256(config))
+        run = store.open_run(
+            queryfile, config_sha256(config), default_pacs=default_node, new_run=options.new_run
+        )
         structlog.contextvars.bind_contextvars(run_id=run.id)
         store.add_rows(run, [(row, row.pacs or default_node) for row in queryfile.rows])
-        retrieved = 0
+        retrieved = adopted = 0
         # Started before the queries, so that its start-up overlaps them, not retrieval.
         with _deidentify_push(run, config, options) as background:
             queried = query_pending(store, run, queryfile, config, default_node, retry_for)
             if options.save or background is not None:
-                _record_directories(store, run, options)
+                adopted = _record_directories(store, run, options)
             if options.save:
                 retrieved = retrieve_pending(
                     store,
@@ -156,7 +174,8 @@ def run_queryfile(
                     on_study_complete=None if background is None else background.study_complete,
                 )
         worked = retrieved + (0 if background is None else background.worked)
-        return _finish(store, run, queryfile, options, queried, worked)
+        summary = _finish(store, run, queryfile, options, queried, worked)
+        return replace(summary, adopted=adopted)
 
 
 def _check_deidentification(config: Config, options: RunOptions) -> None:
@@ -193,13 +212,18 @@ def _deidentify_push(
     return DeidentifyPushProcess(request)
 
 
-def _record_directories(store: JobStore, run: Run, options: RunOptions) -> None:
+def _record_directories(store: JobStore, run: Run, options: RunOptions) -> int:
     """Record, once, where each series is received and where it was de-identified.
 
     A series gets its raw directory when it is retrieved now (``--save``) or was retrieved
     before; a series de-identified by a release that did not record directories gets its
     de-identified one.  Directories already recorded never change, and the steps only read
-    them from the job store.
+    them from the job store.  Series folders that already hold files are settled first
+    (:func:`~pacsman.pipeline._disk.settle_series_on_disk`); returns how many were adopted.
+
+    Raises:
+        InputError: series folders hold files no run of the job store put there, and
+            neither --adopt-existing nor --new-run was given (nothing was retrieved).
     """
     out = options.out_directory
     every = store.series_places(run)
@@ -219,8 +243,14 @@ def _record_directories(store: JobStore, run: Run, options: RunOptions) -> None:
         for s in every
         if s.anonymized_directory is None and s.anonymization is not None
     ]
+    adopted = 0
+    if options.save:
+        adopted = settle_series_on_disk(
+            store, run, raw, adopt=options.adopt_existing, new_run=options.new_run
+        )
     if raw or anonymized:
         store.record_directories(run, raw=raw, anonymized=anonymized)
+    return adopted
 
 
 def _finish(

@@ -10,16 +10,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import structlog
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from pacsman.config import Config, PacsNode
 from pacsman.dicom import client
 from pacsman.dicom.client import DicomPeer
+from pacsman.dicom.hooks import set_unvalidated
 from pacsman.errors import ItemFailed, TransientError
 from pacsman.jobstore import JobStore, Run
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, StudyMatch
 from pacsman.query import FindAssociation, query_row
+from pacsman.queryfile import column_number, sendable_problem
 from pacsman.throttle import RetryPolicy
 
 __all__ = ["query_pending"]
@@ -60,14 +66,17 @@ def query_pending(
         _log.info("pacs_ready", pacs=name, rows=len(rows))
         with FindAssociation(peer, retry=retry) as association:
             for row in rows:
-                _query_one(store, run, association, row)
+                _query_one(store, run, association, row, queryfile.path)
     return len(pending)
 
 
-def _query_one(store: JobStore, run: Run, association: FindAssociation, row: QueryRow) -> None:
+def _query_one(
+    store: JobStore, run: Run, association: FindAssociation, row: QueryRow, path: Path
+) -> None:
     pacs = association.peer.node.name
     try:
-        studies = query_row(association, row)
+        _check_sendable(row, association.peer.node, path)
+        studies = _query_row(association, row, path)
         _check_one_session(row, studies)
     except (ItemFailed, TransientError) as exc:
         store.fail_row(run, row.line, str(exc))
@@ -83,6 +92,62 @@ def _query_one(store: JobStore, run: Run, association: FindAssociation, row: Que
         studies=len(result.studies),
         series=sum(len(s.series) for s in result.studies),
     )
+
+
+def _check_sendable(row: QueryRow, node: PacsNode, path: Path) -> None:
+    """Before any C-FIND: every value of the row can be sent in the node's character set.
+
+    Raises:
+        ItemFailed: a value cannot be sent; the message locates it as ``file:line:column``.
+    """
+    found = sendable_problem(row, node=node.name, character_set=node.character_set)
+    if found is not None:
+        column, message = found
+        raise ItemFailed(f"{_where(path, row, column)}: {message}")
+
+
+def _query_row(association: FindAssociation, row: QueryRow, path: Path) -> tuple[StudyMatch, ...]:
+    """:func:`query_row`, with an identifier that cannot be encoded failing only this row.
+
+    The identifier is encoded before anything is sent, so the association stays usable.
+
+    Raises:
+        ItemFailed: the PACS refused, or the identifier could not be encoded (located).
+        TransientError: the PACS still pushes back after every attempt.
+    """
+    try:
+        return query_row(association, row)
+    except ValueError as exc:  # pynetdicom and the fast path both say "... encode ..."
+        if not isinstance(exc, UnicodeError) and "encod" not in str(exc):
+            raise
+        node = association.peer.node
+        column = _unencodable_column(row, node.character_set)
+        raise ItemFailed(
+            f"{_where(path, row, column)}: the C-FIND identifier of this row could not be "
+            f"encoded for PACS node '{node.name}' (character set {node.character_set!r}); "
+            f"correct the value, or pacs.{node.name}.character_set"
+        ) from None
+
+
+def _unencodable_column(row: QueryRow, character_set: str) -> str | None:
+    """The first key of ``row`` that pydicom cannot encode alone, if any."""
+    for keyword, value in row.keys.items():
+        dataset = Dataset()
+        set_unvalidated(dataset, "SpecificCharacterSet", character_set.split("\\"))
+        set_unvalidated(dataset, keyword, value.split("\\") if "\\" in value else value)
+        out = DicomBytesIO()
+        out.is_little_endian, out.is_implicit_VR = True, True
+        try:
+            write_dataset(out, dataset)
+        except (ValueError, TypeError, LookupError):  # pydicom re-raises UnicodeEncodeError
+            return keyword  # as TypeError ("function takes exactly 5 arguments")
+    return None
+
+
+def _where(path: Path, row: QueryRow, column: str | None) -> str:
+    """``file:line:column`` of a row's value (``file:line`` when the column is unknown)."""
+    number = column_number(path, column) if column is not None else None
+    return f"{path}:{row.line}" + (f":{number}" if number is not None else "")
 
 
 def _check_one_session(row: QueryRow, studies: tuple[StudyMatch, ...]) -> None:

@@ -1,18 +1,19 @@
 """The ``--info`` CSV: one line per series (or per row that selected none), stable columns.
 
 The column list is part of pacsman's interface (documented in README); new columns are only
-ever appended.  The file is UTF-8 without a BOM, comma-separated, written atomically.
+ever appended.  The file is UTF-8 without a BOM, comma-separated, written atomically with mode
+0600 (it holds PatientIDs), and no cell can run as a spreadsheet formula
+(:func:`pacsman.layout.csv_cell`: text starting with ``= + - @``, a tab or a CR gets a leading
+``'``; pacsman's own counts stay numbers).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from pacsman.jobstore import InfoRecord
+from pacsman.layout import write_private_csv
 
 __all__ = ["INFO_COLUMNS", "info_path", "write_info_csv"]
 
@@ -47,15 +48,11 @@ def info_path(out_directory: Path, queryfile: Path) -> Path:
     return out_directory / f"{queryfile.stem}_info.csv"
 
 
-def _cells(record: InfoRecord) -> list[str]:
+def _cells(record: InfoRecord) -> list[str | int | None]:
     study = record.study
     state = record.series_state or record.row_state
-
-    def number(value: int | None) -> str:
-        return "" if value is None else str(value)
-
     return [
-        str(record.line),
+        record.line,
         record.pacs,
         record.subject,
         record.session,
@@ -69,11 +66,11 @@ def _cells(record: InfoRecord) -> list[str]:
         record.series_number,
         record.modality,
         record.series_description,
-        number(record.expected_instances),
-        number(record.received_instances),
+        record.expected_instances,
+        record.received_instances,
         state.value,
         record.row_detail if record.series_state is None else record.series_detail,
-        number(record.anonymized_instances),
+        record.anonymized_instances,
         record.anonymization.value if record.anonymization else "",
         record.push.value if record.push else "",
         record.push_uri,
@@ -81,13 +78,9 @@ def _cells(record: InfoRecord) -> list[str]:
 
 
 def write_info_csv(path: Path, records: Sequence[InfoRecord]) -> Path:
-    """Write ``records`` to ``path`` atomically (temporary file, then rename)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(INFO_COLUMNS)
-    writer.writerows(_cells(r) for r in records)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write ``records`` to ``path``: atomically, mode 0600, formulas neutralized.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    return write_private_csv(path, INFO_COLUMNS, (_cells(r) for r in records))

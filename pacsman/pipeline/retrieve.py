@@ -24,7 +24,7 @@ import structlog
 
 from pacsman.config import Config, PacsNode
 from pacsman.dicom import scp
-from pacsman.dicom.client import DicomPeer, StorageRole
+from pacsman.dicom.client import DicomPeer, StorageRole, SubOperationsFailed
 from pacsman.dicom.scp import InstanceWriter, StorageSCP
 from pacsman.errors import FatalError, ItemFailed, TransientError
 from pacsman.jobstore import JobStore, RetrieveSeries, Run, recorded_directory
@@ -113,6 +113,9 @@ def _storage_scp(config: Config, writer: InstanceWriter, needed: bool) -> Iterat
         bind_host=local.bind_host,
         port=local.port,
         allowed_calling_ae_titles=_allowed_callers(config),
+        accept_any_called_ae_title=local.accept_any_called_ae_title,
+        association_request_timeout=local.association_request_timeout,
+        max_connections_per_address=local.max_connections_per_address,
     )
     with server:
         _log.info("storage_scp_listening", ae_title=local.ae_title, port=server.port)
@@ -142,7 +145,11 @@ def retrieve_pending(
         _log.info("nothing_to_retrieve", series=len(every))
         return 0
     tracker = StudyTracker(every, on_study_complete)
-    writer = InstanceWriter(unrouted_directory=out_directory / "_unrouted")
+    writer = InstanceWriter(
+        unrouted_directory=out_directory / "_unrouted",
+        unsolicited=config.local.unsolicited,
+        unsolicited_quota=config.local.unsolicited_quota_mb << 20,
+    )
     methods = {config.node(t.pacs).retrieve_method for t in pending}
     with _storage_scp(config, writer, needed="move" in methods):
         for pacs in dict.fromkeys(t.pacs for t in pending):
@@ -195,7 +202,16 @@ def _preflight(node: _Node, series: RetrieveSeries) -> None:
     request = _request(series)
     try:
         with node.association(retry=quick) as association:
-            fetched = association.fetch([request], level="IMAGE", sop_instance_uids=uids[:1])
+            fetched = association.fetch(
+                [request], level="IMAGE", sop_instance_uids=uids[:1], rounds=1
+            )
+    except SubOperationsFailed as exc:
+        if not (exc.result.failed or exc.result.failed_sop_instance_uids):
+            raise FatalError(_preflight_advice(node, f"the PACS refused ({exc})")) from exc
+        # The PACS tried, and could not send this one instance (its SOP class or syntax):
+        # the series fails on its own, with this reason; the node works.
+        _log.warning("preflight_inconclusive", pacs=node.node.name, reason=str(exc))
+        return
     except (ItemFailed, TransientError) as exc:
         raise FatalError(_preflight_advice(node, f"the PACS refused ({exc})")) from exc
     if fetched.received[series.series_instance_uid] == 0:

@@ -4,7 +4,10 @@ Filters (all optional, combined): subject labels (any of them), a date range, mo
 (any of them).  Each session becomes ``OUT/<subject>/<session>.zip`` or, with ``extract``,
 the folder ``OUT/<subject>/<session>/``; both appear only once complete (written under a
 temporary name, then renamed).  ``OUT/manifest.csv`` lists every session handled; a re-run
-skips the ones it lists as DONE whose file or folder is still there, so it resumes.
+skips the ones it lists as DONE whose file or folder is still there, so it resumes.  A zip or
+folder that is there but not in the manifest (lost or deleted) is complete, since it only
+appears once complete: it is counted and recorded as DONE, not fetched again.  Files are
+written 0600 in 0700 folders, and the manifest's cells never run as spreadsheet formulas.
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ from typing import Any
 import structlog
 
 from pacsman.errors import ItemFailed, PacsmanError, TransientError
+from pacsman.layout import (
+    open_private,
+    private_directory,
+    private_tree,
+    uncsv_cell,
+    write_private_csv,
+)
 from pacsman.push._xnat_connection import classify
 from pacsman.throttle import RetryPolicy
 
@@ -116,16 +126,13 @@ def _read_manifest(path: Path) -> dict[tuple[str, str], Row]:
     if not path.is_file():
         return {}
     with path.open(newline="", encoding="utf-8") as stream:
-        return {(r["subject"], r["session"]): r for r in csv.DictReader(stream)}
+        rows = [{k: uncsv_cell(v or "") for k, v in r.items()} for r in csv.DictReader(stream)]
+    return {(r["subject"], r["session"]): r for r in rows}
 
 
 def _write_manifest(path: Path, rows: dict[tuple[str, str], Row]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows[key] for key in sorted(rows))
-    os.replace(partial, path)
+    lines = ([rows[key].get(c, "") for c in _COLUMNS] for key in sorted(rows))
+    write_private_csv(path, _COLUMNS, lines)
 
 
 def _safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
@@ -139,12 +146,12 @@ def _safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
 
 def _fetch(connection: Any, row: Row, request: DownloadRequest, final: Path) -> tuple[int, int]:
     """Download one session zip to ``final`` (a zip or a folder); return (files, bytes)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+    private_directory(final.parent)
     part = final.with_name(f".{final.name}.partial")
     zip_path = part.with_suffix(".zip") if request.extract else part
     uri = f"/data/experiments/{row['ID']}/scans/ALL/files"
     try:
-        with zip_path.open("wb") as stream:
+        with os.fdopen(open_private(zip_path), "wb") as stream:
             connection.download_stream(uri, stream, format="zip")
         size = zip_path.stat().st_size
         with zipfile.ZipFile(zip_path) as archive:
@@ -152,6 +159,7 @@ def _fetch(connection: Any, row: Row, request: DownloadRequest, final: Path) -> 
             if request.extract:
                 shutil.rmtree(part, ignore_errors=True)
                 archive.extractall(part, members)
+                private_tree(part)
     except zipfile.BadZipFile as exc:
         raise TransientError(f"XNAT's zip of {row.get('label')} is truncated ({exc})") from exc
     finally:
@@ -186,7 +194,7 @@ def download_sessions(
         TransientError: the session listing kept failing.
         FatalError: XNAT refused the login or permission.
     """
-    request.out.mkdir(parents=True, exist_ok=True)
+    private_directory(request.out)
     manifest_path = request.out / MANIFEST
     manifest = _read_manifest(manifest_path)
     rows = _listed(connection, request, retry)
@@ -227,6 +235,13 @@ def _one(
     previous = manifest.get((record["subject"], record["session"]))
     if previous is not None and previous.get("state") == "DONE" and final.exists():
         return {**previous, "outcome": "skipped"}
+    found = _complete_on_disk(final, extract=request.extract)
+    if found is not None:
+        files, size = found
+        detail = "found complete on disk, not in the manifest: recorded, not fetched again"
+        _log.info("xnat_download_found", session=record["session"], files=files)
+        done = {"files": str(files), "bytes": str(size), "state": "DONE", "detail": detail}
+        return {**record, **done, "outcome": "skipped"}
 
     def attempt() -> tuple[int, int]:
         try:
@@ -244,3 +259,24 @@ def _one(
     _log.info("xnat_downloaded", session=record["session"], files=files)
     done = {"files": str(files), "bytes": str(size), "state": "DONE", "detail": ""}
     return {**record, **done, "outcome": "downloaded"}
+
+
+def _complete_on_disk(final: Path, *, extract: bool) -> tuple[int, int] | None:
+    """(files, bytes) of a session zip or folder already in place, or ``None`` to fetch it.
+
+    Both appear only once complete (renamed from a temporary name), so one found there was
+    finished by an earlier run whose manifest line is lost.  A zip that cannot be read is
+    fetched again (and replaced); for a folder, ``bytes`` is the size of its files.
+    """
+    if extract:
+        if not final.is_dir():
+            return None
+        files = [p for p in final.rglob("*") if p.is_file()]
+        return len(files), sum(p.stat().st_size for p in files)
+    if not final.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(final) as archive:
+            return len(_safe_members(archive)), final.stat().st_size
+    except (zipfile.BadZipFile, ItemFailed):
+        return None

@@ -10,26 +10,32 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pacsman.errors import QueryFileError, Severity
 from pacsman.models import QUERY_COLUMNS, RELABEL_COLUMNS, QueryFile, QueryRow
 from pacsman.queryfile._labels import Labels, label_problem
+from pacsman.queryfile._send import Targets, encoding_problem, header_column, sendable_problem
 from pacsman.queryfile._text import (
     Cell,
     DecodeFailure,
+    FileRefused,
     Record,
     Report,
     clean,
     decode,
+    read_bytes,
     read_records,
     show,
 )
-from pacsman.queryfile._values import check_value
+from pacsman.queryfile._values import PHI_COLUMNS, check_value, value_warning
 
-__all__ = ["KNOWN_COLUMNS", "load_queryfile"]
+__all__ = ["KNOWN_COLUMNS", "MAX_BYTES", "column_number", "load_queryfile", "sendable_problem"]
+
+#: The largest query file read: about a million rows.
+MAX_BYTES = 64 * 2**20
 
 #: Every column a query file may have: the DICOM query keys, then Subject, Session and Pacs.
 KNOWN_COLUMNS: tuple[str, ...] = QUERY_COLUMNS + RELABEL_COLUMNS
@@ -49,13 +55,23 @@ _ALIASES = {
 _LINE_BREAK = re.compile(r"[\r\n]")
 
 
-def load_queryfile(path: Path, *, pacs_names: Collection[str] | None = None) -> QueryFile:
+def load_queryfile(
+    path: Path,
+    *,
+    pacs_names: Collection[str] | None = None,
+    character_sets: Mapping[str, str] | None = None,
+    default_pacs: str | None = None,
+) -> QueryFile:
     """Read and validate a query CSV completely, before any network traffic.
 
     Args:
         path: the CSV file (UTF-8, with or without BOM; ``,``, ``;`` or TAB delimited).
         pacs_names: the configured PACS nodes a ``Pacs`` cell may name; ``None`` skips that
-            check.
+            check (and takes the names of ``character_sets`` when that is given).
+        character_sets: each PACS node's ``character_set``: every value must be sendable to
+            the node its row goes to (its ``Pacs`` cell, else ``default_pacs``, else the
+            first node).  ``None`` checks only what no character set can send.
+        default_pacs: the node of rows without a ``Pacs`` cell.
 
     Returns:
         The rows (duplicates dropped), the SHA-256 of the file's bytes and the warnings.
@@ -66,11 +82,17 @@ def load_queryfile(path: Path, *, pacs_names: Collection[str] | None = None) -> 
     """
     report = Report(str(path))
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path, MAX_BYTES)
     except OSError as exc:
         report.error(None, None, f"cannot read the query file ({exc.strerror}); check the path")
         raise QueryFileError(report.problems) from exc
-    rows = _validate(raw, path.name, report, pacs_names)
+    except FileRefused as exc:
+        report.error(None, None, exc.message)
+        raise QueryFileError(report.problems) from None
+    if pacs_names is None and character_sets is not None:
+        pacs_names = tuple(character_sets)
+    targets = Targets(character_sets or {}, default_pacs)
+    rows = _validate(raw, path.name, report, pacs_names, targets)
     problems = report.in_file_order()
     if any(p.severity is Severity.ERROR for p in problems):
         raise QueryFileError(problems)
@@ -78,7 +100,11 @@ def load_queryfile(path: Path, *, pacs_names: Collection[str] | None = None) -> 
 
 
 def _validate(
-    raw: bytes, name: str, report: Report, pacs_names: Collection[str] | None
+    raw: bytes,
+    name: str,
+    report: Report,
+    pacs_names: Collection[str] | None,
+    targets: Targets,
 ) -> list[QueryRow]:
     try:
         text = decode(raw, name, KNOWN_COLUMNS)
@@ -89,7 +115,8 @@ def _validate(
     if not records:
         report.error(None, None, "the file is empty; write a header line, then one query per row")
         return []
-    state = _State(report, _read_header(records[0], report), pacs_names, Labels(report))
+    header = _read_header(records[0], report)
+    state = _State(report, header, pacs_names, Labels(report), targets)
     rows = _non_empty_rows(records[1:], report)
     if not rows:
         report.error(
@@ -245,7 +272,20 @@ class _State:
     header: _Header
     pacs_names: Collection[str] | None
     labels: Labels
+    targets: Targets
     reported_blank: set[int] = field(default_factory=set)
+
+    def target(self, row: _Row) -> tuple[str, str] | None:
+        """``(node, character_set)`` the row goes to, when known."""
+        pacs = next(
+            (
+                value
+                for cell, value in zip(row.record.cells, row.values, strict=True)
+                if self.header.name_at(cell.column) == "Pacs"
+            ),
+            None,
+        )
+        return self.targets.of(pacs or None)
 
 
 def _check_row(state: _State, row: _Row) -> QueryRow:
@@ -299,16 +339,19 @@ def _check_cells(state: _State, row: _Row) -> tuple[dict[str, str], dict[str, tu
     """Report cleaning and value problems; returns all non-empty values and the good cells."""
     filled: dict[str, str] = {}
     good: dict[str, tuple[Cell, str]] = {}
+    target = state.target(row)
     for cell, value, note in zip(row.record.cells, row.values, row.notes, strict=True):
         name = state.header.name_at(cell.column)
         if name is None:
             continue
         broken = _quoting_problem(cell, value)
-        problem = broken or _cell_problem(state, name, value)
-        if problem and name in _PHI_COLUMNS:
+        problem = broken or _cell_problem(state, name, value) or _send_problem(name, value, target)
+        if not problem and value and (warning := value_warning(name, value)):
+            state.report.warn(cell.line, cell.column, f"column '{name}': {warning}")
+        if problem and name in PHI_COLUMNS:
             problem = _mask_phi(name, problem, value)
         if note and not broken:
-            now = "" if name in _PHI_COLUMNS else f"; the value is now {show(value)}"
+            now = "" if name in PHI_COLUMNS else f"; the value is now {show(value)}"
             state.report.warn(cell.line, cell.column, f"column '{name}': {note}{now}")
         if value:
             filled[name] = value
@@ -319,11 +362,6 @@ def _check_cells(state: _State, row: _Row) -> tuple[dict[str, str], dict[str, tu
     return filled, good
 
 
-#: Columns whose values identify a patient: messages locate them but never quote them, because
-#: messages reach terminals, logs and journald.
-_PHI_COLUMNS = frozenset({"PatientID", "PatientName", "PatientBirthDate", "AccessionNumber"})
-
-
 def _mask_phi(column: str, message: str, value: str) -> str:
     """Replace every quotation of ``value`` (or a part of it) in ``message``."""
     parts = {p for p in {value, *re.split(r"[\\=^]", value)} if any(c.isalnum() for c in p)}
@@ -332,6 +370,22 @@ def _mask_phi(column: str, message: str, value: str) -> str:
     if column == "PatientBirthDate":
         message = re.sub(r" \(e\.g\. \d{8}\)", "", message)
     return message
+
+
+def _send_problem(name: str, value: str, target: tuple[str, str] | None) -> str | None:
+    """Why ``value`` cannot be sent in the row's node's character set; None if it can."""
+    if not value or target is None or name not in QUERY_COLUMNS:
+        return None
+    node, character_set = target
+    return encoding_problem(name, value, character_set, node=node, private=name in PHI_COLUMNS)
+
+
+def column_number(path: Path, column: str) -> int | None:
+    """The 1-based field number of ``column`` in the header of the query file at ``path``.
+
+    For messages that locate a value after validation; ``None`` if it cannot be found.
+    """
+    return header_column(path, column, limit=MAX_BYTES, known=KNOWN_COLUMNS)
 
 
 def _quoting_problem(cell: Cell, value: str) -> str | None:

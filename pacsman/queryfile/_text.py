@@ -6,22 +6,27 @@ Everything here keeps track of where a cell came from: its 1-based physical line
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pacsman.errors import Problem, Severity
 
 __all__ = [
     "Cell",
     "DecodeFailure",
+    "FileRefused",
     "Record",
     "Report",
     "clean",
     "decode",
     "detect_delimiter",
+    "read_bytes",
     "read_records",
     "show",
     "split_records",
@@ -29,6 +34,21 @@ __all__ = [
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_UTF32_BOMS = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")
+#: Encodings tried, in this order, on a file with many NUL bytes and no BOM.
+_WIDE_ENCODINGS: tuple[tuple[str, str], ...] = (
+    ("utf-32-le", "UTF-32LE"),
+    ("utf-32-be", "UTF-32BE"),
+    ("utf-16-le", "UTF-16LE"),
+    ("utf-16-be", "UTF-16BE"),
+)
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 _DELIMITERS = (",", ";", "\t")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _QUOTED_SPAN = re.compile(r'"(?:[^"]|"")*"')
@@ -116,17 +136,55 @@ def _escape(ch: str) -> str:
     return ch.encode("unicode_escape").decode("ascii")
 
 
+class FileRefused(Exception):
+    """The path is not a regular file, or is too large; ``message`` says what and the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def read_bytes(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file at ``path``; a FIFO or device is refused, never read.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        FileRefused: not a regular file, or more than ``limit`` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    with os.fdopen(fd, "rb") as stream:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _FILE_KINDS if test(mode)), "not a regular file")
+            raise FileRefused(
+                f"the query file is {kind}, not a regular file; save the query as a CSV file "
+                "and give its path"
+            )
+        raw = stream.read(limit + 1)
+    if len(raw) > limit:
+        raise FileRefused(
+            f"the query file is larger than {limit // 2**20} MiB; split it into several files"
+        )
+    return raw
+
+
 def decode(raw: bytes, name: str, known: Iterable[str] = ()) -> str:
     """Decode the file's bytes as UTF-8 (a leading BOM is the UTF-8 signature and dropped).
 
     Raises:
-        DecodeFailure: UTF-16 or other non-UTF-8 bytes, with the fix for ``name``.
+        DecodeFailure: UTF-16, UTF-32, NUL-filled or other non-UTF-8 bytes, with the fix for
+            ``name``.
     """
-    if raw.startswith(_UTF16_BOMS) or raw.count(b"\x00") > len(raw) // 4 > 0:
+    wide = _wide_encoding(raw)
+    if wide is not None:
+        family = wide[:6]  # UTF-16 or UTF-32; iconv needs the byte order when no BOM says it
+        excel = ' (Excel "Unicode Text")' if family == "UTF-16" else ""
         raise DecodeFailure(
-            'the file is UTF-16 (Excel "Unicode Text"), not UTF-8; save it as "CSV UTF-8" '
-            f"in Excel, or: iconv -f UTF-16 -t UTF-8 {name} > {_utf8_name(name)}"
+            f'the file is {family}{excel}, not UTF-8; save it as "CSV UTF-8" '
+            f"in Excel, or: iconv -f {wide} -t UTF-8 {name} > {_utf8_name(name)}"
         )
+    if raw.count(b"\x00") > len(raw) // 4 > 0:
+        raise _nul_bytes(raw, name, known)
     raw = raw.removeprefix(_UTF8_BOM)
     try:
         return raw.decode("utf-8")
@@ -134,16 +192,61 @@ def decode(raw: bytes, name: str, known: Iterable[str] = ()) -> str:
         raise _not_utf8(raw, exc.start, name, known) from None
 
 
+def _wide_encoding(raw: bytes) -> str | None:
+    """The iconv name of a UTF-32 or UTF-16 file (by BOM, or decoded text), else None."""
+    if raw.startswith(_UTF32_BOMS):
+        return "UTF-32"
+    if raw.startswith(_UTF16_BOMS):
+        return "UTF-16"
+    if not raw.count(b"\x00") > len(raw) // 4 > 0:
+        return None
+    for codec, label in _WIDE_ENCODINGS:
+        try:
+            text = raw.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        if _looks_like_text(text):
+            return label
+    return None
+
+
+def _looks_like_text(text: str) -> bool:
+    """True for decoded text with no NUL and hardly any invisible or unassigned characters."""
+    if "\x00" in text:
+        return False
+    odd = sum(1 for ch in text if not ch.isprintable() and ch not in "\r\n\t")
+    return odd <= len(text) // 100
+
+
+def _nul_bytes(raw: bytes, name: str, known: Iterable[str]) -> DecodeFailure:
+    """The failure for a file full of NUL bytes that is no UTF-16 or UTF-32 text."""
+    start = raw.index(b"\x00")
+    line, column = _locate(raw, start, known)
+    count = raw.count(b"\x00")
+    return DecodeFailure(
+        f"the file holds {count} NUL bytes (the first here): it is not CSV text, or it was "
+        f"damaged (e.g. padded with zeros); open {name} in a text editor, delete them, "
+        'and save it as "CSV UTF-8"',
+        line,
+        column,
+    )
+
+
 def _utf8_name(name: str) -> str:
     stem, dot, ext = name.rpartition(".")
     return f"{stem}-utf8.{ext}" if dot else f"{name}-utf8"
 
 
-def _not_utf8(raw: bytes, start: int, name: str, known: Iterable[str]) -> DecodeFailure:
-    prefix = raw[:start].decode("utf-8")
+def _locate(raw: bytes, start: int, known: Iterable[str]) -> tuple[int, int]:
+    """The 1-based line and field of byte ``start``, reading what precedes it as UTF-8."""
+    prefix = raw[:start].decode("utf-8", errors="replace")
     line = len(_LINE_BREAK.findall(prefix)) + 1
     records = split_records(prefix + "x", detect_delimiter(raw.decode("latin-1"), known))
-    column = records[-1].cells[-1].column
+    return line, records[-1].cells[-1].column
+
+
+def _not_utf8(raw: bytes, start: int, name: str, known: Iterable[str]) -> DecodeFailure:
+    line, column = _locate(raw, start, known)
     byte = raw[start]
     try:
         char = raw[start : start + 1].decode("cp1252")

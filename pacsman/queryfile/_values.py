@@ -7,12 +7,21 @@ the value is fine, else the message after ``column 'X': `` -- value, rule and fi
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from datetime import date, timedelta
 
 from pacsman.queryfile._text import show
 
-__all__ = ["VR_BY_COLUMN", "check_value"]
+__all__ = [
+    "ASCII_VRS",
+    "MODALITY_TERMS",
+    "PHI_COLUMNS",
+    "VR_BY_COLUMN",
+    "check_value",
+    "not_ascii",
+    "value_warning",
+]
 
 #: The value representation of every query column (PS3.6), which decides its rules.
 VR_BY_COLUMN: dict[str, str] = {
@@ -34,23 +43,39 @@ VR_BY_COLUMN: dict[str, str] = {
     "DeviceSerialNumber": "LO",
     "SequenceName": "SH",
 }
+#: Columns whose values identify a patient: messages locate them but never quote them, because
+#: messages reach terminals, logs and journald.
+PHI_COLUMNS = frozenset({"PatientID", "PatientName", "PatientBirthDate", "AccessionNumber"})
+
+
 _MAX_LENGTH = {"LO": 64, "SH": 16, "CS": 16, "PN": 64}
 _MULTI_VALUED = frozenset({"ImageType"})
 _WILDCARDS = frozenset("*?")
 _DATE_USE = "use YYYYMMDD or YYYYMMDD-YYYYMMDD"
 _TIME_USE = "use HHMMSS (or HH, HHMM, HHMMSS.ffffff) or a range such as 080000-120000"
 _UID_RULE = "UIDs are digits and dots, at most 64 characters"
-_EXCEL_ISO = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[ T][\d:.]+)?")
-_EXCEL_DMY = re.compile(r"(\d{1,2})[-/.](\d{1,2})[-/.](\d{4})(?: [\d:.]+)?")
-_EXCEL_SERIAL = re.compile(r"[1-7]\d{4}")
-_EXCEL_NUMBER = re.compile(r"\d+(?:[.,]\d+)?[eE][+-]?\d+")
-_TIME = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.\d{1,6})?)?)?")
+# Every pattern is ASCII-only: without re.ASCII, \d also matches full-width and other
+# Unicode digits ('２０２４'), which DICOM's DA, TM, IS and UI values cannot hold.
+_EXCEL_ISO = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})(?:[ T][\d:.]+)?", re.ASCII)
+_EXCEL_DMY = re.compile(r"(\d{1,2})[-/.](\d{1,2})[-/.](\d{4})(?: [\d:.]+)?", re.ASCII)
+_EXCEL_SERIAL = re.compile(r"[1-7]\d{4}", re.ASCII)
+_EXCEL_NUMBER = re.compile(r"\d+(?:[.,]\d+)?[eE][+-]?\d+", re.ASCII)
+_TIME = re.compile(r"(\d{2})(?:(\d{2})(?:(\d{2})(?:\.\d{1,6})?)?)?", re.ASCII)
+_DATE = re.compile(r"\d{8}", re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
+_INTEGER_POINT_ZERO = re.compile(r"[+-]?\d+\.0*", re.ASCII)
 _CS_CHARS = re.compile(r"[A-Z0-9 _*?]*")
+#: VRs whose values use the default repertoire (ASCII) whatever SpecificCharacterSet says.
+ASCII_VRS = frozenset({"DA", "TM", "UI", "IS", "CS"})
+#: PN separators: a value made of them and wildcards alone matches every name.
+_PN_SEPARATORS = frozenset("^= \\")
 
 
 def check_value(column: str, value: str) -> str | None:
     """Check ``value`` for ``column``; ``None`` if fine, else the message (value, rule, fix)."""
     vr = VR_BY_COLUMN[column]
+    if vr in ASCII_VRS and not value.isascii():
+        return not_ascii(column, vr, value)
     if vr in ("DA", "TM", "UI", "IS"):
         if _WILDCARDS & set(value):
             return f"{show(value)} has a wildcard; {_NO_WILDCARD_FIX[vr]}"
@@ -71,7 +96,7 @@ def _check_date(column: str, value: str) -> str | None:
         return "a bare '-' matches every date; leave the cell empty or give a start or end"
     start, dash, end = value.partition("-")
     parts = [p for p in (start, end) if p]
-    if all(re.fullmatch(r"\d{8}", p) for p in parts) and (dash or len(parts) == 1):
+    if all(_DATE.fullmatch(p) for p in parts) and (dash or len(parts) == 1):
         for part in parts:
             if _to_date(part) is None:
                 return f"{show(part)} is not a real calendar date; {_DATE_USE}"
@@ -196,20 +221,27 @@ def _uid_problem(uid: str) -> str | None:
 
 
 def _check_integer(column: str, value: str) -> str | None:
-    if re.fullmatch(r"[+-]?\d+", value):
+    if _INTEGER.fullmatch(value):
         if len(value) > 12 or not -(2**31) <= int(value) < 2**31:
             return f"{show(value)} is out of range; {column} is a whole number up to 2147483647"
         return None
-    if re.fullmatch(r"[+-]?\d+\.0*", value):
+    if _INTEGER_POINT_ZERO.fullmatch(value):
         return f"{show(value)} is not a whole number; use {value.split('.')[0]}"
     return f"{show(value)} is not a whole number; {column} matches one integer, e.g. 3"
 
 
 def _check_text(column: str, vr: str, value: str) -> str | None:
-    if _WILDCARDS & set(value) and set(value) <= _WILDCARDS | {"\\", " "}:
+    separators = _PN_SEPARATORS if vr == "PN" else frozenset("\\ ")
+    if set(value) <= _WILDCARDS | separators and (vr == "PN" or _WILDCARDS & set(value)):
         if value == "*":
             return "a bare '*' matches everything; leave the cell empty or narrow it"
-        return f"{show(value)} is only wildcards; leave the cell empty or narrow it"
+        if set(value) <= _WILDCARDS:
+            return f"{show(value)} is only wildcards; leave the cell empty or narrow it"
+        if _WILDCARDS & set(value):
+            return (
+                f"{show(value)} is only wildcards and separators; leave the cell empty or narrow it"
+            )
+        return f"{show(value)} holds only name separators; give a name or leave the cell empty"
     if "\\" in value and column not in _MULTI_VALUED:
         return f"{show(value)} contains '\\', which separates DICOM values; {_BACKSLASH_FIX[vr]}"
     for part in value.split("\\"):
@@ -255,6 +287,61 @@ def _name_problem(value: str) -> str | None:
         if group.count("^") > 4:
             return f"{show(group)} has more than 5 '^'-separated parts; a name has at most 5"
     return None
+
+
+_ASCII_WHAT = {"DA": "dates", "TM": "times", "UI": "UIDs", "IS": "numbers", "CS": "codes"}
+
+
+def not_ascii(column: str, vr: str, value: str) -> str:
+    """The message for a DA/TM/UI/IS/CS value with a character outside ASCII."""
+    what = f"DICOM {_ASCII_WHAT[vr]} ({column}, VR {vr}) use ASCII characters only"
+    if column in PHI_COLUMNS:  # patient data: never quote it, not even one character
+        return f"the value holds characters that are not ASCII (full-width digits?); {what}"
+    char = next(ch for ch in value if not ch.isascii())
+    ascii_form = unicodedata.normalize("NFKC", value)
+    fix = f": write {show(ascii_form)}" if ascii_form.isascii() else ": retype it"
+    return f"{show(value)} holds {show(char)} (U+{ord(char):04X}), which is not ASCII; {what}{fix}"
+
+
+#: Modality (0008,0060) defined terms: DICOM PS3.3 C.7.3.1.1.1 (CID 33, 2024), then the
+#: retired terms, still found in old archives.
+MODALITY_TERMS = frozenset(
+    """ANN AR ASMT AU BDUS BI BMD CFM CR CT CTPROTOCOL DG DMS DOC DX ECG EEG EMG EOG EPS ES FID
+    GM HC HD IO IOL IVOCT IVUS KER KO LEN LS M3D MG MR NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV
+    OSS OT PA PLAN POS PR PT PX REG RESP RF RG RTDOSE RTIMAGE RTINTENT RTPLAN RTRAD RTRECORD
+    RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA XAPROTOCOL XC
+    AS CD CF CP CS DD DF DM DS EC FA FS LP MA MS OPR ST VF""".split()  # noqa: SIM905 - a table
+)
+#: What people write for a modality, and the defined term they mean.
+_MODALITY_SYNONYMS = {
+    "MRI": "MR",
+    "PET": "PT",
+    "CAT": "CT",
+    "SPECT": "NM",
+    "XR": "CR' or 'DX",
+    "XRAY": "CR' or 'DX",
+    "X RAY": "CR' or 'DX",
+    "MAMMO": "MG",
+    "ULTRASOUND": "US",
+    "ECHO": "US",
+    "RTSS": "RTSTRUCT",
+    "PETCT": "PT' and 'CT",
+}
+
+
+def value_warning(column: str, value: str) -> str | None:
+    """A warning for a valid value that is probably not what was meant; ``None`` if none.
+
+    Today: a Modality outside the defined terms of PS3.3 C.7.3.1.1.1 (``XYZ``, ``MRI``).
+    """
+    if column != "Modality" or _WILDCARDS & set(value) or value in MODALITY_TERMS:
+        return None
+    guess = _MODALITY_SYNONYMS.get(value)
+    fix = f"did you mean '{guess}'?" if guess else "check the spelling"
+    return (
+        f"{show(value)} is not a Modality defined term (DICOM PS3.3 C.7.3.1.1.1, e.g. CT, MR, "
+        f"PT, US, DX, MG, SR); {fix} (a PACS matches it as written: it may find nothing)"
+    )
 
 
 _CHECKS: dict[str, Callable[[str, str], str | None]] = {

@@ -4,6 +4,7 @@
 * :mod:`pacsman.testing.orthanc` -- a throw-away Debian Orthanc on free localhost ports.
 * :mod:`pacsman.testing.dcmtk` -- DCMTK tools (``/usr/bin``) and a ``storescp`` launcher.
 * :mod:`pacsman.testing.fakepacs` -- a pynetdicom Q/R SCP with switchable faults.
+* :mod:`pacsman.testing.qrscp` -- pynetdicom's own Q/R SCP app (``qrscp``), a second PACS.
 * :mod:`pacsman.testing.net` -- free ports and waiting on conditions with deadlines.
 * :mod:`pacsman.testing.xnat_emulator` -- an XNAT that honours the project's REST contract.
 

@@ -3,7 +3,8 @@
 A :class:`StudySpec` describes a study; every UID is derived from the spec, so building the
 same spec twice gives byte-identical instances (a re-pull must not look like a new study).
 The images are small valid MR (or CT) Image Storage instances, 16-bit MONOCHROME2, with a
-file meta header in Explicit VR Little Endian.
+file meta header in Explicit VR Little Endian.  :func:`document_series` adds a series of
+structured reports, key objects, waveforms (or a bare instance of any other SOP class).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "SeriesSpec",
     "StudySpec",
     "benchmark_cohort",
+    "document_series",
     "iter_datasets",
     "synthetic_uid",
     "write_study",
@@ -406,3 +408,113 @@ def _benchmark_study(index: int, sizes: list[int], rows: int, columns: int) -> S
         study_description="Benchmark MR",
         series=series,
     )
+
+
+def document_series(
+    spec: StudySpec,
+    *,
+    series_number: int,
+    sop_class_uid: str,
+    n_instances: int = 1,
+    series_description: str = "",
+) -> list[Dataset]:
+    """Non-image instances of one more series of ``spec``'s study, Explicit VR Little Endian.
+
+    Structured reports for the SR classes (X-Ray Radiation Dose SR, Key Object Selection,
+    Basic/Enhanced/Comprehensive SR: a container with one text item), a two-channel waveform
+    for the waveform classes (12-lead ECG...), and a bare instance of any other class (e.g. a
+    private one).  UIDs are derived from the spec and ``series_number``, as for images.
+
+    Raises:
+        ValueError: as :class:`SeriesSpec`, e.g. for ``n_instances`` out of range.
+    """
+    name = UID(sop_class_uid).name
+    series = SeriesSpec(
+        series_number=series_number,
+        series_description=series_description or (name if name != sop_class_uid else "Other"),
+        n_instances=n_instances,
+    )
+    return [_document(spec, series, sop_class_uid, n) for n in range(1, n_instances + 1)]
+
+
+_SR_FAMILY = "1.2.840.10008.5.1.4.1.1.88."
+_WAVEFORM_FAMILY = "1.2.840.10008.5.1.4.1.1.9."
+_KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+_X_RAY_RADIATION_DOSE_SR = "1.2.840.10008.5.1.4.1.1.88.67"
+
+
+def _document(spec: StudySpec, series: SeriesSpec, sop_class_uid: str, number: int) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = spec.specific_character_set
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = spec.sop_instance_uid(series, number)
+    _add_patient_study(ds, spec)
+    _add_series(ds, spec, series)
+    ds.InstanceNumber = number
+    ds.ContentDate = spec.study_date
+    ds.ContentTime = spec.study_time
+    if sop_class_uid.startswith(_SR_FAMILY):
+        ds.Modality = "KO" if sop_class_uid == _KEY_OBJECT_SELECTION else "SR"
+        _add_report(ds, sop_class_uid)
+    elif sop_class_uid.startswith(_WAVEFORM_FAMILY):
+        ds.Modality = "ECG" if sop_class_uid.startswith(f"{_WAVEFORM_FAMILY}1.") else "HD"
+        _add_waveform(ds, number)
+    else:
+        ds.Modality = "OT"
+    ds.file_meta = _file_meta(ds)
+    return ds
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
+
+
+def _add_report(ds: Dataset, sop_class_uid: str) -> None:
+    title = {
+        _X_RAY_RADIATION_DOSE_SR: ("113701", "DCM", "X-Ray Radiation Dose Report"),
+        _KEY_OBJECT_SELECTION: ("113000", "DCM", "Of Interest"),
+    }.get(sop_class_uid, ("18748-4", "LN", "Diagnostic Imaging Report"))
+    ds.ValueType = "CONTAINER"
+    ds.ConceptNameCodeSequence = [_code(*title)]
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "TEXT"
+    item.ConceptNameCodeSequence = [_code("121071", "DCM", "Finding")]
+    item.TextValue = "Synthetic finding"
+    ds.ContentSequence = [item]
+
+
+def _add_waveform(ds: Dataset, number: int) -> None:
+    channels, samples = 2, 100
+    group = Dataset()
+    group.MultiplexGroupTimeOffset = 0.0
+    group.WaveformOriginality = "ORIGINAL"
+    group.NumberOfWaveformChannels = channels
+    group.NumberOfWaveformSamples = samples
+    group.SamplingFrequency = 500.0
+    group.MultiplexGroupLabel = "RHYTHM"
+    group.ChannelDefinitionSequence = [_channel(lead) for lead in ("I", "II")]
+    group.WaveformBitsAllocated = 16
+    group.WaveformSampleInterpretation = "SS"
+    wave = (np.sin(np.arange(samples) / 8.0 + number) * 1000).astype("<i2")
+    group.add_new(0x54001010, "OW", np.repeat(wave, channels).tobytes())
+    ds.WaveformSequence = [group]
+
+
+def _channel(lead: str) -> Dataset:
+    channel = Dataset()
+    channel.ChannelSourceSequence = [_code(f"5.6.3-9-{lead}", "SCPECG", f"Lead {lead}")]
+    channel.ChannelSensitivity = 1.0
+    channel.ChannelSensitivityUnitsSequence = [_code("uV", "UCUM", "microvolt")]
+    channel.ChannelSensitivityCorrectionFactor = 1.0
+    channel.ChannelBaseline = 0.0
+    channel.ChannelSampleSkew = 0.0
+    channel.WaveformBitsStored = 16
+    return channel
