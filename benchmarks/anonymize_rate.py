@@ -1,7 +1,7 @@
 """De-identification rate: 2,000 small CT/MR files, five contenders side by side, zero leaks.
 
     python3 benchmarks/anonymize_rate.py [--files 2000] [--repeat 3] [--workdir DIR]
-                                         [--venv DIR] [--no-others] [--keep]
+                                         [--venv DIR] [--no-others] [--keep] [--where]
 
 Contenders, in one run, on the same synthetic files (``pacsman.testing.synthetic``: half MR,
 half CT, several studies of four series, 64x64 16-bit pixels):
@@ -21,6 +21,10 @@ output file of every contender is leak-checked independently -- parsed again fro
 accession number, institution and every original UID -- and the files with a finding are
 counted.  The work folder defaults to ``/dev/shm`` (tmpfs): on a shared virtual disk,
 file-creation latency varies by a factor of ten from minute to minute and drowns the rest.
+
+``--where`` runs pacsman (one process) once more under ``cProfile`` and prints where its
+time goes, by stage (read, walk, leak check, encode, write...), as a second,
+component-level table.
 """
 
 from __future__ import annotations
@@ -310,7 +314,52 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--no-others", action="store_true", help="skip dicognito etc.")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--where", action="store_true", help="profile pacsman: time by stage")
     return parser.parse_args()
+
+
+#: Stages of one file, by the module (or function) the time is spent in, first match wins.
+_STAGES = (
+    ("leak check: raw bytes", ("leakcheck.py:_raw_findings",)),
+    ("leak check: parsed values", ("leakcheck.py", "_leakmatch.py", "_terms.py")),
+    ("read (pydicom read_dataset, file meta)", ("_read.py", "filereader.py")),
+    ("walk (profile rules, codes, SR, private)", ("_walk.py", "_codes.py", "_sr.py")),
+    ("clean text (scrubber)", ("_scrub.py",)),
+    ("pixel payloads (overlay bits, JPEG)", ("_pixels.py",)),
+    ("values (raw element text, dates, UIDs)", ("_values.py", "dates.py", "uids.py")),
+    ("stamp (labels, flags, file meta)", ("_stamp.py", "meta.py")),
+    ("encode", ("_encode.py", "filewriter.py")),
+    ("write (atomic, 0600)", ("_output.py", "layout.py")),
+)
+
+
+def _where(tasks: list[Task], work: Path) -> None:
+    """Profile one pacsman run; print the cumulative time of each stage's entry points."""
+    import cProfile
+    import pstats
+
+    out = work / "out" / "where"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    profiler = cProfile.Profile()
+    run = _pacsman(tasks, work, 1)
+    profiler.enable()
+    total = run(out)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    own: dict[str, float] = {}
+    for (filename, _, function), row in stats.stats.items():  # type: ignore[attr-defined]
+        name = f"{Path(filename).name}:{function}"
+        stage = next(
+            (label for label, keys in _STAGES if any(k in name for k in keys)),
+            "other (pydicom data sets and elements, builtins)",
+        )
+        own[stage] = own.get(stage, 0.0) + row[2]  # tottime: time in the function itself
+    profiled = sum(own.values())
+    print(f"\nwhere pacsman's time goes (1 process, cProfile, {len(tasks)} files, {total:.2f} s")
+    print("with the profiler's overhead; own time per stage, component level):")
+    for label, seconds in sorted(own.items(), key=lambda item: -item[1]):
+        print(f"  {label:45s} {seconds:6.2f} s  {100 * seconds / profiled:5.1f} %")
 
 
 def main() -> int:
@@ -341,6 +390,8 @@ def main() -> int:
         _table(contenders, tasks, [_originals(task) for task in tasks])
         _targets(contenders)
         _per_round(contenders, ceilings)
+        if args.where:
+            _where(tasks, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

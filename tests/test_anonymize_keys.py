@@ -94,10 +94,13 @@ def test_mapping_refuses_label_clashes(tmp_path: Path) -> None:
     """A subject label for a second patient, or a session for a second study, fails."""
     table = MappingTable(tmp_path / "mapping.sqlite")
     _record(table)
-    with pytest.raises(ItemFailed, match=r"subject 'P_0001' already maps to another PatientID"):
+    clash = r"PatientID \(0010,0020\) differs from the one recorded for subject 'P_0001'"
+    with pytest.raises(ItemFailed, match=clash):
         _record(table, patient_id="MRN2", session="P_0001_MR2")
-    with pytest.raises(ItemFailed, match=r"session 'P_0001_MR1' already maps to another study"):
+    clash = r"StudyInstanceUID \(0020,000D\) differs from the one recorded for session 'P_0001_MR1'"
+    with pytest.raises(ItemFailed, match=clash):
         _record(table, study_instance_uid="1.2.3.4.5.6.7.9")
+    _record(table, patient_id=" mrn1 ", session="P_0001_MR1")  # the same patient, written so
     table.close()
 
 

@@ -16,6 +16,7 @@ guide is ``docs/anonymization.md``.
 from pacsman.anonymize.engine import (
     AnonymizeResult,
     Deidentifier,
+    Encapsulated,
     InstanceFailed,
     NotAnInstance,
     Source,
@@ -41,6 +42,7 @@ __all__ = [
     "ConfigError",
     "DateMode",
     "Deidentifier",
+    "Encapsulated",
     "InstanceFailed",
     "MappingTable",
     "NotAnInstance",

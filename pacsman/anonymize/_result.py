@@ -36,7 +36,9 @@ class AnonymizeResult:
     """One de-identified instance: where it is and whether it may be pushed.
 
     A quarantined file is never pushable; ``reason`` says why, without any PHI.  ``source``
-    is what the mapping table needs (PHI, never printed or logged).
+    is what the mapping table needs (PHI, never printed or logged).  A ``left_out`` instance
+    (an encapsulated document, by default) was not written at all: ``path`` is where it
+    would have gone, and ``reason`` says why it was left out.
     """
 
     path: Path
@@ -44,3 +46,4 @@ class AnonymizeResult:
     quarantined: bool
     reason: str | None = None
     source: Source | None = field(default=None, repr=False, compare=False)
+    left_out: bool = False

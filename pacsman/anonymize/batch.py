@@ -23,6 +23,7 @@ import structlog
 from pacsman.anonymize.engine import (
     AnonymizeResult,
     Deidentifier,
+    Encapsulated,
     InstanceFailed,
     NotAnInstance,
     hold,
@@ -52,12 +53,14 @@ class EngineSpec:
     profile: Profile
     key: bytes = field(repr=False)
     project: str
+    encapsulated: Encapsulated = Encapsulated.OMIT
 
 
 class Outcome(StrEnum):
     """What happened to one file."""
 
     WRITTEN = "written"
+    LEFT_OUT = "left out"  # by policy (an encapsulated document): not written, not an error
     QUARANTINED = "quarantined"
     FAILED = "failed"  # a DICOM instance that could not be de-identified
     SKIPPED = "skipped"  # not DICOM, or not a composite instance
@@ -89,7 +92,9 @@ class BatchSummary:
 
 def _start_worker(spec: EngineSpec, *, quiet: bool = True) -> None:
     global _ENGINE
-    _ENGINE = Deidentifier(spec.profile, key=spec.key, project=spec.project)
+    _ENGINE = Deidentifier(
+        spec.profile, key=spec.key, project=spec.project, encapsulated=spec.encapsulated
+    )
     if quiet:  # a worker process of its own: pydicom's warnings may quote values (PHI)
         warnings.filterwarnings("ignore", module=r"pydicom\.")
 
@@ -110,6 +115,8 @@ def _one(task: Task, dst_dir: Path) -> FileOutcome:
     except Exception as exc:
         _log.error("anonymize_file_failed", error=type(exc).__name__)
         return FileOutcome(Outcome.FAILED, f"unexpected error ({type(exc).__name__})")
+    if result.left_out:
+        return FileOutcome(Outcome.LEFT_OUT, result.reason, result)
     if result.quarantined:
         return FileOutcome(Outcome.QUARANTINED, result.reason, result)
     return FileOutcome(Outcome.WRITTEN, None, result)
@@ -135,8 +142,8 @@ def _outcomes(
 def _recorded(outcome: FileOutcome, task: Task, recorder: Deidentifier) -> FileOutcome:
     """Record the labels in the mapping table; a clash quarantines the file."""
     result = outcome.result
-    if result is None or result.source is None:
-        return outcome
+    if result is None or result.source is None or result.left_out:
+        return outcome  # a left-out file was not written: nothing to hold
     clash = recorder.record(task.subject, task.session, result.source)
     if clash is None:
         return outcome
@@ -158,7 +165,13 @@ def deidentify_files(
     Raises:
         InputError: a task's subject or session is not a valid XNAT label.
     """
-    recorder = Deidentifier(spec.profile, key=spec.key, project=spec.project, mapping=mapping)
+    recorder = Deidentifier(
+        spec.profile,
+        key=spec.key,
+        project=spec.project,
+        mapping=mapping,
+        encapsulated=spec.encapsulated,
+    )
     reasons: dict[Outcome, Counter[str]] = {}
     results: list[AnonymizeResult] = []
     written = 0
@@ -173,6 +186,6 @@ def deidentify_files(
         if on_outcome is not None:
             on_outcome(outcome)
     summary = BatchSummary(written, {k: dict(v) for k, v in reasons.items()}, tuple(results))
-    counts = {outcome.value: summary.count(outcome) for outcome in Outcome}
+    counts = {outcome.name.lower(): summary.count(outcome) for outcome in Outcome}
     _log.info("anonymize_batch_done", project=spec.project, workers=workers, **counts)
     return summary

@@ -13,15 +13,18 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache, partial
 from pathlib import Path
 
 import structlog
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from pacsman.anonymize._encode import Encoded, MismatchedEncoding, encode_fast, encode_pydicom
-from pacsman.anonymize._output import hold, quarantine_dir, store
+from pacsman.anonymize._output import discard, hold, quarantine_dir, store
+from pacsman.anonymize._pixels import clean_pixel_payloads
 from pacsman.anonymize._read import read_instance
 from pacsman.anonymize._result import AnonymizeResult, Source
 from pacsman.anonymize._stamp import Stamp, first_uid, transfer_syntax
@@ -41,6 +44,7 @@ __all__ = [
     "IMPLEMENTATION_CLASS_UID",
     "AnonymizeResult",
     "Deidentifier",
+    "Encapsulated",
     "InstanceFailed",
     "NotAnInstance",
     "Source",
@@ -52,7 +56,16 @@ __all__ = [
 _UID = re.compile(r"[0-9][0-9.]{0,63}")
 _READ_ERRORS = (InvalidDicomError, ValueError, EOFError, struct.error, KeyError, TypeError)
 _ENCODE_ERRORS = (ValueError, TypeError, NotImplementedError, struct.error, OverflowError)
+_ENCAPSULATED_DOCUMENT = 0x00420011
 _log = structlog.get_logger(__name__)
+
+
+class Encapsulated(StrEnum):
+    """What happens to encapsulated documents (PDF, CDA, STL, ...), whose content cannot
+    be proved free of PHI: ``anonymization.encapsulated`` in the config."""
+
+    OMIT = "omit"  # left out of the output, with a recorded reason; the rest goes on
+    QUARANTINE = "quarantine"  # de-identified around the document and held for review
 
 
 class InstanceFailed(ItemFailed):
@@ -107,10 +120,12 @@ class Deidentifier:
         key: bytes,
         project: str,
         mapping: MappingTable | None = None,
+        encapsulated: Encapsulated = Encapsulated.OMIT,
     ) -> None:
         check_label("project", project)
         self.profile = profile
         self.project = project
+        self.encapsulated = Encapsulated(encapsulated)
         self._key = key
         self._mapping = mapping
         self._recorded: set[tuple[str, str, Source]] = set()
@@ -130,8 +145,21 @@ class Deidentifier:
     def deidentify_dataset(self, ds: Dataset, *, subject: str, session: str) -> Originals:
         """De-identify ``ds`` in place; return the originals the leak check looks for.
 
+        An encapsulated document gets the table's D (a dummy, its length attribute to
+        match), and JPEG metadata that cannot be stripped stays (``deidentify_file``
+        leaves such documents out or quarantines such files).
+
         Raises:
             InputError: ``subject`` or ``session`` is not a valid XNAT label.
+        """
+        return self._deidentify(ds, subject, session)[0]
+
+    def _deidentify(
+        self, ds: Dataset, subject: str, session: str, *, keep_document: bool = False
+    ) -> tuple[Originals, str | None]:
+        """De-identify ``ds``; the originals, and why its pixel payload is not clean.
+
+        ``keep_document``: an encapsulated document stays whole (held for review).
         """
         check_label("subject", subject)
         check_label("session", session)
@@ -141,13 +169,15 @@ class Deidentifier:
         meta_uid = "".join(peek(meta, 0x00020003, [])) if meta is not None else ""
         syntax = transfer_syntax(ds)
         walk = Walk(self.profile, self._remap, self.date_shift(subject), originals, self._plans)
+        walk.keep_encapsulated = keep_document
         walk.dataset(ds)
+        payload = clean_pixel_payloads(ds, syntax)
         self._stamp.relabel(ds, subject, session)
         self._stamp.flags(ds)
         self._stamp.file_meta(ds, syntax)
         new_uid = first_uid(ds, 0x00080018)
         uids = walk.remapped | ({meta_uid} if meta_uid and meta_uid != new_uid else set())
-        return originals.with_uids(uids)
+        return originals.with_uids(uids), payload
 
     def deidentify_file(
         self, src: Path, dst_dir: Path, *, subject: str, session: str
@@ -157,6 +187,9 @@ class Deidentifier:
         With a mapping table, the subject and session are recorded first; a label that
         already belongs to another patient or study quarantines the file.
 
+        An encapsulated document (PDF, CDA, ...) is left out (``left_out``, nothing
+        written) or, with ``encapsulated=QUARANTINE``, quarantined for review.
+
         Raises:
             InputError: ``subject`` or ``session`` is not a valid XNAT label.
             NotAnInstance: ``src`` is not DICOM, or not a composite instance.
@@ -164,20 +197,37 @@ class Deidentifier:
                 SOPInstanceUID (kept by ``retain_uids``) is not a valid UID.
         """
         ds = _read(src)
-        risk = burned_in_risk(ds, self.profile.accept_burned_in)
         source = Source.from_dataset(ds)
-        originals = self.deidentify_dataset(ds, subject=subject, session=session)
+        document = _document(ds)
+        if document is not None and self.encapsulated is Encapsulated.OMIT:
+            return self._left_out(src, ds, dst_dir, document, source)
+        risk = burned_in_risk(ds, self.profile.accept_burned_in)
+        originals, payload = self._deidentify(ds, subject, session, keep_document=True)
         findings = _leaks(ds, _encode(ds, src), originals)
         clash = self.record(subject, session, source) if self._mapping is not None else None
         leak = "leak check: " + "; ".join(findings.reasons[:5]) if findings.reasons else None
-        reason = "; ".join(r for r in (leak, risk, clash) if r) or None
-        uid = first_uid(ds, 0x00080018)
-        if not _UID.fullmatch(uid):  # it names the output file: no path tricks
-            raise InstanceFailed(src, "its SOPInstanceUID is not a valid UID (digits and dots)")
+        held = f"{document} held for review: {_UNCHECKABLE}" if document else None
+        reason = "; ".join(r for r in (leak, risk, payload, held, clash) if r) or None
+        uid = _checked_uid(src, first_uid(ds, 0x00080018))
         path = store(findings.data, dst_dir, f"{uid}.dcm", reason)
         event = "anonymize_written" if reason is None else "anonymize_quarantined"
         _log.debug(event, sop_instance_uid=uid, session=session, reason=reason)
         return AnonymizeResult(path, uid, reason is not None, reason, source)
+
+    def _left_out(
+        self, src: Path, ds: Dataset, dst_dir: Path, document: str, source: Source
+    ) -> AnonymizeResult:
+        """An encapsulated document, left out: nothing written, earlier copies removed."""
+        original = first_uid(ds, 0x00080018)
+        kept = Option.RETAIN_UIDS in self.profile.options
+        uid = _checked_uid(src, original if kept else self._remap(original))
+        discard(dst_dir, f"{uid}.dcm")
+        reason = (
+            f"{document} left out: {_UNCHECKABLE}; set anonymization.encapsulated: "
+            "quarantine to hold the session for review instead"
+        )
+        _log.debug("anonymize_left_out", sop_instance_uid=uid, reason=reason)
+        return AnonymizeResult(dst_dir / f"{uid}.dcm", uid, False, reason, source, left_out=True)
 
     def record(self, subject: str, session: str, source: Source) -> str | None:
         """Record subject and session in the mapping table; why they clash, or ``None``.
@@ -200,6 +250,29 @@ class Deidentifier:
             return str(exc)
         self._recorded.add((subject, session, source))
         return None
+
+
+_UNCHECKABLE = "its content cannot be checked for PHI"
+
+
+def _document(ds: Dataset) -> str | None:
+    """What kind of encapsulated document ``ds`` holds (a SOP class name), or ``None``."""
+    if _ENCAPSULATED_DOCUMENT not in ds:
+        return None
+    sop_class = UID(first_uid(ds, 0x00080016))
+    known = sop_class.is_valid and sop_class.name != str(sop_class)
+    return f"encapsulated document ({sop_class.name})" if known else "encapsulated document"
+
+
+def _checked_uid(src: Path, uid: str) -> str:
+    """``uid``, which names the output file: digits and dots only (no path tricks).
+
+    Raises:
+        InstanceFailed: it is not.
+    """
+    if not _UID.fullmatch(uid):
+        raise InstanceFailed(src, "its SOPInstanceUID is not a valid UID (digits and dots)")
+    return uid
 
 
 @dataclass(frozen=True)

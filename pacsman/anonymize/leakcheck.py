@@ -1,73 +1,108 @@
 """The leak check: scan a de-identified file for this patient's original identifiers.
 
-:class:`Originals` is collected from the source dataset before de-identification.  A term
-is found when it occurs with no letter or digit right before or after it (UIDs: no digit
-or dot), case-insensitively, in
+:class:`Originals` is collected from the source dataset before de-identification.  The
+check has its own matcher (:mod:`._leakmatch`), never the engine's scrubber: text is
+normalized first (NFKD, accents, transliterations, case, separators, UTF-8 read as
+Latin-1) and a name part counts as a whole token (``LI`` in ``Li2``, not in ``SLICE``);
+IDs count with or without separators, the birth date in its written forms.  It searches
 
 * every parsed element -- the file meta included, at every sequence depth, text decoded
-  in the file's character set (name parts, IDs, dates, institutions; UIDs exactly);
-* the raw bytes of the file, encoded in ASCII/UTF-8 and in the file's character set.
+  in the file's character set;
+* the raw bytes of the file outside bulk binary values (pixel data, waveforms, ... whose
+  embedded payloads the engine clears), read as Latin-1, as UTF-8 and in the file's
+  character set, lower-cased whatever the script.
+
+Not a leak (a word of the standard, not data about anyone): a CS value that is a DICOM
+defined term (a patient named HEAD, BodyPartExamined ``HEAD``), and a code of a standard
+coding scheme whose meaning is the standard's (``(69536005, SCT, "Head")``).  In the raw
+bytes, a term counts only where it occurs more often than in such values.
 
 The engine calls :func:`leak_check_dataset` with the data set it holds and the exact bytes
 it is about to write (no second parse); :func:`leak_check` and :func:`leak_check_bytes`
-parse a file, for files written by anything else.
+parse a file, for files written by anything else.  A finding names the kind of original,
+the element (tag and keyword) or byte offset, and how it matched -- never the value.
 
-Bulk binary values (pixel data, waveforms, ...) are only searched for terms of at least
-:data:`LONG_TERM` bytes: a 3-byte name part occurs by chance in half a megabyte of pixels.
+Which originals count (minimums avoid chance hits on ordinary numbers and words):
 
-Which originals count (documented minimums avoid chance hits on ordinary numbers/words):
-
-* patient name parts of >= 3 letters (>= 2 for non-ASCII scripts) and patient IDs of >= 3
-  characters (purely numeric: >= 6 digits), except placeholders such as ANONYMIZED or TEST;
-* the birth date and the accession number;
-* the institution name/address, unless retained, and unless it is part of the Manufacturer
-  or model name (modalities often carry the vendor's name there);
+* parts of the patient's names (PatientName, OtherPatientNames, PatientBirthName,
+  PatientMotherBirthName, ResponsiblePerson) of >= 2 letters (in the raw bytes: >= 3,
+  or 2 that are not a VR code),
+  except placeholders such as ANONYMIZED or TEST;
+* patient IDs, other IDs, the accession number, record locators, admission IDs and phone
+  numbers of >= 3 characters (purely numeric: >= 6 digits);
+* the birth date, and birth/death dates in an alternative calendar as written;
+* the institution name/address and the patient's address, unless retained, and unless
+  part of the Manufacturer or model name (modalities often carry the vendor's name there);
 * every UID the engine remapped, of >= 8 characters (shorter ones are test artefacts).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
+import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.dataelem import RawDataElement
+from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from pacsman.anonymize._encode import BINARY_VRS
-from pacsman.anonymize._profile_rules import effective_vr
-from pacsman.anonymize._values import element_texts, encodings_of, peek
+from pacsman.anonymize._leakmatch import (
+    Matcher,
+    Term,
+    date_term,
+    id_term,
+    name_term,
+    phrase_term,
+    uid_term,
+)
+from pacsman.anonymize._leakscan import BULK_VRS, Parsed, collected, raw_findings
+from pacsman.anonymize._values import encodings_of, peek
 
-__all__ = ["LONG_TERM", "Originals", "leak_check", "leak_check_bytes", "leak_check_dataset"]
+__all__ = ["BULK_VRS", "Originals", "leak_check", "leak_check_bytes", "leak_check_dataset"]
 
-LONG_TERM = 6
-_MIN_NAME, _MIN_ID, _MIN_NUMERIC_ID, _MIN_UID = 3, 3, 6, 8
+_MIN_ID, _MIN_NUMERIC_ID, _MIN_UID, _MIN_RAW_NAME = 3, 6, 8, 3
 #: Placeholder "names" found in already-anonymized or test data (pacsman writes the first):
 #: they identify no one, and would match pacsman's own dummies and ordinary words.
 _PLACEHOLDERS = frozenset(
     {"anonymized", "anonymous", "anon", "unknown", "none", "name", "first", "last", "patient"}
     | {"test", "phantom", "removed", "deidentified", "de-identified", "xxx", "nobody"}
 )
-_TEXT_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC"}
-    | {"UR", "UT"}
+#: VR codes: in explicit VR headers they stand between bytes like words of their own.
+_VR_CODES = frozenset(
+    "AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN "
+    "UR US UT UV".split()  # noqa: SIM905 (34 two-letter codes: a list would take 36 lines)
 )
-#: Characters that may not touch a term, by kind (default: ASCII letters and digits).
-_EDGES = {"original UID": "0-9.", "birth date": "0-9"}
-_WORD = "0-9A-Za-z"
-_NAME_SEPARATORS = re.compile(r"[\^=\s,]+")
-_UID_RUNS = re.compile(r"[0-9.]+")
-_GENERIC = re.compile(
-    r"\d+(?:\.\d+){3,}"  # UID-like
-    r"|\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b|\b\d{1,2}[-/.]\d{1,2}[-/.]\d{4}\b"  # dates
-    r"|\d{6,}"  # long digit runs (record numbers, YYYYMMDD)
+_LETTERS = re.compile(r"[^\W\d_]+")
+_NAMES: tuple[str, ...] = (
+    "PatientName",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
 )
+_IDS: tuple[str, ...] = ("PatientID", "OtherPatientIDs", "AccessionNumber", "MedicalRecordLocator")
+_IDS += ("AdmissionID", "PatientTelephoneNumbers")
+_ALTERNATIVE_DATES: tuple[str, ...] = ("PatientBirthDateInAlternativeCalendar",)
+_ALTERNATIVE_DATES += ("PatientDeathDateInAlternativeCalendar",)
+_SOURCE_KEYWORDS: tuple[str, ...] = (*_NAMES, *_IDS, *_ALTERNATIVE_DATES, "ResponsiblePerson")
+_SOURCE_KEYWORDS += ("InstitutionName", "InstitutionAddress", "Manufacturer")
+_SOURCE_KEYWORDS += ("ManufacturerModelName", "PatientBirthDate", "PatientAddress")
+_SOURCE_KEYWORDS += ("OtherPatientIDsSequence",)
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return int(tag)
+
+
+_SOURCE_TAGS = frozenset(_tag(keyword) for keyword in _SOURCE_KEYWORDS)
 
 
 @dataclass(frozen=True)
@@ -79,6 +114,7 @@ class Originals:
     dates: frozenset[str] = frozenset()
     institutions: frozenset[str] = frozenset()
     uids: frozenset[str] = frozenset()
+    addresses: frozenset[str] = field(default=frozenset())
 
     @classmethod
     def from_dataset(
@@ -89,66 +125,115 @@ class Originals:
         Raw elements are read without converting them (see :mod:`._values`).
         """
         encodings = encodings_of(ds)
+        present = _SOURCE_TAGS.intersection(ds.keys())  # one pass; most are absent
 
-        def get(keyword: str) -> list[str]:
-            return peek(ds, keyword, encodings)
+        def get(*keywords: str) -> list[str]:
+            tags = (_tag(keyword) for keyword in keywords)
+            return [v for tag in tags if tag in present for v in peek(ds, tag, encodings)]
 
-        names = get("PatientName") + get("OtherPatientNames") + get("PatientBirthName")
-        ids = get("PatientID") + get("OtherPatientIDs") + get("AccessionNumber")
-        if "OtherPatientIDsSequence" in ds:
+        ids = get(*_IDS)
+        if _tag("OtherPatientIDsSequence") in present:
             for item in ds.OtherPatientIDsSequence or []:
                 ids += peek(item, "PatientID", encodings_of(item, encodings))
-        places = [] if keep_institution else get("InstitutionName") + get("InstitutionAddress")
-        vendor = " ".join(get("Manufacturer") + get("ManufacturerModelName")).lower()
+        places = [] if keep_institution else get("InstitutionName", "InstitutionAddress")
+        vendor = " ".join(get("Manufacturer", "ManufacturerModelName")).lower()
         return cls(
-            name_parts=frozenset(p for p in _name_parts(names) if _long_enough_name(p)),
+            name_parts=frozenset(_name_parts(get(*_NAMES, "ResponsiblePerson"))),
             ids=frozenset(i for i in _values(ids) if _long_enough_id(i)),
-            dates=frozenset(d for d in _values(get("PatientBirthDate")) if len(d) == 8),
+            dates=frozenset(_dates(get("PatientBirthDate"), get(*_ALTERNATIVE_DATES))),
             institutions=frozenset(
                 i for i in _values(places) if len(i) >= 4 and i.lower() not in vendor
             ),
+            addresses=frozenset(a for a in _values(get("PatientAddress")) if len(a) >= 4),
         ).with_uids(uids)
 
     def with_uids(self, uids: Iterable[str]) -> Originals:
         """A copy that also looks for ``uids`` (those shorter than 8 characters are ignored)."""
         kept = frozenset(u for u in uids if len(u) >= _MIN_UID)
-        return Originals(self.name_parts, self.ids, self.dates, self.institutions, kept)
+        return Originals(
+            self.name_parts, self.ids, self.dates, self.institutions, kept, self.addresses
+        )
 
     @cached_property
-    def terms(self) -> tuple[tuple[str, str], ...]:
-        """``(kind, term)`` pairs, longest first."""
-        pairs = [("patient name part", t) for t in self.name_parts]
-        pairs += [("patient ID or accession number", t) for t in self.ids]
-        pairs += [("birth date", t) for t in self.dates]
-        pairs += [("institution", t) for t in self.institutions]
-        pairs += [("original UID", t) for t in self.uids]
-        return tuple(sorted(pairs, key=lambda pair: -len(pair[1])))
+    def _patient(self) -> tuple[Term, ...]:
+        return _patient_terms(
+            self.name_parts, self.ids, self.dates, self.institutions, self.addresses
+        )
 
     @cached_property
-    def _patterns(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
-        return tuple((kind, _text_pattern(kind, term)) for kind, term in self.terms)
+    def terms(self) -> tuple[Term, ...]:
+        """What the check looks for, one term per original."""
+        return self._patient + tuple(uid_term(u) for u in sorted(self.uids))
 
     @cached_property
-    def _screens(self) -> tuple[re.Pattern[str], ...]:
-        """One pattern per edge rule for every term but UIDs: a fast first pass."""
-        return _screens(tuple(pair for pair in self.terms if pair[0] != "original UID"))
+    def _uid_list(self) -> tuple[str, ...]:
+        return tuple(sorted(self.uids))
+
+    @cached_property
+    def matcher(self) -> Matcher:
+        """The matcher for parsed values (names of 2+ letters)."""
+        return _matchers(self._patient)[0].with_uids(self._uid_list)
+
+    @cached_property
+    def device_matcher(self) -> Matcher:
+        """The matcher for keep-list values (coil, kernel, protocol element names): a name
+        part that is itself a defined term (a patient named HEAD) does not count there."""
+        return _matchers(self._patient)[1].with_uids(self._uid_list)
+
+    @cached_property
+    def raw_matcher(self) -> Matcher:
+        """The matcher for raw bytes (names of 3+ letters: header bytes form short words)."""
+        return _matchers(self._patient)[2].with_uids(self._uid_list)
 
     def find_in_text(self, text: str) -> str | None:
         """The kind of the first original found in ``text``, else ``None``."""
-        if self.uids and not self.uids.isdisjoint(_UID_RUNS.findall(text)):
-            return "original UID"  # a clear UID occurrence is a whole run of digits and dots
-        if not any(screen.search(text) for screen in self._screens):
-            return None
-        for kind, pattern in self._patterns:
-            if pattern.search(text):
-                return kind
-        return None  # pragma: no cover (a screen hit is always some term's hit)
+        hit = self.matcher.first(text)
+        return hit.kind if hit is not None else None
 
-    def scrub(self, text: str) -> str:
-        """``text`` without any original, date, UID-like string or long digit run."""
-        for _kind, pattern in self._patterns:
-            text = pattern.sub("", text)
-        return " ".join(_GENERIC.sub("", text).split())
+
+@lru_cache(maxsize=64)
+def _patient_terms(
+    name_parts: frozenset[str],
+    ids: frozenset[str],
+    dates: frozenset[str],
+    institutions: frozenset[str],
+    addresses: frozenset[str],
+) -> tuple[Term, ...]:
+    """The terms for one patient's originals (a study's files share them)."""
+    terms: list[Term | None] = [name_term(p) for p in sorted(name_parts)]
+    terms += [_id(i, "patient ID or accession number") for i in sorted(ids)]
+    terms += [_date(d) for d in sorted(dates)]
+    terms += [phrase_term(i, kind="institution") for i in sorted(institutions)]
+    terms += [phrase_term(a, kind="patient address") for a in sorted(addresses)]
+    return tuple(t for t in terms if t is not None)
+
+
+@lru_cache(maxsize=64)
+def _matchers(terms: tuple[Term, ...]) -> tuple[Matcher, Matcher, Matcher]:
+    """A patient's matchers: for parsed values, for keep-list values, for raw bytes."""
+    device = tuple(t for t in terms if not t.is_defined_word)
+    raw = []
+    for term in terms:
+        words = tuple(w for w in term.words if _raw_word(w))
+        if words or not term.words:
+            raw.append(dataclasses.replace(term, words=words))
+    return Matcher(terms), Matcher(device), Matcher(raw)
+
+
+def _raw_word(word: str) -> bool:
+    """A name part the raw scan looks for: 3+ letters, or 2 that are not a VR code."""
+    return len(word) >= _MIN_RAW_NAME or (len(word) == 2 and word.upper() not in _VR_CODES)
+
+
+def _id(value: str, kind: str) -> Term | None:
+    return id_term(value, kind=kind, min_length=_MIN_ID, min_digits=_MIN_NUMERIC_ID)
+
+
+def _date(value: str) -> Term | None:
+    if len(value) == 8 and value.isdigit():
+        return date_term(value)
+    term = id_term(value, kind="birth date", min_length=4, min_digits=4)
+    return dataclasses.replace(term, how="as written in its calendar") if term else None
 
 
 def _values(values: Iterable[object]) -> Iterator[str]:
@@ -165,13 +250,14 @@ def _values(values: Iterable[object]) -> Iterator[str]:
 
 def _name_parts(values: Iterable[object]) -> Iterator[str]:
     for text in _values(values):
-        yield from (part for part in _NAME_SEPARATORS.split(text) if part)
+        for part in _LETTERS.findall(unicodedata.normalize("NFC", text)):
+            if part.casefold() not in _PLACEHOLDERS and len(part) >= 2:
+                yield part
 
 
-def _long_enough_name(part: str) -> bool:
-    if part.casefold() in _PLACEHOLDERS:
-        return False
-    return len(part) >= (_MIN_NAME if part.isascii() else 2)
+def _dates(birth: list[str], alternative: list[str]) -> Iterator[str]:
+    yield from (d for d in _values(birth) if len(d) == 8 and d.isdigit())
+    yield from (d for d in _values(alternative) if sum(c.isalnum() for c in d) >= 4)
 
 
 def _long_enough_id(value: str) -> bool:
@@ -180,121 +266,7 @@ def _long_enough_id(value: str) -> bool:
     return len(value) >= (_MIN_NUMERIC_ID if value.isdigit() else _MIN_ID)
 
 
-@lru_cache(maxsize=1024)
-def _screens(terms: tuple[tuple[str, str], ...]) -> tuple[re.Pattern[str], ...]:
-    by_edge: dict[str, list[str]] = {}
-    for kind, term in terms:
-        by_edge.setdefault(_EDGES.get(kind, _WORD), []).append(re.escape(term))
-    return tuple(
-        re.compile(rf"(?<![{edge}])(?:{'|'.join(terms)})(?![{edge}])", re.IGNORECASE)
-        for edge, terms in by_edge.items()
-    )
-
-
-@lru_cache(maxsize=4096)
-def _text_pattern(kind: str, term: str) -> re.Pattern[str]:
-    edge = _EDGES.get(kind, _WORD)
-    return re.compile(rf"(?<![{edge}]){re.escape(term)}(?![{edge}])", re.IGNORECASE)
-
-
-#: ``(path of the item, tag, text)``: a value to search, located lazily.
-_Located = tuple[str, int, str]
-
-
-def _collect(
-    ds: Dataset,
-    path: str,
-    regions: list[tuple[int, int]] | None,
-    encodings: list[str],
-    found: list[_Located],
-) -> None:
-    """Collect the text/UID values of ``ds`` at every depth; binary regions if asked.
-
-    Regions are the offsets of raw values in the file ``ds`` was parsed from.
-    """
-    encodings = encodings_of(ds, encodings)
-    for tag, element in list(ds.items()):
-        vr = effective_vr(int(tag), element.VR)
-        if vr in BINARY_VRS:
-            if regions is not None and isinstance(element, RawDataElement) and element.value:
-                regions.append((element.value_tell, element.value_tell + len(element.value)))
-        elif vr == "SQ":
-            where = f"{path}{_location(tag)}"
-            for index, item in enumerate(ds[tag].value or []):
-                _collect(item, f"{where}[{index}].", regions, encodings, found)
-        elif vr in _TEXT_VRS or vr == "UI":
-            found += ((path, tag, text) for text in element_texts(element, vr, encodings))
-
-
-def _location(tag: int) -> str:
-    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
-def _parsed_findings(
-    ds: Dataset, originals: Originals, regions: list[tuple[int, int]] | None
-) -> list[str]:
-    encodings = encodings_of(ds)
-    meta: list[_Located] = []
-    body: list[_Located] = []
-    _collect(ds.file_meta, "", regions, encodings, meta)
-    _collect(ds, "", regions, encodings, body)
-    if originals.find_in_text("\0".join(text for _, _, text in meta + body)) is None:
-        return []  # the usual case: one search over every value at once
-    findings = []
-    for prefix, texts in (("file meta ", meta), ("", body)):
-        for path, tag, text in texts:
-            kind = originals.find_in_text(text)
-            if kind is not None:
-                findings.append(f"{kind} found in {prefix}element {path}{_location(tag)}")
-    return findings
-
-
-def _raw_findings(
-    data: bytes, originals: Originals, regions: Sequence[tuple[int, int]], encodings: list[str]
-) -> list[str]:
-    lowered = data.lower()
-    findings = []
-    for kind, term in originals.terms:
-        edge = _BYTE_EDGES[_EDGES.get(kind, _WORD)]
-        for needle in _encoded(term.lower(), encodings):
-            offset = _find(lowered, needle, edge, regions)
-            if offset is not None:
-                findings.append(f"{kind} found in the raw bytes at offset {offset}")
-                break
-    return findings
-
-
-def _encoded(term: str, encodings: list[str]) -> set[bytes]:
-    needles = set()
-    for encoding in encodings:
-        try:
-            needles.add(term.encode(encoding).lower())
-        except (UnicodeEncodeError, LookupError):
-            continue
-    return needles
-
-
-_DIGITS = b"0123456789"
-#: The edge rules as byte sets (the raw scan runs on lower-cased bytes).
-_BYTE_EDGES = {
-    _WORD: frozenset(_DIGITS + b"abcdefghijklmnopqrstuvwxyz"),
-    _EDGES["original UID"]: frozenset(_DIGITS + b"."),
-    _EDGES["birth date"]: frozenset(_DIGITS),
-}
-
-
-def _find(
-    data: bytes, needle: bytes, edge: frozenset[int], regions: Sequence[tuple[int, int]]
-) -> int | None:
-    start = data.find(needle)
-    while start != -1:
-        end = start + len(needle)
-        clear = not ((start and data[start - 1] in edge) or (end < len(data) and data[end] in edge))
-        in_binary = any(low <= start < high for low, high in regions)
-        if clear and not (in_binary and len(needle) < LONG_TERM):
-            return start
-        start = data.find(needle, start + 1)
-    return None
+# -- parsed values ------------------------------------------------------------------------
 
 
 def leak_check_bytes(data: bytes, originals: Originals) -> list[str]:
@@ -304,13 +276,15 @@ def leak_check_bytes(data: bytes, originals: Originals) -> list[str]:
         InvalidDicomError: ``data`` is not a DICOM file (pydicom cannot parse it).
     """
     ds = dcmread(io.BytesIO(data), force=False)
-    regions: list[tuple[int, int]] = []
-    findings = _parsed_findings(ds, originals, regions)
+    encodings = encodings_of(ds)
+    meta, body = collected(ds, encodings, regions=True)
+    parsed = Parsed((meta, body), originals, lambda: collected(ds, encodings, locate=True))
+    regions = body.regions or []
     if ds.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        regions = []  # offsets are into the inflated stream: search it whole
-        data = data + zlib.decompress(data[_meta_end(data) :], -zlib.MAX_WBITS)
-    findings += _raw_findings(data, originals, regions, ["utf-8", *encodings_of(ds)])
-    return findings
+        head = _meta_end(data)  # offsets are into the inflated data set: shift them
+        data = data[:head] + zlib.decompress(data[head:], -zlib.MAX_WBITS)
+        regions = [(low + head, high + head) for low, high in regions]
+    return parsed.findings + raw_findings(data, originals, regions, encodings, parsed)
 
 
 def leak_check_dataset(
@@ -322,9 +296,18 @@ def leak_check_dataset(
     ``data`` as raw bytes; ``binary`` holds the ``[start, end)`` ranges of bulk binary
     values in ``data``.  The transfer syntax must not be deflated.
     """
-    findings = _parsed_findings(ds, originals, None)
-    findings += _raw_findings(data, originals, binary, ["utf-8", *encodings_of(ds)])
-    return findings
+    encodings = encodings_of(ds)
+    parsed = Parsed(
+        collected(ds, encodings, brief=True),
+        originals,
+        lambda: collected(ds, encodings, locate=True),
+    )
+    raw = raw_findings(data, originals, binary, encodings, parsed)
+    if raw:  # the brief collection left some values to the raw scan: count them all
+        full = collected(ds, encodings)
+        parsed = Parsed(full, originals, lambda: collected(ds, encodings, locate=True))
+        raw = raw_findings(data, originals, binary, encodings, parsed)
+    return parsed.findings + raw
 
 
 def _meta_end(data: bytes) -> int:

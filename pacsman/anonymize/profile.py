@@ -59,8 +59,10 @@ __all__ = [
     "Profile",
     "Relabel",
     "Rule",
+    "keep_list_tags",
     "load_profile",
     "tag_for",
+    "type1_tags",
     "vr_for",
 ]
 
@@ -244,7 +246,26 @@ def _resolved_rules(options: frozenset[Option]) -> dict[int, Rule]:
     for mask, row in table["masks"].items():
         key = _CURVE_KEY if mask.startswith("50") else int(mask.replace("xx", "00"), 16)
         rules[key] = Rule(resolve(row, options))
+    for tag, row in table.get("required", {}).items():  # Type 1/2 somewhere: never dropped
+        if rules[int(tag, 16)].action is Action.REMOVE:
+            rules[int(tag, 16)] = Rule(Action(row["action"]))
     return rules
+
+
+@cache
+def keep_list_tags() -> frozenset[int]:
+    """pacsman's keep-list: attributes outside the table kept as they are (devices...)."""
+    rows = _table()["attributes"].items()
+    return frozenset(
+        int(tag, 16) for tag, row in rows if row["source"] == "pacsman" and row["basic"] == "K"
+    )
+
+
+@cache
+def type1_tags() -> frozenset[int]:
+    """Attributes outside the table that are Type 1 in an IOD: cleaned, never left empty."""
+    rows = _table()["attributes"].items()
+    return frozenset(int(tag, 16) for tag, row in rows if row.get("type") == 1)
 
 
 def _problem(source: str, key: str, message: str) -> Problem:
