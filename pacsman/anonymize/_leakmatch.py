@@ -15,8 +15,9 @@ How each kind of original is found:
   non-letter, at letter/digit changes and at lower -> upper case changes (``JohnSmith``,
   ``MRIMuller``), so ``LI`` matches ``LI`` and ``Li2`` but not ``SLICE``; parts in scripts
   without case (CJK) match anywhere;
-* an **ID** matches with or without separators (``12-345-678``, ``12345678``), and without
-  its leading zeros or its letter prefix when what is left still has 6+ digits;
+* an **ID** matches with or without separators (``12-345-678``, ``12345678``), without
+  its leading zeros or its letter prefix when what is left still has 6+ digits, and with
+  leading zeros it lacks;
 * the **birth date** matches as ``19520314`` and in the usual written forms: ``1952-03-14``,
   ``14.03.1952``, ``14/3/52``, ``03/14/1952``, ``14-Mar-1952``, ``14MAR52``, ``March 14,
   1952``, ``14. März 1952``...;

