@@ -320,8 +320,8 @@ def _arguments() -> argparse.Namespace:
 
 #: Stages of one file, by the module (or function) the time is spent in, first match wins.
 _STAGES = (
-    ("leak check: raw bytes", ("leakcheck.py:_raw_findings",)),
-    ("leak check: parsed values", ("leakcheck.py", "_leakmatch.py", "_terms.py")),
+    ("leak check: raw bytes", ("raw_findings", "_views", "_foreign_words", "_chunks")),
+    ("leak check: parsed values", ("leakcheck.py", "_leakscan.py", "_leakmatch.py", "_terms.py")),
     ("read (pydicom read_dataset, file meta)", ("_read.py", "filereader.py")),
     ("walk (profile rules, codes, SR, private)", ("_walk.py", "_codes.py", "_sr.py")),
     ("clean text (scrubber)", ("_scrub.py",)),

@@ -110,7 +110,8 @@ def _collect(ds: Dataset, path: str, encodings: list[str], out: Collected) -> No
     exempt_codes = _code_exempt(ds, encodings)
     keep_list, located, brief = keep_list_tags(), out.located, out.brief
     always, kept = _ALWAYS, _KEPT_BRIEF
-    for tag, element in ds.items():
+    for key, element in ds.items():
+        tag = int(key)  # BaseTag compares in Python: plain ints from here on
         vr = element.VR
         if vr is None or vr == "UN":
             vr = effective_vr(tag, vr)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pacsman.anonymize.batch import BatchSummary, EngineSpec, Outcome, Task, deidentify_files
-from pacsman.anonymize.engine import check_label, quarantine_dir
+from pacsman.anonymize.engine import Encapsulated, check_label, quarantine_dir
 from pacsman.anonymize.keys import load_or_create_key
 from pacsman.anonymize.locations import default_key_path, default_mapping_path
 from pacsman.anonymize.mapping import MappingTable, export_mapping
@@ -46,6 +46,7 @@ class _Settings:
     key_path: Path
     mapping_path: Path
     workers: int
+    encapsulated: Encapsulated = Encapsulated.OMIT
 
 
 def _anonymize_parser() -> argparse.ArgumentParser:
@@ -129,6 +130,7 @@ def _settings(args: argparse.Namespace) -> _Settings:
         key_path=(args.key or default_key_path(project)).expanduser(),
         mapping_path=(args.mapping or default_mapping_path(project)).expanduser(),
         workers=args.workers,
+        encapsulated=Encapsulated(config.anonymization.encapsulated if config else "omit"),
     )
 
 
@@ -173,7 +175,7 @@ def anonymize_main(argv: list[str]) -> int:
     settings = _settings(_anonymize_parser().parse_args(argv))
     files = _files(settings.in_dir, settings.out_dir)
     key = load_or_create_key(settings.key_path)
-    spec = EngineSpec(settings.profile, key, settings.project)
+    spec = EngineSpec(settings.profile, key, settings.project, settings.encapsulated)
     tasks = [Task(path, settings.subject, settings.session) for path in files]
     mapping = MappingTable(settings.mapping_path)
     try:
@@ -192,7 +194,7 @@ def _print_summary(summary: BatchSummary, settings: _Settings) -> None:
         f"session {settings.session}: {summary.written} file(s) written to {settings.out_dir}"
     )
     where = {Outcome.QUARANTINED: f" (in {quarantine_dir(settings.out_dir)})"}
-    for outcome in (Outcome.QUARANTINED, Outcome.FAILED, Outcome.SKIPPED):
+    for outcome in (Outcome.LEFT_OUT, Outcome.QUARANTINED, Outcome.FAILED, Outcome.SKIPPED):
         reasons: Mapping[str, int] = summary.reasons.get(outcome, {})
         if reasons:
             print(f"{summary.count(outcome)} file(s) {outcome.value}{where.get(outcome, '')}:")

@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from pacsman.anonymize import (
+    Encapsulated,
     MappingTable,
     default_key_path,
     default_mapping_path,
@@ -62,7 +63,7 @@ def anonymize_complete(
     if not todo:
         _log.info("nothing_to_anonymize", series=store.count_series(run))
         return 0
-    spec = _engine_spec(config.anonymization.profile, project)
+    spec = _engine_spec(config.anonymization.profile, project, config.anonymization.encapsulated)
     mapping = MappingTable(default_mapping_path(project))
     try:
         for series, following in zip(todo, [*todo[1:], None], strict=True):
@@ -81,12 +82,13 @@ def _study(series: AnonymizeSeries | None) -> tuple[str, int] | None:
 
 
 @lru_cache(maxsize=4)
-def _engine_spec(profile: Path | None, project: str) -> EngineSpec:
+def _engine_spec(profile: Path | None, project: str, encapsulated: str) -> EngineSpec:
     """Profile and key, read once per process (the de-identify/push process runs many passes)."""
     return EngineSpec(
         profile=load_profile(profile),
         key=load_or_create_key(default_key_path(project)),
         project=project,
+        encapsulated=Encapsulated(encapsulated),
     )
 
 
@@ -148,10 +150,15 @@ def _anonymize_series(
 
 
 def _verdict(summary: BatchSummary, files: int) -> tuple[ItemState, str]:
-    if summary.written == files:
-        return ItemState.ANONYMIZED, ""
+    left_out = summary.count(Outcome.LEFT_OUT)  # encapsulated documents, by policy
+    if summary.written + left_out == files:
+        detail = "; ".join(
+            f"{n} left out: {r}"
+            for r, n in sorted(summary.reasons.get(Outcome.LEFT_OUT, {}).items())
+        )
+        return ItemState.ANONYMIZED, detail
     parts = []
-    for outcome in (Outcome.QUARANTINED, Outcome.FAILED, Outcome.SKIPPED):
+    for outcome in (Outcome.LEFT_OUT, Outcome.QUARANTINED, Outcome.FAILED, Outcome.SKIPPED):
         for reason, count in sorted(summary.reasons.get(outcome, {}).items()):
             parts.append(f"{count} {outcome.value}: {reason}")
     return ItemState.QUARANTINED, f"{summary.written} of {files} written; " + "; ".join(parts)
