@@ -162,7 +162,8 @@ def _echo(args: argparse.Namespace) -> int:
     node = config.node(args.pacs)
     peer = DicomPeer(node, config.local.ae_title, config.local.port)
     client.echo(peer)
-    print(f"C-ECHO {config.local.ae_title} -> {peer.describe()}: OK")
+    over = " over DICOM TLS" if node.tls is not None else ""
+    print(f"C-ECHO {config.local.ae_title} -> {peer.describe()}{over}: OK")
     return EXIT_OK
 
 

@@ -395,3 +395,9 @@ def _getscu_retrieves_the_dose_report(qrscp: QrScp, out: Path) -> None:
     ]  # fmt: skip
     subprocess.run(command, check=True, timeout=60, capture_output=True)
     assert {str(dcmread(p).SOPClassUID) for p in out.iterdir()} == {X_RAY_DOSE_SR}
+
+
+def test_the_compressed_syntaxes_proposed_are_ones_the_scp_accepts() -> None:
+    """One list of transfer syntaxes: C-GET proposes a subset of what the SCP accepts."""
+    assert set(COMMON_COMPRESSED) <= set(TRANSFER_SYNTAXES)
+    assert set(UNCOMPRESSED) <= set(TRANSFER_SYNTAXES)

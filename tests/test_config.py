@@ -454,6 +454,12 @@ def test_example_file_loads_with_the_documented_defaults() -> None:
 def test_example_file_commented_keys_are_valid_when_uncommented(tmp_path: Path) -> None:
     """Uncommenting every commented key (the second node too) still gives a valid config."""
     text = re.sub(r"^(\s*)# ?(\s*[a-z_]+:.*)$", r"\1\2", EXAMPLE.read_text(), flags=re.MULTILINE)
+    tls = tmp_path / "tls"  # the example's TLS files, which the loader checks
+    tls.mkdir()
+    for name in ("pacsman.pem", "pacsman.key", "hospital-ca.pem", "research-ca.pem"):
+        (tls / name).write_text("PEM\n")
+        (tls / name).chmod(0o600)
+    text = text.replace("/etc/pacsman/tls/", f"{tls}/")
     path = tmp_path / "full.yaml"
     path.write_text(text)
     config = load_config(path)
@@ -466,6 +472,7 @@ def test_example_file_commented_keys_are_valid_when_uncommented(tmp_path: Path) 
     assert config.node("orthanc").retrieve_window == "19:00-07:00"
     assert config.xnat.ca_bundle is not None
     assert config.log.file == Path("logs/pacsman.jsonl")
+    assert config.local.tls is not None and config.node("orthanc").tls is not None
 
 
 def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from pacsman.config import _values as v
 from pacsman.config._reader import Problems, Section, scan_tree
 from pacsman.config._yaml import load_yaml, not_a_regular_file, read_config_text
 from pacsman.config.push import DicomTarget, PushConfig, XnatConfig, parse_push, parse_xnat
+from pacsman.config.tls import TlsConfig, parse_tls
 from pacsman.errors import ConfigError, Problem
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "PacsNode",
     "PushConfig",
     "Timeouts",
+    "TlsConfig",
     "XnatConfig",
     "find_config",
     "load_config",
@@ -87,6 +89,8 @@ class LocalAE:
     #: ``_unrouted/`` up to ``unsolicited_quota_mb`` (then 0xA700).
     unsolicited: Unsolicited = "refuse"
     unsolicited_quota_mb: int = 1024
+    #: DICOM TLS for the Storage SCP; ``None`` = plain TCP.
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class PacsNode:
     max_attempts: int = 50  # retry budget per operation, 1..1000
     retrieve_level: RetrieveLevel = "series"  # C-MOVE/C-GET per series, or per study
     retrieve_passes: int = 3  # verify: re-request incomplete series up to this many passes
+    tls: TlsConfig | None = None  # DICOM TLS towards this PACS; None = plain TCP
 
 
 @dataclass(frozen=True)
@@ -357,6 +362,7 @@ def _parse_local(local: Section) -> LocalAE:
         unsolicited_quota_mb=local.get(
             "unsolicited_quota_mb", v.int_between(1, 10_000_000), LocalAE.unsolicited_quota_mb
         ),
+        tls=parse_tls(local, server=True),
     )
     local.warn("bind_host", v.bind_host_warning(result.bind_host))
     local.finish()
@@ -404,6 +410,7 @@ def _parse_node(name: str, node: Section) -> PacsNode | None:
         max_attempts=node.get("max_attempts", v.int_between(1, 1000), d.max_attempts),
         retrieve_level=node.get("retrieve_level", v.choice(_RETRIEVE_LEVELS), d.retrieve_level),
         retrieve_passes=node.get("retrieve_passes", v.int_between(1, 20), d.retrieve_passes),
+        tls=parse_tls(node, server=False),
     )
     node.finish()
     return None if host is None or port is None or called is None else result

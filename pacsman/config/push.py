@@ -13,6 +13,7 @@ from typing import Literal
 
 from pacsman.config import _values as v
 from pacsman.config._reader import Section
+from pacsman.config.tls import TlsConfig, parse_tls
 
 __all__ = [
     "DicomTarget",
@@ -59,6 +60,7 @@ class DicomTarget:
     host: str
     port: int
     called_ae_title: str
+    tls: TlsConfig | None = None  # DICOM TLS towards the SCP; None = plain TCP
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ def _parse_dicom(section: Section) -> DicomTarget | None:
     host = section.require("host", v.host, "host: 127.0.0.1")
     port = section.require("port", v.tcp_port, "port: 4242")
     called = section.require("called_ae_title", v.ae_title, "called_ae_title: RESEARCH")
+    tls = parse_tls(section, server=False)
     section.finish()
     if host is None or port is None or called is None:
         return None
-    return DicomTarget(host=host, port=port, called_ae_title=called)
+    return DicomTarget(host=host, port=port, called_ae_title=called, tls=tls)

@@ -210,6 +210,8 @@ class Admission:
             if header is None:
                 raise _Refused("the peer closed the connection without a word", quiet=True)
             pdu_type, length = header[0], int.from_bytes(header[2:6], "big")
+            if pdu_type == _TLS_HANDSHAKE and not isinstance(sock, ssl.SSLSocket):
+                raise _Refused(_TLS_UNEXPECTED)
             if pdu_type != _A_ASSOCIATE_RQ:
                 what = f"the first PDU is of type 0x{pdu_type:02X}, not an A-ASSOCIATE-RQ"
                 raise _Refused(what, reply=_ABORT_UNEXPECTED)
@@ -220,7 +222,8 @@ class Admission:
         except TimeoutError:
             raise _Refused(f"no whole A-ASSOCIATE-RQ within {seconds:g} s") from None
         except ssl.SSLError as exc:
-            raise _Refused(f"TLS handshake failed ({exc.reason or exc})") from None
+            what = f"TLS handshake failed ({exc.reason or exc})"
+            raise _Refused(f"{what}; {_TLS_FIX}") from None
         except OSError as exc:
             raise _Refused(f"connection lost ({exc.strerror or exc})", quiet=True) from None
         if body is None:
@@ -242,6 +245,17 @@ class Admission:
                 sock.sendall(refused.reply)
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
+
+
+_TLS_HANDSHAKE = 0x16  # a TLS record holding a ClientHello
+_TLS_UNEXPECTED = (
+    "the peer opened a TLS handshake, but this Storage SCP takes plain DICOM; set local.tls "
+    "to accept DICOM TLS, or have the peer connect without TLS"
+)
+_TLS_FIX = (
+    "the peer must use DICOM TLS with a certificate signed by local.tls.ca, and trust "
+    "local.tls.cert's CA"
+)
 
 
 def _read_exactly(sock: socket.socket, size: int, deadline: float) -> bytearray | None:

@@ -27,7 +27,9 @@ __all__ = [
     "MAX_STORE_IN_MEMORY",
     "GuardedSocket",
     "WireGuard",
+    "can_unread",
     "refuse_further_input",
+    "unread",
 ]
 
 #: The longest A-ASSOCIATE-RQ read.  128 presentation contexts of 40 transfer syntaxes each
@@ -75,6 +77,10 @@ class WireGuard:
         data = self._held[:size]
         del self._held[:size]
         return data
+
+    def give_back(self, data: bytes | bytearray) -> None:
+        """Serve ``data`` (a PDU header the fast path read) before anything else."""
+        self._held[:0] = data
 
     def check(self, data: bytes | bytearray) -> str | None:
         """Follow the next bytes read; return why to abort, or None."""
@@ -212,3 +218,18 @@ def refuse_further_input(assoc: Association) -> None:
     transport = assoc.dul.socket
     if isinstance(transport, GuardedSocket):
         transport.guard.refused = True
+
+
+def unread(assoc: Association, data: bytes | bytearray) -> bool:
+    """Give ``data`` back to pynetdicom's reader (it reads it first); False where the
+    connection was not admitted here, so there is no :class:`WireGuard` to hold it."""
+    transport = assoc.dul.socket
+    if not isinstance(transport, GuardedSocket):
+        return False
+    transport.guard.give_back(data)
+    return True
+
+
+def can_unread(assoc: Association) -> bool:
+    """True where :func:`unread` works: a connection admitted here."""
+    return isinstance(assoc.dul.socket, GuardedSocket)

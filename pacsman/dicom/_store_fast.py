@@ -26,6 +26,12 @@ everything else (negotiation, release, abort, timers, C-ECHO):
   and the peer; never patient data).  A C-STORE dataset holds at most its first 8 MiB in
   memory (:mod:`pacsman.dicom._pending`); the rest streams to disk.
 
+Over DICOM TLS an ``ssl.SSLSocket`` cannot be peeked at, and ``select`` cannot see records
+the TLS layer has already decrypted.  So the shortcut checks ``pending()`` before
+``select``, reads each PDU header for real, and gives a header that is not a P-DATA-TF back
+to pynetdicom's reader through the connection's :class:`~pacsman.dicom._guard.WireGuard`.
+A connection without one (a C-GET requestor's own association) leaves TLS to pynetdicom.
+
 Skipped for the shortcut messages: pynetdicom's PDU/DIMSE notification events.  Every
 pynetdicom internal used here is a function of :mod:`pacsman.dicom.hooks`; on a pynetdicom
 other than the checked one :func:`install` does nothing and pynetdicom receives as usual.
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 from collections.abc import Callable
 
 import structlog
@@ -44,7 +51,7 @@ from pynetdicom.events import Event
 
 from pacsman.dicom import codec as dimse
 from pacsman.dicom import hooks
-from pacsman.dicom._guard import refuse_further_input
+from pacsman.dicom._guard import can_unread, refuse_further_input, unread
 from pacsman.dicom._pending import PROCESSING_FAILURE, PendingInstance
 from pacsman.dicom._writer import InstanceWriter
 
@@ -68,6 +75,8 @@ def install(assoc: Association, writer: InstanceWriter) -> bool:
     """
     if not hooks.fast_paths_enabled():
         return False
+    if isinstance(hooks.raw_socket(assoc), ssl.SSLSocket) and not can_unread(assoc):
+        return False  # TLS needs a place to give PDU headers back to pynetdicom
     receiver = _FastReceiver(assoc, writer)
     hooks.set_input_check(assoc, receiver.is_transport_event)
     for event in (evt.EVT_ABORTED, evt.EVT_CONN_CLOSE, evt.EVT_RELEASED):
@@ -127,10 +136,11 @@ class _FastReceiver:
             hooks.set_reactor_sleep(assoc, sleep=True)  # pynetdicom's own pace outside Sta6
             return bool(self.normal_path())
         hooks.set_reactor_sleep(assoc, sleep=False)  # we wait in select() instead
+        tls = raw if isinstance(raw, ssl.SSLSocket) else None
         try:
-            if not select.select([raw], [], [], _WAIT_SECONDS)[0]:
+            if not (tls and tls.pending()) and not select.select([raw], [], [], _WAIT_SECONDS)[0]:
                 return False
-            if not self._drain(raw):
+            if not (self._drain_tls(tls) if tls else self._drain(raw)):
                 hooks.read_pdu(assoc)  # not a P-DATA-TF: pynetdicom's own reader
         except (OSError, ValueError):
             return bool(self.normal_path())
@@ -161,6 +171,24 @@ class _FastReceiver:
             flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
         return True
 
+    def _drain_tls(self, raw: ssl.SSLSocket) -> bool:
+        """:meth:`_drain` over TLS: each header is read, and given back if not a P-DATA-TF."""
+        for _ in range(_MAX_PDUS_PER_WAKE):
+            header = bytearray(6)
+            try:
+                got = dimse.recv_full(raw, memoryview(header))
+            except OSError:
+                got = 0
+            if got < 6:
+                hooks.connection_closed(self.assoc)
+                return True
+            if header[0] != dimse.P_DATA_TF:
+                return not unread(self.assoc, header)  # False: pynetdicom reads it now
+            self._read_p_data(raw, int.from_bytes(header[2:6], "big") + 6, header)
+            if hooks.reactor_has_work(self.assoc) or raw.pending() < 6:
+                return True
+        return True
+
     def on_end(self, event: Event) -> None:
         """Association aborted, released or closed: drop an unfinished instance and buffers.
 
@@ -179,7 +207,8 @@ class _FastReceiver:
 
     # -- PDU and PDV level -------------------------------------------------------------
 
-    def _read_p_data(self, raw: socket.socket, total: int) -> None:
+    def _read_p_data(self, raw: socket.socket, total: int, header: bytes | bytearray = b"") -> None:
+        """Read one whole P-DATA-TF PDU (``header``: its first bytes, already read)."""
         if total > len(self.buffer):
             if total > self.limit:
                 self._abort(f"PDU of {total} bytes, more than the {self.limit} we accept")
@@ -187,8 +216,9 @@ class _FastReceiver:
                 return
             self.buffer = bytearray(total)
         view = memoryview(self.buffer)[:total]
+        view[: len(header)] = header
         try:
-            got = dimse.recv_full(raw, view)
+            got = len(header) + dimse.recv_full(raw, view[len(header) :])
         except OSError:
             got = 0
         if got < total:

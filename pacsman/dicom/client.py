@@ -35,6 +35,7 @@ from pacsman.dicom._find_fast import FindChannel, Interrupted, TimedOut
 from pacsman.dicom.contexts import StoragePlan, StorageRole, accepted_storage
 from pacsman.dicom.hooks import NoDelayAE, guard_reactor
 from pacsman.dicom.statuses import CONGESTION, REJECT_ADVICE, STATUS_NAMES, status_name
+from pacsman.dicom.tls import handshake_problem, tls_args
 from pacsman.errors import AssociationRejected, FatalError, ItemFailed, TransientError
 
 __all__ = [
@@ -91,6 +92,12 @@ class DicomPeer:
         """``'orthanc' (ORTHANC@127.0.0.1:4242)`` -- safe to log, no patient data."""
         node = self.node
         return f"{node.name!r} ({node.called_ae_title}@{node.host}:{node.port})"
+
+    @property
+    def config_key(self) -> str:
+        """Where the node is configured: ``pacs.<name>``, or ``push.dicom``."""
+        name = self.node.name
+        return name if name.startswith("push.") else f"pacs.{name}"
 
 
 #: PS3.8: at most 128 presentation contexts per association.
@@ -200,17 +207,14 @@ def associate(
         ae_title=node.called_ae_title,
         ext_neg=roles,
         evt_handlers=handlers,
+        tls_args=tls_args(node.tls, node.host, f"{peer.config_key}.tls"),
     )
     if assoc.is_rejected:
         raise _rejection(peer, assoc)
     if not assoc.is_established and not assoc.accepted_contexts and assoc.rejected_contexts:
         raise _all_contexts_refused(peer, assoc)
     if not assoc.is_established:
-        raise AssociationRejected(
-            f"could not open an association to PACS {peer.describe()}: connection refused, "
-            f"aborted, or no answer within {node.timeouts.acse:g} s; check that the PACS is "
-            f"running and that pacs.{node.name}.host/port are right"
-        )
+        raise _not_established(peer)
     guard_reactor(assoc)
     if storage is not None and storage.on_established is not None:
         storage.on_established(assoc)
@@ -220,6 +224,24 @@ def associate(
         if assoc.is_established:
             assoc.release()
         ae.shutdown()
+
+
+def _not_established(peer: DicomPeer) -> Exception:
+    """A TLS mismatch is a config matter (fatal, with its fix); anything else may pass."""
+    node, key = peer.node, peer.config_key
+    problem = handshake_problem(
+        node.tls, node.host, node.port, timeout=node.timeouts.connect, where=f"{key}.tls"
+    )
+    if problem is not None:
+        over = "over DICOM TLS" if node.tls is not None else "over plain TCP"
+        return FatalError(
+            f"could not open an association to PACS {peer.describe()} {over}: {problem}"
+        )
+    return AssociationRejected(
+        f"could not open an association to PACS {peer.describe()}: connection refused, "
+        f"aborted, or no answer within {node.timeouts.acse:g} s; check that the PACS is "
+        f"running and that {key}.host/port are right"
+    )
 
 
 _CONTEXT_RESULTS = {

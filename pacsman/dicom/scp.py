@@ -43,6 +43,7 @@ from pacsman.dicom import hooks
 from pacsman.dicom._admission import Admission, AdmissionHandler, AdmissionServer
 from pacsman.dicom._store_fast import install
 from pacsman.dicom._writer import InstanceWriter, StoredInstance
+from pacsman.dicom.contexts import TRANSFER_SYNTAXES
 from pacsman.errors import FatalError
 from pacsman.layout import default_labels, safe_component, series_directory
 
@@ -63,42 +64,6 @@ __all__ = [
 #: Every standard storage SOP class pynetdicom knows (PS3.4 B.5): all accepted.
 STORAGE_SOP_CLASSES: tuple[str, ...] = tuple(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
-)
-
-#: Accepted as proposed and stored as they arrive, never transcoded (PS3.5 A and PS3.6 A).
-TRANSFER_SYNTAXES: tuple[str, ...] = (
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.98",  # Encapsulated Uncompressed Explicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended (Process 2 & 4)
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless, Non-Hierarchical (Process 14)
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless, First-Order Prediction (Process 14 SV1)
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 (Lossless Only)
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Multi-component (Lossless Only)
-    "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 Multi-component
-    "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000 (Lossless Only)
-    "1.2.840.10008.1.2.4.202",  # High-Throughput JPEG 2000 with RPCL Options (Lossless)
-    "1.2.840.10008.1.2.4.203",  # High-Throughput JPEG 2000
-    "1.2.840.10008.1.2.4.110",  # JPEG XL Lossless
-    "1.2.840.10008.1.2.4.111",  # JPEG XL JPEG Recompression
-    "1.2.840.10008.1.2.4.112",  # JPEG XL
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-    "1.2.840.10008.1.2.8.1",  # Deflated Image Frame Compression
-    "1.2.840.10008.1.2.4.100",  # MPEG2 Main Profile / Main Level
-    "1.2.840.10008.1.2.4.101",  # MPEG2 Main Profile / High Level
-    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
-    "1.2.840.10008.1.2.4.103",  # MPEG-4 AVC/H.264 BD-compatible High Profile / Level 4.1
-    "1.2.840.10008.1.2.4.104",  # MPEG-4 AVC/H.264 High Profile / Level 4.2 For 2D Video
-    "1.2.840.10008.1.2.4.105",  # MPEG-4 AVC/H.264 High Profile / Level 4.2 For 3D Video
-    "1.2.840.10008.1.2.4.106",  # MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2
-    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
-    "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile / Level 5.1
 )
 
 #: Largest P-DATA-TF PDU we offer to receive.  DCMTK-based senders (Orthanc, most PACSes'

@@ -26,6 +26,7 @@ from pacsman.config import Config, PacsNode
 from pacsman.dicom import scp
 from pacsman.dicom.client import DicomPeer, StorageRole, SubOperationsFailed
 from pacsman.dicom.scp import InstanceWriter, StorageSCP
+from pacsman.dicom.tls import server_context
 from pacsman.errors import FatalError, ItemFailed, TransientError
 from pacsman.jobstore import JobStore, RetrieveSeries, Run, recorded_directory
 from pacsman.models import ItemState
@@ -116,9 +117,15 @@ def _storage_scp(config: Config, writer: InstanceWriter, needed: bool) -> Iterat
         accept_any_called_ae_title=local.accept_any_called_ae_title,
         association_request_timeout=local.association_request_timeout,
         max_connections_per_address=local.max_connections_per_address,
+        ssl_context=server_context(local.tls) if local.tls is not None else None,
     )
     with server:
-        _log.info("storage_scp_listening", ae_title=local.ae_title, port=server.port)
+        _log.info(
+            "storage_scp_listening",
+            ae_title=local.ae_title,
+            port=server.port,
+            tls=local.tls is not None,
+        )
         yield
 
 

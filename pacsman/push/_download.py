@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from pacsman.layout import (
     open_private,
     private_directory,
     private_tree,
+    safe_component,
     uncsv_cell,
     write_private_csv,
 )
@@ -53,15 +53,13 @@ _COLUMNS = (
     "detail",
 )
 _MODALITY_OF_TYPE = {"mr": "MR", "ct": "CT", "pet": "PT", "cr": "CR", "us": "US", "xa": "XA"}
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _log = structlog.get_logger("pacsman.push.download")
 Row = dict[str, str]
 
 
 def _safe_name(label: str) -> str:
-    """A label as a file name: odd characters become ``_``; never ``.``, ``..`` or empty."""
-    name = _UNSAFE.sub("_", label)
-    return name if name.strip(".") else name.replace(".", "_") or "_"
+    """A label from XNAT as one file name (the one rule: :func:`pacsman.layout.safe_component`)."""
+    return safe_component(label, fallback="_")
 
 
 @dataclass(frozen=True)

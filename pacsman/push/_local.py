@@ -25,6 +25,7 @@ from pacsman.anonymize import (
 from pacsman.anonymize.locations import default_key_path, default_mapping_path
 from pacsman.config import Config
 from pacsman.errors import InputError, ItemFailed
+from pacsman.layout import private_directory
 from pacsman.push.models import SessionUpload
 
 __all__ = ["LocalFolder", "prepare_upload"]
@@ -67,7 +68,7 @@ def _fresh(folder: LocalFolder) -> None:
     if out.is_dir() and any(out.iterdir()) and not folder.replace_out:
         raise InputError(f"--out {out}: is not empty; give a new or empty folder")
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    private_directory(out)
 
 
 def _deidentify(folder: LocalFolder, config: Config) -> None:

@@ -42,6 +42,7 @@ class DicomStoreTarget(Closing):
             host=target.host,
             port=target.port,
             called_ae_title=target.called_ae_title,
+            tls=target.tls,
         )
         self.peer = DicomPeer(node, calling_ae_title)
         self._stored: dict[tuple[str, str, str], set[Path]] = {}

@@ -16,6 +16,7 @@ import structlog
 
 from pacsman.closing import Closing
 from pacsman.errors import ItemFailed
+from pacsman.layout import private_directory
 from pacsman.push.labels import local_problems
 from pacsman.push.models import LabelProblem, PushOutcome, SessionUpload, dicom_files
 
@@ -74,11 +75,12 @@ class FolderTarget(Closing):
     def _copy(self, upload: SessionUpload, files: list[Path], final: Path) -> None:
         partial = final.with_name(f".{final.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)  # left by a run killed mid-copy
-        partial.mkdir(parents=True)
+        private_directory(partial)
         for source in files:
             target = partial / source.relative_to(upload.directory)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            private_directory(target.parent)
             shutil.copyfile(source, target)
+            target.chmod(0o600)
         os.replace(partial, final)
         _log.info("folder_copied", session=upload.describe(), files=len(files))
 
