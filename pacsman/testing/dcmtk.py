@@ -4,6 +4,11 @@ pynetdicom installs console scripts named ``findscu``, ``storescp``... that shad
 on ``PATH``, so DCMTK is always resolved in ``/usr/bin:/bin`` (:func:`dcmtk_tool`).  Debian's
 DCMTK 3.6.7 sets TCP_NODELAY only when the environment says ``TCP_NODELAY=1``; without it
 each small message can stall ~40 ms, so :func:`dcmtk_env` sets it by default.
+
+DICOM TLS: ``StoreSCP(tls=...)`` runs ``storescp +tls key cert +cf ca`` (a peer without a
+certificate signed by ``ca`` is refused), and :func:`run_dcmtk` runs ``storescu``/``echoscu``
+with the same arguments (:func:`tls_args`), e.g.
+``run_dcmtk("echoscu", "-aec", "ORTHANC", "127.0.0.1", str(port), tls=pki.files("peer"))``.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Self
 
 from pacsman.closing import Started
 from pacsman.testing.net import accepts_tcp, free_port, wait_for
 
-__all__ = ["DCMTK_PATH", "StoreSCP", "dcmtk_env", "dcmtk_tool"]
+if TYPE_CHECKING:
+    from pacsman.testing.tls import TlsFiles
+
+__all__ = ["DCMTK_PATH", "StoreSCP", "dcmtk_env", "dcmtk_tool", "run_dcmtk", "tls_args"]
 
 DCMTK_PATH = "/usr/bin:/bin"
 
@@ -39,11 +47,48 @@ def dcmtk_env(*, tcp_nodelay: bool = True) -> dict[str, str]:
     return env
 
 
+def tls_args(tls: TlsFiles) -> list[str]:
+    """DCMTK's DICOM TLS options: ``+tls key cert +cf ca`` (the peer must present a
+    certificate signed by ``ca``: DCMTK's default ``--require-peer-cert``)."""
+    return ["+tls", str(tls.key), str(tls.cert), "+cf", str(tls.ca)]
+
+
+def run_dcmtk(
+    name: str,
+    *args: str,
+    tls: TlsFiles | None = None,
+    timeout: float = 30.0,
+    tcp_nodelay: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run the DCMTK tool ``name`` (``storescu``, ``echoscu``...) with ``args``, over DICOM
+    TLS if ``tls`` is given; return its exit status and output (text) without checking it.
+
+    Raises:
+        FileNotFoundError: if the tool is not installed.
+        subprocess.TimeoutExpired: if it runs longer than ``timeout`` seconds.
+    """
+    binary = dcmtk_tool(name)
+    if binary is None:
+        raise FileNotFoundError(f"DCMTK {name} not found in {DCMTK_PATH}; apt install dcmtk")
+    command = [str(binary), *(tls_args(tls) if tls is not None else []), *args]
+    return subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dcmtk_env(tcp_nodelay=tcp_nodelay),
+        check=False,
+    )
+
+
 class StoreSCP(Started):
     """DCMTK ``storescp`` on a free port, writing into ``directory`` (a temp dir if None).
 
     DCMTK storescp listens on every interface; connect to it through ``127.0.0.1`` only.
-    It serves one association at a time unless ``fork=True``.
+    It serves one association at a time unless ``fork=True``.  With ``tls`` it speaks DICOM
+    TLS only (:func:`tls_args`); start-up waits on a plain TCP connect, which storescp
+    accepts and then drops (it prints one TLS error for that probe).
     """
 
     host = "127.0.0.1"
@@ -55,6 +100,7 @@ class StoreSCP(Started):
         ae_title: str = "STORESCP",
         fork: bool = False,
         tcp_nodelay: bool = True,
+        tls: TlsFiles | None = None,
         extra_args: Sequence[str] = (),
         start_timeout: float = 10.0,
         start_attempts: int = 3,
@@ -63,7 +109,9 @@ class StoreSCP(Started):
         self.port = 0
         self._directory = directory
         self._own_directory: Path | None = None
-        self._args = [*(["--fork"] if fork else []), *extra_args]
+        self.tls = tls
+        tls_options = tls_args(tls) if tls is not None else []
+        self._args = [*(["--fork"] if fork else []), *tls_options, *extra_args]
         self._env = dcmtk_env(tcp_nodelay=tcp_nodelay)
         self._start_timeout = start_timeout
         self._start_attempts = start_attempts

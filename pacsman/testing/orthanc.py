@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
@@ -32,12 +32,16 @@ from pydicom.dataset import Dataset
 from pacsman.closing import Started
 from pacsman.testing.net import accepts_tcp, free_port
 
+if TYPE_CHECKING:
+    from pacsman.testing.tls import TlsFiles
+
 __all__ = [
     "ORTHANC_BINARY",
     "OrthancError",
     "OrthancServer",
     "OrthancStartError",
     "orthanc_available",
+    "tls_modality",
 ]
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
@@ -61,9 +65,17 @@ def orthanc_available(binary: Path = ORTHANC_BINARY) -> bool:
 class OrthancServer(Started):
     """A throw-away Orthanc in a temporary directory, started and stopped by the test.
 
-    ``modalities`` maps a name to ``(ae_title, host, port)``; Orthanc refuses a C-MOVE to any
+    ``modalities`` maps a name to ``(ae_title, host, port)``, or to Orthanc's extended form
+    (a dict such as :func:`tls_modality` returns); Orthanc refuses a C-MOVE to any
     destination not listed there, whatever ``always_allow_move`` says.  ``extra_config`` is
     merged last into the generated configuration (any Orthanc 1.10 key).
+
+    ``tls`` turns on DICOM TLS for Orthanc's SCP (``DicomTlsEnabled``: plain TCP is then
+    refused), and gives the certificate, key and trusted CA that Orthanc also uses as SCU
+    towards modalities with ``UseDicomTls``.  With ``tls_peer_certificate_required`` (the
+    default), a TLS peer without a certificate is refused.  Start-up still waits on a plain TCP
+    connect to the DICOM port, which a TLS listener accepts too (Orthanc then logs one
+    "TLS error: unexpected eof while reading" for that probe).
     """
 
     host = "127.0.0.1"
@@ -72,7 +84,7 @@ class OrthancServer(Started):
         self,
         *,
         ae_title: str = "ORTHANC",
-        modalities: Mapping[str, tuple[str, str, int]] | None = None,
+        modalities: Mapping[str, tuple[str, str, int] | Mapping[str, Any]] | None = None,
         always_allow_find: bool = True,
         always_allow_move: bool = True,
         always_allow_get: bool = True,
@@ -83,6 +95,8 @@ class OrthancServer(Started):
         concurrent_jobs: int = 2,
         dicom_threads: int = 4,
         tcp_nodelay: bool = True,
+        tls: TlsFiles | None = None,
+        tls_peer_certificate_required: bool = True,
         verbose: bool = False,
         extra_config: Mapping[str, Any] | None = None,
         binary: Path = ORTHANC_BINARY,
@@ -94,7 +108,7 @@ class OrthancServer(Started):
         self.tcp_nodelay = tcp_nodelay
         self._settings: dict[str, Any] = {
             "DicomAet": ae_title,
-            "DicomModalities": {k: list(v) for k, v in (modalities or {}).items()},
+            "DicomModalities": {k: _modality(v) for k, v in (modalities or {}).items()},
             "DicomAlwaysAllowFind": always_allow_find,
             "DicomAlwaysAllowMove": always_allow_move,
             "DicomAlwaysAllowGet": always_allow_get,
@@ -104,8 +118,10 @@ class OrthancServer(Started):
             "StableAge": stable_age,
             "ConcurrentJobs": concurrent_jobs,
             "DicomThreadsCount": dicom_threads,
+            **_tls_settings(tls, tls_peer_certificate_required),
             **(extra_config or {}),
         }
+        self.tls = tls
         self._verbose = verbose
         self._binary = binary
         self._start_timeout = start_timeout
@@ -350,13 +366,40 @@ class OrthancServer(Started):
         for patient_id in self.rest("GET", "/patients"):
             self.rest("DELETE", f"/patients/{patient_id}")
 
-    def add_modality(self, name: str, ae_title: str, host: str, port: int) -> None:
-        """Register (or replace) a DICOM peer, e.g. a C-MOVE destination, at run time."""
-        self.rest("PUT", f"/modalities/{name}", {"AET": ae_title, "Host": host, "Port": port})
+    def add_modality(
+        self, name: str, ae_title: str, host: str, port: int, *, use_tls: bool = False
+    ) -> None:
+        """Register (or replace) a DICOM peer, e.g. a C-MOVE destination, at run time;
+        ``use_tls``: Orthanc opens its associations to it over DICOM TLS (needs ``tls``)."""
+        plain = {"AET": ae_title, "Host": host, "Port": port}
+        payload = tls_modality(ae_title, host, port) if use_tls else plain
+        self.rest("PUT", f"/modalities/{name}", payload)
 
     def modalities(self) -> dict[str, dict[str, Any]]:
         """Return ``/modalities?expand``: the peers Orthanc knows."""
         return dict(self.rest("GET", "/modalities?expand"))
+
+
+def tls_modality(ae_title: str, host: str, port: int) -> dict[str, Any]:
+    """Orthanc's extended modality form with ``UseDicomTls``: Orthanc's SCU uses DICOM TLS to
+    this peer (e.g. the C-MOVE destination), with the ``tls`` files of the server."""
+    return {"AET": ae_title, "Host": host, "Port": port, "UseDicomTls": True}
+
+
+def _modality(value: tuple[str, str, int] | Mapping[str, Any]) -> list[Any] | dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else list(value)
+
+
+def _tls_settings(tls: TlsFiles | None, peer_certificate_required: bool) -> dict[str, Any]:
+    if tls is None:
+        return {}
+    return {
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(tls.cert),
+        "DicomTlsPrivateKey": str(tls.key),
+        "DicomTlsTrustedCertificates": str(tls.ca),
+        "DicomTlsRemoteCertificateRequired": peer_certificate_required,
+    }
 
 
 def _part10(ds: Dataset) -> bytes:
