@@ -8,6 +8,9 @@ and an exit code.
                                             de-identify, push, verify on the target (here)
     pacsman validate q.csv [--config PATH]  check a query file, send nothing (here)
     pacsman echo [--pacs NAME]              C-ECHO a PACS node (here)
+    pacsman check                           pre-flight of config, PACS, XNAT, state, disk
+    pacsman status | runs | report          what the job store knows about runs
+    pacsman init [PATH] [--force]           write the commented example config (here)
     pacsman anonymize IN_DIR OUT_DIR --subject S --session E
                                             de-identify a folder (pacsman.anonymize.cli)
     pacsman mapping export OUT.csv          the local pseudonym table (pacsman.anonymize.cli)
@@ -15,9 +18,13 @@ and an exit code.
                                             de-identify and push a local folder (pacsman.push.cli)
     pacsman xnat upload-resource|download   XNAT side tools (pacsman.push.cli)
 
+``COMMANDS`` below lists every command with its one-line description (``pacsman --help``);
+a name that is not a command gets "unknown command 'valdate'; did you mean 'validate'?".
+
 Exit codes: 0 every row done; 1 some rows failed; 2 bad input or config, nothing sent (or,
 for series folders the job store does not know, nothing retrieved); 3 fatal (e.g. the PACS
-rejects pacsman's AE title, or the job store cannot be used).
+rejects pacsman's AE title, or the job store cannot be used); 4 (``status``) the run is still
+going; 130 interrupted (Ctrl-C): the same command resumes.
 
 Every command, the stage commands too, logs as ``log:`` in the config says (level, file,
 console); ``--log-level`` overrides the level.  The error that ends a command is logged with
@@ -27,20 +34,26 @@ its traceback at debug level, and in ``log.file`` when it is fatal.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 
 import structlog
 
 from pacsman import __version__
-from pacsman.config import Config, load_config
+from pacsman.config import DEFAULT_SEARCH, Config, load_config
 from pacsman.dicom import client
 from pacsman.dicom.client import DicomPeer
 from pacsman.errors import (
     EXIT_BAD_INPUT,
     EXIT_FATAL,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     ConfigError,
@@ -48,12 +61,32 @@ from pacsman.errors import (
     PacsmanError,
 )
 from pacsman.log import configure_logging, log_failure
-from pacsman.pipeline import RunOptions, RunSummary, run_queryfile
+from pacsman.pipeline import INTERRUPTED, RunOptions, RunSummary, run_queryfile
 from pacsman.queryfile import load_queryfile
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "main"]
 
-_SUBCOMMANDS = ("validate", "echo")
+#: Every command, in the order ``pacsman --help`` lists them, with its one-line description.
+#: A new command gets its line here, and is dispatched by _SUBCOMMANDS or _STAGE_COMMANDS.
+COMMANDS: dict[str, str] = {
+    "validate": "check a query file (every problem as file:line:column); sends nothing",
+    "echo": "C-ECHO a PACS node: is it reachable, and does it accept an association?",
+    "check": "check config, PACS (echo, find, move), XNAT, key, mapping table and disk",
+    "status": "how far a run is and what needs attention (reads the job store only)",
+    "runs": "list the runs in the job store",
+    "report": "export a run's rows with their state per stage and the reason (csv, xlsx)",
+    "anonymize": "de-identify a local folder of DICOM files (PS3.15) into another folder",
+    "mapping": "export the local pseudonym table (original IDs <-> labels; holds PHI)",
+    "upload": "de-identify a local folder of DICOM files and push it (XNAT, DICOM, folder)",
+    "xnat": "XNAT side tools: upload-resource (derived files), download (sessions)",
+    "init": "write the commented example config to PATH (default config/pacsman.yaml)",
+}
+
+_SUBCOMMANDS = ("validate", "echo", "init")
+
+#: ``pacsman init`` writes this package-data copy of config/pacsman.example.yaml
+#: (tests/test_init.py keeps the two identical).
+_EXAMPLE_CONFIG = "pacsman.example.yaml"
 
 #: Subcommands that live with their stage: name -> (module, function taking argv, returning the
 #: exit code).  They raise PacsmanError subclasses; main() turns those into messages.
@@ -62,60 +95,138 @@ _STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "mapping": ("pacsman.anonymize.cli", "mapping_main"),
     "xnat": ("pacsman.push.cli", "xnat_main"),
     "upload": ("pacsman.push.cli", "upload_main"),
+    "check": ("pacsman.pipeline.check", "check_main"),
+    "status": ("pacsman.pipeline.status", "status_main"),
+    "runs": ("pacsman.pipeline.status", "runs_main"),
+    "report": ("pacsman.pipeline.export", "report_main"),
 }
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="config YAML (default: search order)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_CONFIG_HELP = (
+    "config YAML (default: the first of $PACSMAN_CONFIG, ./config/pacsman.yaml, "
+    "/etc/pacsman/pacsman.yaml)"
+)
+_LOG_LEVEL_HELP = "debug, info, warning or error (default: log.level from the config, else info)"
+
+
+def _common(parser: argparse.ArgumentParser, *, config_help: str = _CONFIG_HELP) -> None:
+    parser.add_argument("--config", type=Path, metavar="PATH", help=config_help)
+    parser.add_argument("--log-level", choices=_LOG_LEVELS, metavar="LEVEL", help=_LOG_LEVEL_HELP)
     parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
+
+
+_RUN_DESCRIPTION = """\
+Move the studies a query file names from a PACS into XNAT: validate the file, ask the PACS
+what it holds (C-FIND), then retrieve and verify (--save), de-identify (--anonymize), push
+and verify on the target (--push). Every step is recorded in the job store: the same
+command run again resumes where it stopped."""
+
+_EXIT_CODES = """\
+exit codes: 0 every row done; 1 some rows need attention (the info CSV's detail says why);
+  2 bad input or config, nothing sent; 3 fatal (the message says what to fix);
+  4 (pacsman status) the run is still going; 130 interrupted: run the same command again."""
+
+
+def _commands_epilog() -> str:
+    """The commands, one line each, and the exit codes: the end of ``pacsman --help``."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name.ljust(width)}  {summary}" for name, summary in COMMANDS.items()]
+    return "\n".join(["commands ('pacsman COMMAND --help' for each):", *lines, "", _EXIT_CODES])
+
+
+def _queryfile_arguments(parser: argparse.ArgumentParser) -> None:
+    """--sheet and --encoding: how the query file is read (queryfiles/README.md)."""
+    parser.add_argument(
+        "--sheet",
+        metavar="NAME",
+        help="the sheet of an .xlsx query file to read (default: the first sheet)",
+    )
+    parser.add_argument(
+        "--encoding",
+        metavar="NAME",
+        help="the encoding of a CSV query file, e.g. cp1252 or cp1250 (default: UTF-8, "
+        "else Windows-1252 with a warning)",
+    )
 
 
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pacsman",
-        description="Query a PACS for the studies in a query file; --info lists what it holds.",
-        epilog="Other commands: 'pacsman validate Q.CSV', 'pacsman echo'. "
-        "Exit codes: 0 done, 1 some rows failed, 2 bad input (nothing sent), 3 fatal.",
+        usage="pacsman --queryfile Q [--info] [--save] [--anonymize] [--push [TARGET]] ...\n"
+        "       pacsman COMMAND [ARGS] (COMMAND --help for each)",
+        description=_RUN_DESCRIPTION,
+        epilog=_commands_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--queryfile", "-q", type=Path, required=True, help="query CSV")
-    parser.add_argument("--info", action="store_true", help="write the per-series info CSV")
-    parser.add_argument("--save", action="store_true", help="retrieve the series (C-MOVE/C-GET)")
+    parser.add_argument(
+        "--queryfile", "-q", type=Path, required=True, help="query file (queryfiles/README.md)"
+    )
+    _queryfile_arguments(parser)
+    parser.add_argument(
+        "--info",
+        action="store_true",
+        help="query only: C-FIND every row and list what the PACS holds in the info CSV. "
+        "Every run writes the info CSV (<out_directory>/<query file name>_info.csv), "
+        "with or without --info",
+    )
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help="retrieve every selected series (C-MOVE or C-GET, as pacs.NAME.retrieve_method "
+        "says) into --out_directory and verify it is complete",
+    )
     parser.add_argument(
         "--anonymize",
         action="store_true",
-        help="de-identify every COMPLETE series into <out_directory>/anonymized (PS3.15)",
+        help="de-identify every COMPLETE series into <out_directory>/anonymized/ (PS3.15); "
+        "without --save, what earlier runs retrieved",
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="de-identification worker processes (default 1)"
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="de-identification worker processes, 1-64 (default: 1)",
     )
     parser.add_argument(
         "--push",
         nargs="?",
         const="xnat",
         choices=("xnat", "dicom", "folder"),
-        help="push every complete, de-identified session (default target: xnat); "
-        "implies --anonymize",
+        metavar="TARGET",
+        help="push every complete, de-identified session to TARGET and verify it there: xnat "
+        "(the default; xnat: in the config), dicom (push.dicom) or folder (push.folder). "
+        "Implies --save and --anonymize",
     )
     parser.add_argument(
         "--out_directory",
         "--out-directory",
         type=Path,
         dest="out_directory",
-        help="where the info CSV goes (default: store_root from the config, ./data)",
+        metavar="DIR",
+        help="where everything goes: the retrieved series (DIR/<subject>/<session>/<series>/), "
+        "the de-identified copies (DIR/anonymized/) and the info CSV "
+        "(default: store_root from the config, whose default is ./data)",
     )
-    parser.add_argument("--pacs", help="PACS node for rows without a Pacs column")
+    parser.add_argument(
+        "--pacs",
+        metavar="NAME",
+        help="PACS node (a name under pacs: in the config) for rows without a Pacs column "
+        "(default: default_pacs, else the first node)",
+    )
     parser.add_argument(
         "--adopt-existing",
         action="store_true",
-        help="with --save: series folders already on disk that the job store does not know "
-        "are kept; those holding as many instances as C-FIND reports are not retrieved again",
+        help="with --save or --push: series folders already on disk that the job store does "
+        "not know are kept; those holding as many instances as C-FIND reports are not "
+        "retrieved again",
     )
     parser.add_argument(
         "--new-run",
         action="store_true",
-        help="with --save: start a new run on purpose (the job store's run for this query "
-        "file is retired) and retrieve every series again",
+        help="with --save or --push: start a new run on purpose (the job store's run for this "
+        "query file is retired) and retrieve every series again",
     )
     _common(parser)
     return parser
@@ -123,13 +234,45 @@ def _run_parser() -> argparse.ArgumentParser:
 
 def _sub_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"pacsman {command}")
+    if command == "init":
+        return _init_parser(parser)
     if command == "validate":
-        parser.add_argument("queryfile", type=Path)
-        parser.description = "Check a query file; report every problem as file:line:column."
+        parser.add_argument(
+            "queryfile", type=Path, metavar="QUERYFILE", help="query file (queryfiles/README.md)"
+        )
+        _queryfile_arguments(parser)
+        parser.description = (
+            "Check a query file (CSV or .xlsx) and send nothing: every problem as "
+            "file:line:column (in a workbook file:sheet:B7). "
+            "With a config, each row's Pacs name is checked too."
+        )
     else:
         parser.add_argument("--pacs", help="node name (default: default_pacs)")
-        parser.description = "C-ECHO a PACS node: proves both AE titles are known."
+        parser.description = (
+            "C-ECHO a PACS node. Success proves that the PACS is reachable at its host and "
+            "port and accepts an association from pacsman's calling AE title (local.ae_title) "
+            "to its called AE title; many PACSes accept any calling AE title for a C-ECHO. "
+            "It does not prove that the PACS can send to pacsman (the move destination): "
+            "'pacsman check' tests that."
+        )
     _common(parser)
+    return parser
+
+
+def _init_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.description = (
+        "Write the commented example config (every key with its default) to PATH, mode 0600, "
+        "to edit. An existing file is never overwritten without --force."
+    )
+    parser.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        metavar="PATH",
+        help=f"where to write it (default: {DEFAULT_SEARCH[0]}, the first place pacsman looks)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing PATH")
+    _common(parser, config_help="the same as PATH")
     return parser
 
 
@@ -144,11 +287,15 @@ def _validate(args: argparse.Namespace) -> int:
         if args.config is not None:
             raise
         config = None
+    how = {"sheet": args.sheet, "encoding": args.encoding}
     if config is None:
-        queryfile = load_queryfile(args.queryfile)
+        queryfile = load_queryfile(args.queryfile, **how)
     else:
         queryfile = load_queryfile(
-            args.queryfile, character_sets=config.character_sets, default_pacs=config.default_pacs
+            args.queryfile,
+            character_sets=config.character_sets,
+            default_pacs=config.default_pacs,
+            **how,
         )
     for warning in (*(config.warnings if config else ()), *queryfile.warnings):
         print(warning, file=sys.stderr)
@@ -167,29 +314,73 @@ def _echo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _init(args: argparse.Namespace) -> int:
+    """``pacsman init [PATH]``: the example config shipped in the package, written to edit."""
+    if args.path is not None and args.config is not None and args.path != args.config:
+        raise InputError(f"init: PATH {args.path} and --config {args.config} differ; give one")
+    path: Path = (args.path or args.config or DEFAULT_SEARCH[0]).expanduser()
+    example = resources.files("pacsman").joinpath("data", _EXAMPLE_CONFIG)
+    _write_private(path, example.read_text(encoding="utf-8"), force=args.force)
+    flag = "" if path == DEFAULT_SEARCH[0] else f" --config {path}"
+    print(f"wrote {path} (mode 0600): every key, commented, with its default")
+    print(
+        f"next: edit it (pacs: your PACS node; local: pacsman's AE title and port, which the "
+        f"PACS must know), then run: pacsman check{flag}"
+    )
+    return EXIT_OK
+
+
+def _write_private(path: Path, text: str, *, force: bool) -> None:
+    """Write ``text`` to ``path`` with mode 0600; replace an existing file only if ``force``.
+
+    Raises:
+        InputError: ``path`` is a folder, or exists and ``force`` is false.
+    """
+    if path.is_dir():
+        raise InputError(f"init: {path} is a folder; give a file, e.g. {path / 'pacsman.yaml'}")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if force else path
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise InputError(
+            f"init: {path} already exists and pacsman init never overwrites a config; "
+            "edit it, give another PATH, or add --force to replace it"
+        ) from None
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)  # whatever the umask
+        out.write(text)
+    if force:
+        os.replace(target, path)
+
+
 def _run(args: argparse.Namespace) -> int:
     if not (args.info or args.save or args.anonymize or args.push):
         raise InputError(
             "nothing to do: add --info (list what the PACS holds for each row), "
-            "--save (retrieve it) or --anonymize (de-identify what was retrieved)"
+            "--save (retrieve it), --anonymize (de-identify what was retrieved) "
+            "or --push (all of it, then push)"
         )
     if not 1 <= args.workers <= 64:
         raise InputError(f"--workers {args.workers}: use 1 to 64 worker processes")
+    save = args.save or args.push is not None  # --push implies --save (and --anonymize)
     for flag, given in (("--adopt-existing", args.adopt_existing), ("--new-run", args.new_run)):
-        if given and not args.save:
-            raise InputError(f"{flag} is about retrieving: use it with --save")
+        if given and not save:
+            raise InputError(f"{flag} is about retrieving: use it with --save or --push")
     config = _load_config(args.config)
     out = args.out_directory if args.out_directory is not None else config.store_root
     options = RunOptions(
         queryfile=args.queryfile,
         out_directory=out,
-        save=args.save,
+        save=save,
         anonymize=args.anonymize,
         push=args.push,
         workers=args.workers,
         pacs=args.pacs,
         adopt_existing=args.adopt_existing,
         new_run=args.new_run,
+        sheet=args.sheet,
+        encoding=args.encoding,
     )
     summary = run_queryfile(options, config)
     _print_summary(summary)
@@ -197,24 +388,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: RunSummary) -> None:
-    states = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.states.items()))
-    how = "resumed" if summary.resumed else "new"
-    print(f"run {summary.run_id} ({how}): {summary.rows} row(s): {states}")
-    print(
-        f"{summary.studies} study(ies), {summary.series} series, "
-        f"{summary.expected_instances} instance(s) expected"
-    )
-    if summary.series_states:
-        series = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.series_states.items()))
-        print(f"series: {series}; {summary.received_instances} instance(s) received")
-    if summary.adopted:
-        print(f"{summary.adopted} series adopted from disk (their count matched C-FIND)")
-    if summary.queried_now == 0 and summary.worked_now == 0 and not summary.adopted:
-        print("nothing to do: every row and series was already settled in the job store")
-    if summary.failed_lines:
-        lines = ", ".join(str(n) for n in summary.failed_lines)
-        print(f"rows that need attention (see the info CSV 'detail' column): lines {lines}")
-    print(f"info: {summary.info_csv}")
+    """Every stage, where the files are, the rows that need attention and why, what next
+    (:meth:`~pacsman.pipeline.RunSummary.lines`; the same as the ``run_finished`` event)."""
+    print("\n".join(summary.lines()), flush=True)
 
 
 def _configure_logging(config_path: Path | None, log_level: str | None) -> None:
@@ -267,12 +443,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _STAGE_COMMANDS:
         return _stage_command(argv[0], argv[1:])
-    command = argv[0] if argv and argv[0] in _SUBCOMMANDS else None
+    if not argv:
+        _run_parser().print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    if not argv[0].startswith("-") and argv[0] not in _SUBCOMMANDS:
+        return _unknown_command(argv[0])
+    command = argv[0] if argv[0] in _SUBCOMMANDS else None
     parser = _sub_parser(command) if command else _run_parser()
     args = parser.parse_args(argv[1:] if command else argv)
-    _configure_logging(args.config, args.log_level)
-    handler = {"validate": _validate, "echo": _echo}.get(command or "", _run)
+    _configure_logging(None if command == "init" else args.config, args.log_level)
+    handler = {"validate": _validate, "echo": _echo, "init": _init}.get(command or "", _run)
     return _guarded(lambda: handler(args))
+
+
+def _unknown_command(name: str) -> int:
+    """Exit 2 for a first argument that is no command, naming the closest one."""
+    known = [c for c in COMMANDS if c in _SUBCOMMANDS or c in _STAGE_COMMANDS]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean '{close[0]}'?"
+    elif Path(name).suffix.lower() in (".csv", ".xlsx", ".txt"):
+        hint = f"a query file goes after --queryfile: pacsman --queryfile {name} --info"
+    else:
+        hint = f"the commands are {', '.join(known)}; 'pacsman --help' describes them"
+    print(f"pacsman: unknown command '{name}'; {hint}", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def _guarded(call: Callable[[], int]) -> int:
@@ -288,8 +483,10 @@ def _guarded(call: Callable[[], int]) -> int:
         print(f"pacsman: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("pacsman: interrupted; the job store keeps what was done", file=sys.stderr)
-        return EXIT_FATAL
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback now
+        print(f"pacsman: {INTERRUPTED}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # the CLI is one of the two places that catch broadly
         structlog.get_logger("pacsman.cli").exception("unexpected_error")
         print(f"pacsman: unexpected error: {exc!r}; please report it", file=sys.stderr)

@@ -6,6 +6,9 @@
 * :class:`FatalError` -- nothing more can be done in this run (exit 3); its subclass
   :class:`JobStoreError` says what is wrong with the job store file and how to fix it.
 
+Two exit codes have no exception: 4 (``pacsman status``: the run is still going) and
+130 (interrupted by Ctrl-C; the same command resumes).
+
 Messages name the thing, the value, the rule and the fix.  Only the CLI and the daemon
 catch :class:`PacsmanError` broadly.
 """
@@ -19,7 +22,9 @@ from enum import StrEnum
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FATAL",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_RUNNING",
     "EXIT_SOME_FAILED",
     "AssociationRejected",
     "ConfigError",
@@ -38,6 +43,10 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_FATAL = 3
+# `pacsman status`: the run is still going (its heartbeat is fresh); ask again later.
+EXIT_RUNNING = 4
+# Ctrl-C / SIGINT (128 + 2, the shell convention); running the same command resumes.
+EXIT_INTERRUPTED = 130
 
 
 class Severity(StrEnum):

@@ -8,7 +8,15 @@
 * Patient data never reaches a log at info level or above: known PHI keys are redacted, and
   pynetdicom's identifier dumps are switched off (in :mod:`pacsman.dicom.client`).
 * pynetdicom's own warnings (e.g. a dropped DIMSE message) are forwarded as ``pynetdicom``
-  events instead of vanishing.
+  events instead of vanishing; its errors (one or two lines per refused or aborted
+  connection, which pacsman reports itself with the fix) only at debug level.
+* Every thread's events carry what :func:`bind_process` bound (the run's ``run_id``), and
+  another pacsman process's JSON events can be logged here as our own (:func:`forward`), so
+  the de-identify/push process logs in the same format on the same stream.
+* Events superseded by a command's own (:func:`demoted`) are logged at debug level only.
+* An event may carry its own human text (``_human``): the human console prints it instead
+  of the fields, or leaves the event out when it is empty (the command prints it itself);
+  JSON lines and ``log.file`` keep the fields.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ import logging
 import os
 import sys
 import traceback
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TextIO, cast
@@ -27,7 +37,17 @@ import structlog
 
 from pacsman.layout import PRIVATE_FILE_MODE, private_directory
 
-__all__ = ["PHI_KEYS", "configure_logging", "log_failure"]
+__all__ = [
+    "HUMAN",
+    "PHI_KEYS",
+    "LogSettings",
+    "bind_process",
+    "configure_logging",
+    "current_settings",
+    "demoted",
+    "forward",
+    "log_failure",
+]
 
 #: Event keys that may carry patient data; redacted at info level and above.
 PHI_KEYS = frozenset(
@@ -47,6 +67,82 @@ PHI_KEYS = frozenset(
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 _LEVELS["error"] = logging.ERROR
+#: The key of an event's own human text (see the module docstring).
+HUMAN = "_human"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """What :func:`configure_logging` set up: for another process to log the same way, and
+    for a command to choose between a live progress display and progress events."""
+
+    level: str = "info"
+    file: Path | None = None
+    #: "human" or "json": what the console gets.
+    console: str = "human"
+    #: The console is a terminal, written through ``sys.stderr`` (a display can share it).
+    terminal: bool = False
+
+
+#: Bound for every thread of the process (:func:`bind_process`).
+_process_context: dict[str, Any] = {}
+#: Event names logged at debug level only (:func:`demoted`), with how many blocks ask so.
+_demoted: dict[str, int] = {}
+
+
+def bind_process(**values: Any) -> None:
+    """Bind ``values`` (e.g. ``run_id``) to every event of every thread of this process.
+
+    Unlike structlog's context variables, threads started before or after see them too
+    (retrieval workers, the Storage SCP, push threads).
+    """
+    _process_context.update(values)
+
+
+@contextmanager
+def demoted(*events: str) -> Iterator[None]:
+    """Within the block, log ``events`` at debug level only: a command whose own events
+    say the same thing (with its counters) keeps the console to one line per fact."""
+    for event in events:
+        _demoted[event] = _demoted.get(event, 0) + 1
+    try:
+        yield
+    finally:
+        for event in events:
+            _demoted[event] -= 1
+            if not _demoted[event]:
+                del _demoted[event]
+
+
+def _merge_process_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    return {**_process_context, **event} if _process_context else event
+
+
+def _demote(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    if event.get("event") in _demoted and event.get("level") != "debug":
+        if _current["level"] > logging.DEBUG:
+            raise structlog.DropEvent
+        event["level"] = "debug"
+    return event
+
+
+def _without_human(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    event.pop(HUMAN, None)
+    return event
+
+
+_PLAIN_KEYS = ("timestamp", "level", "run_id")
+
+
+def _human_text(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """An event with its own human text: that text instead of its fields; none: left out."""
+    if HUMAN not in event:
+        return event
+    text = event.pop(HUMAN)
+    if not text:
+        raise structlog.DropEvent
+    plain = {key: event[key] for key in _PLAIN_KEYS if key in event}
+    return {**plain, "event": f"{event.get('event', '')}: {text}"}
 
 
 def _redact(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -81,15 +177,16 @@ class _JsonFile:
         self._fh.close()
 
     def __call__(self, _: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-        record = dict(event)
+        record = {k: v for k, v in event.items() if k != HUMAN}
         if record.get("exc_info"):
             record = dict(structlog.processors.format_exc_info(None, "", record))
         self.write(record)
         return event
 
 
-#: What :func:`configure_logging` set up last: the level, and the ``log.file`` writer.
-_current: dict[str, Any] = {"level": logging.INFO, "file": None}
+#: What :func:`configure_logging` set up last: the level, the ``log.file`` writer, and the
+#: :class:`LogSettings`.
+_current: dict[str, Any] = {"level": logging.INFO, "file": None, "settings": LogSettings()}
 
 
 class _Stderr:
@@ -108,13 +205,14 @@ class _Stderr:
 class _PynetdicomBridge(logging.Handler):
     """Forward pynetdicom's stdlib log records (warnings and up) as structlog events.
 
-    pynetdicom's *errors* (reject, refused connection) become ``info``: pacsman turns each of
-    them into its own error that names the fix, so they are context, not the headline.
+    pynetdicom's *errors* (reject, abort, refused connection: one or two lines per
+    connection) become ``debug``: pacsman turns each of them into its own error that names
+    the fix, so they are context, not the headline.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
         log = structlog.get_logger("pynetdicom")
-        method = log.warning if record.levelno == logging.WARNING else log.info
+        method = log.warning if record.levelno == logging.WARNING else log.debug
         method("pynetdicom", message=record.getMessage())
 
 
@@ -126,25 +224,31 @@ def configure_logging(
     stream: TextIO | None = None,
 ) -> None:
     """Configure structlog for the whole process (call once, from the CLI or the daemon)."""
+    terminal = stream is None and sys.stderr.isatty()
     stream = stream or cast(TextIO, _Stderr())
     as_json = console == "json" or (console == "auto" and not stream.isatty())
     previous = _current["file"]
     if previous is not None:
         previous.close()
     json_file = None if file is None else _JsonFile(file)
-    _current.update(level=_LEVELS.get(level, logging.INFO), file=json_file)
+    settings = LogSettings(level, file, "json" if as_json else "human", terminal)
+    _current.update(level=_LEVELS.get(level, logging.INFO), file=json_file, settings=settings)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _merge_process_context,
         structlog.processors.add_log_level,
+        _demote,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
     ]
     if json_file is not None:
         processors.append(json_file)
     if as_json:
+        processors.append(_without_human)
         processors.append(structlog.processors.format_exc_info)
         processors.append(structlog.processors.JSONRenderer(ensure_ascii=False))
     else:
+        processors.append(_human_text)
         processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
     structlog.configure(
         processors=processors,
@@ -155,6 +259,30 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     _quiet_pynetdicom()
+
+
+def current_settings() -> LogSettings:
+    """What the last :func:`configure_logging` set up (the defaults before any)."""
+    settings: LogSettings = _current["settings"]
+    return settings
+
+
+_METHODS = frozenset({"debug", "info", "warning", "error", "critical"})
+
+
+def forward(record: dict[str, Any]) -> None:
+    """Log ``record``, an event another pacsman process rendered as a JSON line, as one of
+    ours: same format, same stream, same ``log.file``, this process's bound context.
+
+    Its ``level`` picks the method; its timestamp is replaced by ours (they differ by the
+    pipe's delay).
+    """
+    fields = dict(record)
+    event = str(fields.pop("event", ""))
+    level = str(fields.pop("level", "info"))
+    fields.pop("timestamp", None)
+    log = structlog.get_logger("pacsman.forwarded")
+    getattr(log, level if level in _METHODS else "info")(event, **fields)
 
 
 def log_failure(exc: BaseException, *, fatal: bool = False) -> None:
@@ -171,6 +299,7 @@ def log_failure(exc: BaseException, *, fatal: bool = False) -> None:
     if fatal and json_file is not None:
         json_file.write(
             {
+                **_process_context,
                 **structlog.contextvars.get_contextvars(),
                 "event": "command_failed",
                 "level": "error",

@@ -1,12 +1,15 @@
 """Demo: a throw-away Orthanc with synthetic studies, and pacsman run against it as a user would.
 
-    python3 scripts/demo.py [--keep-running]
+    python3 scripts/demo.py [--workdir DIR] [--keep-running]
 
 It runs `pacsman --queryfile queryfiles/example.csv --save --push --info`: query, retrieve
 (C-MOVE into pacsman's own Storage SCP), verify, de-identify, push to a local XNAT emulator
 (through the real `xnat` client) and verify there; then a per-row report.
 
-Everything goes to ./demo-work (config, job store, info CSV); it is recreated on every run.
+Everything it writes goes to --workdir (default ./demo-work, from the current folder): the
+config, job store, log, info CSV, images, key, mapping table and the emulator's XNAT; Orthanc
+lives in a temporary folder that is removed at the end.  The workdir is recreated on every
+run; a folder that holds anything but an earlier demo's output is refused, never emptied.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from pacsman.testing.synthetic import DEMO_STUDIES, iter_datasets
 from pacsman.testing.xnat_emulator import XnatEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "demo-work"
+QUERYFILE = ROOT / "queryfiles" / "example.csv"
+#: Written into the workdir; only a folder holding it (or an empty one) is ever emptied.
+MARKER = ".pacsman-demo"
 
 CONFIG = """\
 # Written by scripts/demo.py for the demo PACS; see config/pacsman.example.yaml for every key.
@@ -78,14 +83,67 @@ def _report(path: Path, xnat: XnatEmulator) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
+def _prepare(work: Path) -> Path:
+    """An empty ``work`` folder, marked as the demo's; an earlier demo's output is removed.
+
+    Raises:
+        SystemExit: ``work`` is a file, or a folder holding something the demo did not write.
+    """
+    work = work.expanduser().resolve()
+    if work.exists() and not work.is_dir():
+        raise SystemExit(f"demo: --workdir {work} is a file; give a folder")
+    if work.is_dir() and any(work.iterdir()):
+        if not (work / MARKER).is_file():
+            raise SystemExit(
+                f"demo: --workdir {work} holds files an earlier demo did not write; "
+                "give a new or empty folder (the demo empties its workdir on every run)"
+            )
+        shutil.rmtree(work)
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (work / MARKER).write_text("scripts/demo.py writes here and empties it on every run\n")
+    return work
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is below it."""
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def _show_files(work: Path) -> None:
+    data = work / "data"
+    anonymized = sorted((data / "anonymized").rglob("*.dcm"))
+    raw = [p for p in data.rglob("*.dcm") if "anonymized" not in p.relative_to(data).parts]
+    print(f"\nretrieved, as the PACS sent them: {len(raw)} files, e.g.")
+    print(f"  {_shown(sorted(raw)[0])}" if raw else "  (none)")
+    print(f"de-identified, as pushed to XNAT: {len(anonymized)} files, e.g.")
+    print(f"  {_shown(anonymized[0])}" if anonymized else "  (none)")
+
+
+def _run_pacsman(work: Path, config: Path) -> int:
+    command = ["pacsman", "--queryfile", str(QUERYFILE), "--save", "--push", "--info"]
+    command += ["--config", str(config)]
+    print(f"$ cd {_shown(work)} && " + " ".join(command))
+    env = {**os.environ, "XNAT_USER": "demo", "XNAT_PASS": "demo"}
+    env["XDG_CONFIG_HOME"] = str(work / "state")  # the demo's key and mapping table
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # nothing written into the checkout
+    return subprocess.run(command, cwd=work, env=env, check=False).returncode
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo-work"),
+        help="where everything goes (default: ./demo-work); emptied on every run",
+    )
     parser.add_argument("--keep-running", action="store_true", help="leave Orthanc up at the end")
     args = parser.parse_args()
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir()
+    work = _prepare(args.workdir)
     local_port = free_port()
-    xnat = XnatEmulator(WORK / "xnat", users={"demo": "demo"}, projects=("DEMO",)).start()
+    xnat = XnatEmulator(work / "xnat", users={"demo": "demo"}, projects=("DEMO",)).start()
     orthanc = OrthancServer(
         ae_title="DEMOPACS", modalities={"pacsman": ("PACSMAN", "127.0.0.1", local_port)}
     ).start()
@@ -96,42 +154,23 @@ def main() -> int:
             f"demo PACS: Orthanc {orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}, "
             f"{orthanc.instance_count()} instances, REST at {orthanc.url}"
         )
-        config = WORK / "pacsman.yaml"
+        print(f"demo XNAT: emulator at {xnat.url}, project DEMO (user demo)")
+        config = work / "pacsman.yaml"
         config.write_text(
             CONFIG.format(
                 port=orthanc.dicom_port,
                 aet=orthanc.ae_title,
-                work=WORK,
+                work=work,
                 local_port=local_port,
                 xnat_url=xnat.url,
             )
         )
-        command = [
-            "pacsman",
-            "--queryfile",
-            "queryfiles/example.csv",
-            "--save",
-            "--push",
-            "--info",
-            "--config",
-            str(config),
-        ]
-        print("$ " + " ".join(command))
-        print(f"demo XNAT: emulator at {xnat.url}, project DEMO (user demo)")
-        env = {**os.environ, "XNAT_USER": "demo", "XNAT_PASS": "demo"}
-        env["XDG_CONFIG_HOME"] = str(WORK / "state")  # the demo's key and mapping table
-        status = subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
-        info = WORK / "data" / "example_info.csv"
+        status = _run_pacsman(work, config)
+        info = work / "data" / "example_info.csv"
         if info.exists():
-            print(f"\nper row ({info.relative_to(ROOT)} has the per-series detail):")
+            print(f"\nper row ({_shown(info)} has the per-series detail):")
             _report(info, xnat)
-        data = WORK / "data"
-        anonymized = sorted((data / "anonymized").rglob("*.dcm"))
-        raw = [p for p in data.rglob("*.dcm") if "anonymized" not in p.relative_to(data).parts]
-        print(f"\nretrieved, as the PACS sent them: {len(raw)} files, e.g.")
-        print(f"  {sorted(raw)[0].relative_to(ROOT)}" if raw else "  (none)")
-        print(f"de-identified, as pushed to XNAT: {len(anonymized)} files, e.g.")
-        print(f"  {anonymized[0].relative_to(ROOT)}" if anonymized else "  (none)")
+        _show_files(work)
         print(f"\npacsman exit code: {status}")
         if args.keep_running:
             print("Orthanc keeps running; press Ctrl-C to stop it.")

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Install what pacsman needs on a fresh Debian machine: Orthanc and DCMTK (real peers for the
-# tests, the demo and the benchmarks) from apt, and pacsman itself (editable, with test extras).
+# tests, the demo and the benchmarks) and systemd-analyze (unit checks) from apt, and pacsman
+# itself (editable, with test extras).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 [ -x /usr/bin/findscu ] || need_apt+=(dcmtk)
+# systemd-analyze checks the systemd units pacsman ships (tests/test_systemd_units.py).
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

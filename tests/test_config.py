@@ -314,9 +314,7 @@ def test_parse_config_accepts_plain_data_without_lines() -> None:
 
 # --- the shape of the file ---------------------------------------------------------------------
 
-EMPTY = (
-    "None: the file is empty; copy config/pacsman.example.yaml to config/pacsman.yaml and edit it"
-)
+EMPTY = "None: the file is empty; run 'pacsman init' (it writes config/pacsman.yaml) and edit it"
 NO_NODES = (
     "pacs: at least one PACS node is required,"
     " e.g. pacs: {orthanc: {host: 127.0.0.1, port: 4242, called_ae_title: ORTHANC}}"
@@ -472,7 +470,8 @@ def test_example_file_commented_keys_are_valid_when_uncommented(tmp_path: Path) 
     assert config.node("orthanc").retrieve_window == "19:00-07:00"
     assert config.xnat.ca_bundle is not None
     assert config.log.file == Path("logs/pacsman.jsonl")
-    assert config.local.tls is not None and config.node("orthanc").tls is not None
+    assert config.local.tls is not None
+    assert config.node("orthanc").tls is not None
 
 
 def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
@@ -579,7 +578,7 @@ def test_nothing_found_says_where_it_looked(
     monkeypatch.chdir(tmp_path)
     message = (
         "no config file found; looked in: PACSMAN_CONFIG (not set), config/pacsman.yaml, "
-        f"{tmp_path}/etc.yaml; copy config/pacsman.example.yaml to config/pacsman.yaml and edit it"
+        f"{tmp_path}/etc.yaml; run 'pacsman init' (it writes config/pacsman.yaml) and edit it"
     )
     with pytest.raises(ConfigError, match=re.escape(message)):
         find_config(search=(Path("config/pacsman.yaml"), tmp_path / "etc.yaml"))

@@ -74,8 +74,11 @@ def test_every_side_reads_its_tls_section(pem: Path) -> None:
         ca=pem / "ca.pem", cert=pem / "cert.pem", key=pem / "key.pem"
     )
     node_tls = config.node().tls
-    assert node_tls is not None and node_tls.check_hostname is False and node_tls.verify
-    assert config.push.dicom is not None and config.push.dicom.tls == TlsConfig(ca=pem / "ca.pem")
+    assert node_tls is not None
+    assert node_tls.check_hostname is False
+    assert node_tls.verify
+    assert config.push.dicom is not None
+    assert config.push.dicom.tls == TlsConfig(ca=pem / "ca.pem")
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
@@ -103,7 +106,8 @@ def test_missing_files_and_half_pairs_are_all_reported(pem: Path) -> None:
         pem,
     )
     text = "\n".join(problems)
-    assert "pacs.main.tls.ca" in text and "cannot be read" in text
+    assert "pacs.main.tls.ca" in text
+    assert "cannot be read" in text
     assert "pacs.main.tls.key: required with cert" in text
     assert "local.tls.cert: required with key" in text
     assert "local.tls.ca: required while verify is true" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,8 @@ def test_run_logs_config_warnings(
     config = _config(tmp_path, pacs.port, pacs.ae_title)
     queryfile = write_queryfile(tmp_path, "PatientID\nDEMO001\n")
     assert main(["--queryfile", str(queryfile), "--info", "--config", str(config)]) == 0
-    warned = [line for line in capsys.readouterr().err.splitlines() if "config_warning" in line]
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    warned = [json.dumps(e) for e in events if e["event"] == "config_warning"]
     assert len(warned) == 2
     assert "local.bind_host" in warned[0]
     assert "xnat.url" in warned[1]

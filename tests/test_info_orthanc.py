@@ -97,11 +97,15 @@ def test_rows_resolving_to_one_study_are_deduplicated(
 
 
 def test_row_matching_nothing_exits_1(tmp_path: Path, demo_orthanc: OrthancServer) -> None:
-    """A row the PACS has nothing for is NO_MATCH in the CSV, and the run exits 1."""
+    """A row the PACS has nothing for is NO_MATCH in the CSV, says what it searched for in
+    ``query``, and the run exits 1."""
     status, info = _run(tmp_path, demo_orthanc, "PatientID\nDEMO001\nNOBODY\n")
     rows = _read_info(info)
     assert status == 1
-    assert [r["state"] for r in rows if r["row"] == "3"] == ["NO_MATCH"]
+    assert [(r["state"], r["query"]) for r in rows if r["row"] == "3"] == [
+        ("NO_MATCH", "PatientID=NOBODY")
+    ]
+    assert {r["query"] for r in rows if r["row"] == "2"} == {"PatientID=DEMO001"}
 
 
 def test_series_and_image_level_keys_narrow_the_answer(

@@ -329,21 +329,25 @@ def test_ambiguous_delimiter_prefers_known_headers(tmp_path: Path) -> None:
     ]
 
 
-def test_windows_1252_bytes(tmp_path: Path) -> None:
-    """Non-UTF-8 bytes give one error at the bad byte's line:column, naming cp1252 and iconv."""
-    data = "PatientID;PatientName\nDEMO001;M\u00fcller\nDEMO002;Sch\u00f6n\n".encode("cp1252")
+def test_windows_1252_with_control_characters_is_refused(tmp_path: Path) -> None:
+    """Not UTF-8, and a control character in Windows-1252 too: not text; located there.
+
+    (Windows-1252 text is read with a warning: tests/test_queryfile_xlsx.py.)"""
+    data = "PatientID;PatientName\nDEMO001;M\u00fcller\nDEMO002;Sch\x01n\n".encode("cp1252")
     assert _problems(_write(tmp_path, data)) == [
-        "q.csv:2:2: byte 0xFC is not UTF-8; the file looks like Windows-1252 (where it is 'ü'); "
-        'save it as "CSV UTF-8" in Excel, or: iconv -f WINDOWS-1252 -t UTF-8 q.csv > q-utf8.csv'
+        "q.csv:3:2: byte 0x01 is a control character: the file is neither UTF-8 nor "
+        'Windows-1252 text; save it as "CSV UTF-8" in Excel and try again, or name its '
+        "encoding with --encoding NAME (e.g. --encoding cp1250)"
     ]
 
 
 def test_bytes_neither_utf8_nor_cp1252(tmp_path: Path) -> None:
-    """Bytes undefined in Windows-1252 too get a plain re-save advice."""
+    """Bytes undefined in Windows-1252 too get a plain re-save advice, or --encoding."""
     path = _write(tmp_path, b"PatientID\nDEMO\x81\n")
     assert _problems(path) == [
         "q.csv:2:1: byte 0x81 is not UTF-8 and the file is not Windows-1252 either; "
-        'save it as "CSV UTF-8" in Excel and try again'
+        'save it as "CSV UTF-8" in Excel and try again, or name its encoding with --encoding '
+        "NAME (e.g. --encoding cp1250)"
     ]
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from pacsman import __version__
 from pacsman.anonymize.batch import BatchSummary, EngineSpec, Outcome, Task, deidentify_files
 from pacsman.anonymize.engine import Encapsulated, check_label, quarantine_dir
 from pacsman.anonymize.keys import load_or_create_key
@@ -60,8 +61,19 @@ def _anonymize_parser() -> argparse.ArgumentParser:
     parser.add_argument("in_dir", type=Path, metavar="IN_DIR", help="folder read recursively")
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="output folder")
     parser.add_argument("--subject", required=True, help="XNAT subject label")
-    parser.add_argument("--session", required=True, help="XNAT session (experiment) label")
-    parser.add_argument("--profile", type=Path, help="profile YAML (default: config or built-in)")
+    parser.add_argument(
+        "--session",
+        "--experiment",
+        dest="session",
+        required=True,
+        help="XNAT session (experiment) label; --experiment is the same",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="profile YAML (default: anonymization.profile from the config, else the "
+        "built-in PS3.15 profile)",
+    )
     _state_arguments(parser)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     return parser
@@ -80,7 +92,21 @@ def _state_arguments(parser: argparse.ArgumentParser, *, key: bool = True) -> No
         type=Path,
         help="mapping table (default: ~/.config/pacsman/PROJECT.mapping.sqlite)",
     )
-    parser.add_argument("--config", type=Path, help="pacsman config YAML (default: search order)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="pacsman config YAML (default: the first of $PACSMAN_CONFIG, "
+        "./config/pacsman.yaml, /etc/pacsman/pacsman.yaml; none is needed)",
+    )
+    # Read by pacsman.cli before this parser runs; here so that --help shows it.
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        metavar="LEVEL",
+        help="debug, info, warning or error (default: log.level from the config, else info)",
+    )
+    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
 
 
 def _config(path: Path | None) -> Config | None:
@@ -223,8 +249,14 @@ def _mapping_parser() -> argparse.ArgumentParser:
         description="The local mapping table: original PatientID, StudyInstanceUID and "
         "AccessionNumber <-> subject, session and date shift.",
     )
+    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="write the table as CSV (mode 0600; holds PHI)")
+    export = commands.add_parser(
+        "export",
+        help="write the table as CSV (mode 0600; holds PHI)",
+        description="Write the project's mapping table as CSV, mode 0600. It holds PHI "
+        "(original PatientIDs, StudyInstanceUIDs, AccessionNumbers): keep it on this machine.",
+    )
     export.add_argument("out", type=Path, metavar="OUT.csv")
     _state_arguments(export, key=False)
     return parser

@@ -48,7 +48,7 @@ __all__ = [
 #: Where :func:`find_config` looks when neither a path nor ``PACSMAN_CONFIG`` is given.
 DEFAULT_SEARCH: tuple[Path, ...] = (Path("config/pacsman.yaml"), Path("/etc/pacsman/pacsman.yaml"))
 ENV_VAR = "PACSMAN_CONFIG"
-_COPY_EXAMPLE = "copy config/pacsman.example.yaml to config/pacsman.yaml and edit it"
+_COPY_EXAMPLE = "run 'pacsman init' (it writes config/pacsman.yaml) and edit it"
 _NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 RetrieveMethod = Literal["move", "get"]
@@ -134,6 +134,8 @@ class LogConfig:
     level: LogLevel = "info"
     file: Path | None = None
     console: ConsoleFormat = "auto"  # auto = human on a TTY, JSON otherwise
+    #: Off a terminal: seconds between two ``progress`` events.
+    progress_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -433,6 +435,9 @@ def _parse_log(section: Section) -> LogConfig:
         level=section.get("level", v.choice(_LOG_LEVELS), LogConfig.level),
         file=section.get("file", v.file_path, LogConfig.file),
         console=section.get("console", v.choice(_CONSOLE_FORMATS), LogConfig.console),
+        progress_interval=section.get(
+            "progress_interval", v.seconds(), LogConfig.progress_interval
+        ),
     )
     section.finish()
     return result

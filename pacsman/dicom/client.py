@@ -20,12 +20,15 @@ are deliberate, each backed by a measurement in DESIGN.md:
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -102,6 +105,12 @@ class DicomPeer:
 
 #: PS3.8: at most 128 presentation contexts per association.
 MAX_CONTEXTS = 128
+
+_log = structlog.get_logger("pacsman.dicom.client")
+#: While a PACS does not answer an association request: the first notice after this many
+#: seconds, then one every _NOTICE_EVERY, until the ACSE timeout ends the wait.
+_FIRST_NOTICE = 5.0
+_NOTICE_EVERY = 10.0
 
 
 @dataclass(frozen=True)
@@ -200,21 +209,26 @@ def associate(
         storage_contexts, roles = storage.propose(plan or storage.ladder(room=room)[0])
         proposed += storage_contexts
         handlers = [(evt.EVT_C_STORE, storage.handle_store)]
-    assoc = ae.associate(
-        node.host,
-        node.port,
-        contexts=proposed,
-        ae_title=node.called_ae_title,
-        ext_neg=roles,
-        evt_handlers=handlers,
-        tls_args=tls_args(node.tls, node.host, f"{peer.config_key}.tls"),
-    )
+    connected = threading.Event()
+    handlers.append((evt.EVT_CONN_OPEN, lambda _event: connected.set()))
+    started = time.monotonic()
+    with _announce_wait(peer, connected):
+        assoc = ae.associate(
+            node.host,
+            node.port,
+            contexts=proposed,
+            ae_title=node.called_ae_title,
+            ext_neg=roles,
+            evt_handlers=handlers,
+            tls_args=tls_args(node.tls, node.host, f"{peer.config_key}.tls"),
+        )
     if assoc.is_rejected:
         raise _rejection(peer, assoc)
     if not assoc.is_established and not assoc.accepted_contexts and assoc.rejected_contexts:
         raise _all_contexts_refused(peer, assoc)
     if not assoc.is_established:
-        raise _not_established(peer)
+        silent = connected.is_set() and time.monotonic() - started >= node.timeouts.acse
+        raise _not_established(peer, silent=silent)
     guard_reactor(assoc)
     if storage is not None and storage.on_established is not None:
         storage.on_established(assoc)
@@ -226,9 +240,52 @@ def associate(
         ae.shutdown()
 
 
-def _not_established(peer: DicomPeer) -> Exception:
-    """A TLS mismatch is a config matter (fatal, with its fix); anything else may pass."""
+@contextmanager
+def _announce_wait(peer: DicomPeer, connected: threading.Event) -> Iterator[None]:
+    """Warn (``association_not_answered``) after 5 s, then every 10 s, while a PACS that
+    took the TCP connection has not answered the association request."""
+    done, started = threading.Event(), time.monotonic()
+    timeouts = peer.node.timeouts
+    limit = timeouts.connect + timeouts.acse
+
+    def announce() -> None:
+        delay = _FIRST_NOTICE
+        while not done.wait(delay) and (waited := time.monotonic() - started) < limit:
+            if connected.is_set():
+                _log.warning(
+                    "association_not_answered",
+                    pacs=peer.node.name,
+                    waited_s=round(waited),
+                    timeout_s=timeouts.acse,
+                    message=f"PACS {peer.describe()} took the connection but has not answered "
+                    f"the association request after {waited:.0f} s; waiting up to "
+                    f"{timeouts.acse:g} s ({peer.config_key}.timeouts.acse)",
+                )
+            delay = _NOTICE_EVERY
+
+    thread = threading.Thread(target=announce, name="association-wait", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def _not_established(peer: DicomPeer, *, silent: bool) -> Exception:
+    """A TLS mismatch is a config matter (fatal, with its fix); anything else may pass.
+
+    ``silent``: the PACS took the connection and never answered.  A TLS peer would have
+    answered a plain request at once (and a plain one a TLS handshake), so no probe is made.
+    """
     node, key = peer.node, peer.config_key
+    if silent:
+        return AssociationRejected(
+            f"PACS {peer.describe()} took the connection but did not answer the association "
+            f"request within {node.timeouts.acse:g} s ({key}.timeouts.acse); check that "
+            f"{key}.host/port is the PACS's DICOM port, not another service, and that the "
+            "PACS is not overloaded"
+        )
     problem = handshake_problem(
         node.tls, node.host, node.port, timeout=node.timeouts.connect, where=f"{key}.tls"
     )

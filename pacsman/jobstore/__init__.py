@@ -8,7 +8,13 @@ change of state is one call and
 one transaction, and is also appended to ``transitions`` so an operator can read what
 happened.  Each series' raw and de-identified directories are recorded too, so every step
 reads where its input is instead of working it out again.  Opening a store brings its schema
-to :data:`SCHEMA_VERSION` (see :mod:`pacsman.jobstore._schema`).  The file is created with
+to :data:`SCHEMA_VERSION` (see :mod:`pacsman.jobstore._schema`).
+
+The process working on a run records itself (pid, host, options) and beats a heartbeat every
+few seconds (:meth:`JobStore.start_heartbeat`); closing the store records how the run
+stopped.  ``JobStore(path, read_only=True)`` is for the operator's views (``pacsman status``,
+``runs``, ``report``): it never writes the file, is safe beside a working run, and reads a
+store from an older release through a migrated copy in memory.  The file is created with
 mode 0600, and its missing folders 0700: it holds patient identifiers.  Any problem with the
 file (not a database, read-only, a folder, disk full) is a
 :class:`~pacsman.errors.JobStoreError` naming the file and the fix.
@@ -18,19 +24,23 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import structlog
 
-from pacsman.errors import InputError
+from pacsman.errors import EXIT_INTERRUPTED, InputError, JobStoreError, PacsmanError
 from pacsman.jobstore._errors import folder_error, raise_for_file, store_error
+from pacsman.jobstore._heartbeat import Heartbeat
 from pacsman.jobstore._keys import row_keys, run_key
 from pacsman.jobstore._schema import (
     MIGRATIONS,
@@ -41,10 +51,18 @@ from pacsman.jobstore._schema import (
     PushRecord,
     PushSeries,
     RetrieveSeries,
+    RowOutcome,
+    RowQuery,
     Run,
+    RunOutcome,
+    RunRecord,
     SeriesPlace,
+    SeriesProblem,
+    SessionPush,
+    Throughput,
     recorded_directory,
 )
+from pacsman.jobstore._views import OperatorViews, _count, _state
 from pacsman.layout import open_private, private_directory
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
 
@@ -58,8 +76,15 @@ __all__ = [
     "PushRecord",
     "PushSeries",
     "RetrieveSeries",
+    "RowOutcome",
+    "RowQuery",
     "Run",
+    "RunOutcome",
+    "RunRecord",
     "SeriesPlace",
+    "SeriesProblem",
+    "SessionPush",
+    "Throughput",
     "recorded_directory",
 ]
 
@@ -70,11 +95,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class JobStore:
+class JobStore(OperatorViews):
     """SQLite-backed state.  Use as a context manager; one per process, shared by its threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         """Open (or create) the store at ``path`` and bring its schema up to date.
+
+        With ``read_only``, the file must exist and is never written: a store at an older
+        schema is read through a copy in memory, brought up to date there.
 
         Raises:
             JobStoreError: the file cannot be used; the message says why and how to fix it.
@@ -82,8 +110,12 @@ class JobStore:
         """
         self.path = path
         self._lock = threading.RLock()
+        self._heartbeat: tuple[Run, Heartbeat] | None = None
         if path.is_dir():
             raise folder_error(path)
+        if read_only:
+            self._db = self._open_read_only()
+            return
         try:
             private_directory(path.parent)
             if not path.exists():
@@ -109,7 +141,7 @@ class JobStore:
             raise
         self._migrate()
 
-    def _migrate(self) -> None:
+    def _migrate(self, *, log: bool = True) -> None:
         """Apply every migration newer than the store, all in one transaction.
 
         Raises:
@@ -117,12 +149,7 @@ class JobStore:
         """
         with self._tx() as db:
             found = _schema_version(db)
-            if found > SCHEMA_VERSION:
-                raise InputError(
-                    f"job store {self.path}: schema version {found} was written by a newer "
-                    f"pacsman (this one knows up to {SCHEMA_VERSION}); upgrade pacsman, or set "
-                    "'jobstore' in the config to another file"
-                )
+            self._check_not_newer(found)
             todo = [m for m in MIGRATIONS if m.version > found]
             for migration in todo:
                 for statement in migration.statements:
@@ -132,18 +159,118 @@ class JobStore:
                     "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-        if todo and found:
+        if todo and found and log:
             _log.info("jobstore_migrated", from_version=found, to_version=SCHEMA_VERSION)
+
+    def _check_not_newer(self, found: int) -> None:
+        """Raises: InputError: schema version ``found`` is newer than this pacsman knows."""
+        if found > SCHEMA_VERSION:
+            raise InputError(
+                f"job store {self.path}: schema version {found} was written by a newer "
+                f"pacsman (this one knows up to {SCHEMA_VERSION}); upgrade pacsman, or set "
+                "'jobstore' in the config to another file"
+            )
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """The file opened read-only; a migrated copy in memory when its schema is older.
+
+        Raises:
+            JobStoreError: there is no such file, or it cannot be read.
+            InputError: the store was written by a newer pacsman.
+        """
+        if not self.path.exists():
+            raise JobStoreError(
+                f"job store {self.path}: no such file; give the job store the run used "
+                "(--jobstore PATH, or 'jobstore' in the config given with --config)"
+            )
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        try:
+            source = sqlite3.connect(
+                uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            found = _schema_version(source)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
+        if found == SCHEMA_VERSION:
+            return source
+        try:
+            self._check_not_newer(found)
+            copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            source.backup(copy)
+        except sqlite3.Error as exc:
+            raise store_error(self.path, exc) from exc
+        finally:
+            source.close()
+        self._db = copy
+        self._migrate(log=False)
+        return copy
 
     def __enter__(self) -> JobStore:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Record how the run being worked on stopped (see :meth:`start_heartbeat`); close."""
+        try:
+            if self._heartbeat is not None:
+                self._record_outcome(*_outcome(exc))
+        finally:
+            self.close()
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Stop the heartbeat, if any, and close the database connection."""
+        if self._heartbeat is not None:
+            self._heartbeat[1].stop()
+            self._heartbeat = None
         self._db.close()
+
+    # -- who works on a run, and how it stopped ---------------------------------------------
+
+    def start_heartbeat(self, run: Run, *, options_json: str, interval: float) -> None:
+        """Record that this process works on ``run`` now, with ``options_json``, and beat
+        ``heartbeat_at`` every ``interval`` seconds from a daemon thread.
+
+        Leaving the ``with`` block of the store records how the run stopped: FINISHED, or
+        INTERRUPTED (Ctrl-C), or STOPPED with the error.
+        """
+        pid, host = os.getpid(), socket.gethostname()
+        with self._tx() as db:
+            now = _now()
+            db.execute(
+                "UPDATE runs SET started_at = ?, heartbeat_at = ?, pid = ?, host = ?, "
+                "options_json = ?, stopped_at = '', outcome = '', outcome_detail = '' "
+                "WHERE id = ?",
+                (now, now, pid, host, options_json, run.id),
+            )
+            self._transition(db, run.id, "run", str(run.id), "STARTED", f"pid {pid} on {host}")
+        self._heartbeat = (run, Heartbeat(lambda: self._beat(run), interval).start())
+
+    def _beat(self, run: Run) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", (_now(), run.id))
+
+    def _record_outcome(self, outcome: RunOutcome, detail: str) -> None:
+        """Stop the heartbeat and record ``outcome``; a store that fails now is only logged
+        (the error that stopped the run is the one to report)."""
+        assert self._heartbeat is not None
+        run, heartbeat = self._heartbeat
+        heartbeat.stop()
+        self._heartbeat = None
+        try:
+            with self._tx() as db:
+                now = _now()
+                db.execute(
+                    "UPDATE runs SET heartbeat_at = ?, stopped_at = ?, outcome = ?, "
+                    "outcome_detail = ? WHERE id = ?",
+                    (now, now, outcome.value, detail, run.id),
+                )
+                self._transition(db, run.id, "run", str(run.id), outcome.value, detail)
+        except (PacsmanError, sqlite3.Error) as exc:
+            _log.warning("run_outcome_not_recorded", outcome=outcome.value, problem=str(exc))
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """One SELECT, under the same lock as the writers (threads share this connection).
@@ -271,6 +398,10 @@ class JobStore:
                     )
                 else:
                     self._insert_row(db, run, row, pacs, key)
+            db.executemany(
+                "UPDATE rows SET pacs_cell = ? WHERE run_id = ? AND row_key = ?",
+                [(row.pacs or "", run.id, key) for (row, _), key in zip(rows, keys, strict=True)],
+            )
             _renumber(db, run, moves)
 
     def _insert_row(
@@ -665,41 +796,45 @@ class JobStore:
             )
             self._transition(db, run.id, "push", "/".join(experiment), state.value, detail)
 
-    def info_records(self, run: Run) -> list[InfoRecord]:
+    def info_records(self, run: Run | RunRecord) -> list[InfoRecord]:
         """Every row of ``run`` with its series (or alone, when it selected none), in order."""
         rows = self._read(
-            "SELECT line, pacs, subject, session, state, detail FROM rows "
+            "SELECT line, pacs, subject, session, state, detail, keys_json FROM rows "
             "WHERE run_id = ? ORDER BY line",
             (run.id,),
         )
+        by_line: defaultdict[int, list[tuple[Any, ...]]] = defaultdict(list)
+        for found in self._series_records(run):
+            by_line[int(found[0])].append(found)
         records: list[InfoRecord] = []
-        for line, pacs, subject, session, state, detail in rows:
-            base = InfoRecord(line, pacs, subject or "", session or "", ItemState(state), detail)
-            series = self._series_records(run, base)
+        for line, pacs, subject, session, state, detail, keys in rows:
+            query = tuple(sorted((str(k), str(v)) for k, v in json.loads(keys).items()))
+            base = InfoRecord(
+                line, pacs, subject or "", session or "", ItemState(state), detail, query=query
+            )
+            series = [_info_record(base, r) for r in by_line.get(int(line), ())]
             records.extend(series or [base])
         return records
 
-    def _series_records(self, run: Run, base: InfoRecord) -> list[InfoRecord]:
-        cursor = self._read(
-            "SELECT st.study_instance_uid, st.patient_id, st.study_date, st.study_time, "
-            "st.accession_number, st.study_description, se.series_instance_uid, "
+    def _series_records(self, run: Run | RunRecord) -> list[tuple[Any, ...]]:
+        """Every series of ``run`` with its study and push, one query, in info-CSV order."""
+        return self._read(
+            "SELECT se.line, st.study_instance_uid, st.patient_id, st.study_date, "
+            "st.study_time, st.accession_number, st.study_description, se.series_instance_uid, "
             "se.series_number, se.modality, se.series_description, se.expected_instances, "
             "se.received_instances, se.state, se.detail, se.anonymized_instances, "
-            "se.anonymization, COALESCE(pu.state, ''), COALESCE(pu.uri, '') "
+            "se.anonymization, COALESCE(pu.state, ''), COALESCE(pu.uri, ''), "
+            "se.anonymization_detail, COALESCE(pu.detail, ''), COALESCE(pu.target, ''), "
+            "se.xnat_subject, se.xnat_session "
             "FROM series se JOIN studies st ON st.run_id = se.run_id AND st.pacs = se.pacs "
             "AND st.study_instance_uid = se.study_instance_uid AND st.line = se.line "
             "LEFT JOIN pushes pu ON pu.run_id = se.run_id AND pu.subject = se.xnat_subject "
             "AND pu.session = se.xnat_session AND se.xnat_session != '' "
-            "WHERE se.run_id = ? AND se.line = ? "
-            "ORDER BY st.study_date, st.study_time, st.study_instance_uid, "
+            "WHERE se.run_id = ? "
+            "ORDER BY se.line, st.study_date, st.study_time, st.study_instance_uid, "
             "CAST(se.series_number AS INTEGER), se.series_instance_uid",
-            (run.id, base.line),
+            (run.id,),
         )
-        records = []
-        for r in cursor:
-            study = StudyMatch(r[0], r[1], "", r[2], r[3], r[4], r[5])
-            records.append(_info_record(base, study, r))
-        return records
 
 
 def _renumber(db: sqlite3.Connection, run: Run, moves: dict[int, int]) -> None:
@@ -733,15 +868,9 @@ def _path(value: object) -> Path | None:
     return Path(str(value)) if value else None
 
 
-def _state(value: object) -> ItemState | None:
-    return ItemState(str(value)) if value else None
-
-
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) else None
-
-
-def _info_record(base: InfoRecord, study: StudyMatch, r: Sequence[object]) -> InfoRecord:
+def _info_record(base: InfoRecord, r: Sequence[object]) -> InfoRecord:
+    """``base`` (a row) with one series of :meth:`JobStore._series_records`."""
+    study = StudyMatch(str(r[1]), str(r[2]), "", str(r[3]), str(r[4]), str(r[5]), str(r[6]))
     return InfoRecord(
         line=base.line,
         pacs=base.pacs,
@@ -750,19 +879,36 @@ def _info_record(base: InfoRecord, study: StudyMatch, r: Sequence[object]) -> In
         row_state=base.row_state,
         row_detail=base.row_detail,
         study=study,
-        series_instance_uid=str(r[6]),
-        series_number=str(r[7]),
-        modality=str(r[8]),
-        series_description=str(r[9]),
-        expected_instances=_count(r[10]),
-        received_instances=_count(r[11]),
-        series_state=ItemState(str(r[12])),
-        series_detail=str(r[13]),
-        anonymized_instances=_count(r[14]),
-        anonymization=_state(r[15]),
-        push=_state(r[16]),
-        push_uri=str(r[17]),
+        series_instance_uid=str(r[7]),
+        series_number=str(r[8]),
+        modality=str(r[9]),
+        series_description=str(r[10]),
+        expected_instances=_count(r[11]),
+        received_instances=_count(r[12]),
+        series_state=ItemState(str(r[13])),
+        series_detail=str(r[14]),
+        anonymized_instances=_count(r[15]),
+        anonymization=_state(r[16]),
+        push=_state(r[17]),
+        push_uri=str(r[18]),
+        anonymization_detail=str(r[19]),
+        push_detail=str(r[20]),
+        push_target=str(r[21]),
+        xnat_subject=str(r[22]),
+        xnat_session=str(r[23]),
+        query=base.query,
     )
+
+
+def _outcome(exc: BaseException | None) -> tuple[RunOutcome, str]:
+    """How a run stopped, from the exception that ended it (None: it finished)."""
+    if exc is None:
+        return RunOutcome.FINISHED, ""
+    if isinstance(exc, KeyboardInterrupt) or getattr(exc, "exit_code", None) == EXIT_INTERRUPTED:
+        return RunOutcome.INTERRUPTED, "interrupted (Ctrl-C)"
+    if isinstance(exc, PacsmanError):
+        return RunOutcome.STOPPED, str(exc)[:2000]
+    return RunOutcome.STOPPED, f"unexpected error {type(exc).__name__}; see the log"
 
 
 def _replace_series(study: StudyMatch, series: list[SeriesMatch]) -> StudyMatch:

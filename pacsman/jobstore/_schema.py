@@ -11,11 +11,19 @@ rows, :mod:`pacsman.jobstore._keys`), not the hash of the file's bytes; a run re
 an earlier release is found by its bytes once more and then given its run key.  A run
 started over with ``--new-run`` is retired: ``retired_at`` is set and ``/retired-<id>`` is
 appended to its key, so it is kept but never resumed.
+
+Since version 7, each invocation of a run records who works on it and since when
+(``started_at``, ``pid``, ``host``, the options asked for), beats ``heartbeat_at`` every few
+seconds while it works, and records how it stopped (``outcome``: FINISHED, INTERRUPTED or
+STOPPED, with ``outcome_detail``); ``rows.pacs_cell`` keeps the row's own ``Pacs`` cell
+(NULL for rows recorded before), so the rows can be written out again as a query file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from pacsman.errors import FatalError
@@ -124,12 +132,26 @@ _VERSION_6 = (
     "CREATE INDEX IF NOT EXISTS series_by_uid ON series(series_instance_uid)",
 )
 
+_VERSION_7 = (
+    "ALTER TABLE runs ADD COLUMN started_at TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN heartbeat_at TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN pid INTEGER",
+    "ALTER TABLE runs ADD COLUMN host TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN options_json TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN stopped_at TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN outcome TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN outcome_detail TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE rows ADD COLUMN pacs_cell TEXT",
+    "CREATE INDEX IF NOT EXISTS transitions_by_run ON transitions(run_id, kind, at)",
+)
+
 #: Every schema change, oldest first.  Append only: a released migration never changes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, query rows, studies, series and the transition log", _VERSION_1),
     Migration(4, "retrieve verdicts, de-identification outcomes and pushes", _VERSION_4),
     Migration(5, "each series' raw and de-identified directory", _VERSION_5),
     Migration(6, "run and row keys from the normalized rows; retired runs", _VERSION_6),
+    Migration(7, "heartbeat, process and outcome of runs; each row's Pacs cell", _VERSION_7),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -142,6 +164,117 @@ class Run:
     queryfile: str
     created_at: str
     resumed: bool
+
+
+class RunOutcome(StrEnum):
+    """How the last invocation of a run stopped (none while it works, or when it was killed)."""
+
+    #: Every step ran to its end (rows may still need attention).
+    FINISHED = "FINISHED"
+    #: Ctrl-C (SIGINT): running the same command again resumes it.
+    INTERRUPTED = "INTERRUPTED"
+    #: An error stopped it (``outcome_detail`` says which); fix it, then run it again.
+    STOPPED = "STOPPED"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as an operator sees it: its query file and its last invocation."""
+
+    id: int
+    queryfile: str
+    created_at: str
+    retired_at: str = ""
+    #: When the last invocation started, beat, and stopped ('' when not recorded).
+    started_at: str = ""
+    heartbeat_at: str = ""
+    stopped_at: str = ""
+    pid: int | None = None
+    host: str = ""
+    #: The options asked for, as JSON (see :mod:`pacsman.pipeline.status`); '' when unknown.
+    options_json: str = ""
+    outcome: RunOutcome | None = None
+    outcome_detail: str = ""
+
+
+@dataclass(frozen=True)
+class RowQuery:
+    """One row as the query file gave it: its C-FIND values and labels, and its PACS node."""
+
+    line: int
+    pacs: str
+    keys: Mapping[str, str]
+    subject: str
+    session: str
+    state: ItemState
+    detail: str
+    #: The row's own Pacs cell ('' when empty); None when recorded before schema version 7.
+    pacs_cell: str | None
+
+
+@dataclass(frozen=True)
+class SeriesProblem:
+    """A series that failed a step: its retrieve verdict and its de-identification."""
+
+    series_number: str
+    series_instance_uid: str
+    state: ItemState
+    detail: str
+    anonymization: ItemState | None
+    anonymization_detail: str
+
+
+@dataclass(frozen=True)
+class SessionPush:
+    """One experiment of a row, pushed (or not) to the target."""
+
+    subject: str
+    session: str
+    state: ItemState
+    uri: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What a row's series add up to, per step, for the operator's views (status, report).
+
+    ``steps`` counts the row's series per (retrieve state, de-identification state, push
+    state of its experiment), '' where a step has not happened.
+    """
+
+    studies: int = 0
+    series: int = 0
+    expected_instances: int = 0
+    received_instances: int = 0
+    steps: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    #: De-identified experiments with no push recorded on the target.
+    sessions_not_pushed: int = 0
+    problems: tuple[SeriesProblem, ...] = ()
+    pushes: tuple[SessionPush, ...] = ()
+
+    def count(self, *, retrieve: str = "*", deidentify: str = "*", push: str = "*") -> int:
+        """Series in these states ('*': any)."""
+        wanted = (retrieve, deidentify, push)
+        return sum(
+            n
+            for key, n in self.steps.items()
+            if all(w in ("*", k) for w, k in zip(wanted, key, strict=True))
+        )
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What an invocation settled since it started: for rates and ETAs."""
+
+    #: Series whose retrieval ended (COMPLETE, INCOMPLETE, FAILED), and their instances.
+    rows_queried: int = 0
+    series_retrieved: int = 0
+    instances_received: int = 0
+    series_deidentified: int = 0
+    sessions_pushed: int = 0
+    #: When the last of each kind (row, series, anonymization, push) was settled.
+    last_at: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -167,6 +300,13 @@ class InfoRecord:
     anonymization: ItemState | None = None
     push: ItemState | None = None
     push_uri: str = ""
+    anonymization_detail: str = ""
+    push_detail: str = ""
+    push_target: str = ""
+    xnat_subject: str = ""
+    xnat_session: str = ""
+    #: The row's own C-FIND keys, as the query file gave them (what was searched for).
+    query: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

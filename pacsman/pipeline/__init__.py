@@ -1,11 +1,13 @@
 """The pipeline: the one place that wires the steps together.
 
-validate (query file, config) -> job store -> pre-flight C-ECHO -> C-FIND per row (query)
+validate (query file, config) -> (--push xnat) XNAT pre-flight (pipeline.check:
+login, project, labels) -> job store -> pre-flight C-ECHO -> C-FIND per row (query)
 -> record where each series goes -> (--save) Storage SCP + pre-flight move -> C-MOVE/C-GET
 per series -> verify (retrieve)
 -> (--anonymize) PS3.15 de-identification + leak check per COMPLETE series (anonymize)
 -> (--push) each fully de-identified experiment to XNAT (or a DICOM/folder target), verified
-(push) -> info CSV (report).
+(push) -> info CSV (report) -> the summary of every stage (:mod:`.summary`), printed by
+the CLI and logged as ``run_finished``.
 The steps are siblings: each reads what it needs from the job store and records what it did
 there; they share nothing else but :mod:`pacsman.layout`.  De-identification and push
 always run in the de-identify/push process (:mod:`pacsman.pipeline.background`), beside
@@ -16,6 +18,10 @@ Before any C-MOVE, series folders that already hold DICOM files are checked (:mo
 files no run of the job store put there (the store was lost, emptied or replaced) stop the
 run with the folders named, unless ``--adopt-existing`` (adopt those whose count matches
 C-FIND) or ``--new-run`` (retrieve again on purpose) is given.
+
+While it works, the run shows how far it is (:mod:`.progress`: a live display on a terminal,
+``progress`` events otherwise), and every event of both processes carries its ``run_id``.
+Ctrl-C stops it with exit 130, resumable (:mod:`._interrupt`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -34,23 +40,26 @@ from pacsman.config import Config, PacsNode
 from pacsman.errors import InputError
 from pacsman.jobstore import JobStore, Run
 from pacsman.layout import anonymized_series_directory, raw_series_directories
+from pacsman.log import HUMAN, bind_process, current_settings, demoted
 from pacsman.models import ItemState, QueryFile
 from pacsman.pipeline._disk import settle_series_on_disk
-from pacsman.pipeline.background import DeidentifyPushProcess, Request
+from pacsman.pipeline._interrupt import INTERRUPTED, end_soon, interruptible
+from pacsman.pipeline.background import SUPERSEDED, DeidentifyPushProcess, Request
+from pacsman.pipeline.check import check_push_target
+from pacsman.pipeline.progress import Stage, Tracker, reporting
 from pacsman.pipeline.query import query_pending
 from pacsman.pipeline.report import info_path, write_info_csv
 from pacsman.pipeline.retrieve import retrieve_pending
+from pacsman.pipeline.status import start_heartbeat
+from pacsman.pipeline.summary import RunSummary, StageFigures, summarize
 from pacsman.push import check_anonymization
 from pacsman.push.targets import TargetKind
 from pacsman.queryfile import load_queryfile
 from pacsman.throttle import RetryPolicy
 
-__all__ = ["RunOptions", "RunSummary", "config_sha256", "run_queryfile"]
+__all__ = ["INTERRUPTED", "RunOptions", "RunSummary", "config_sha256", "run_queryfile"]
 
 _log = structlog.get_logger("pacsman.pipeline")
-
-#: Row states that make the run exit with "some rows failed".
-_FAILED = frozenset({ItemState.FAILED, ItemState.NO_MATCH, ItemState.PENDING})
 
 
 @dataclass(frozen=True)
@@ -68,38 +77,15 @@ class RunOptions:
     adopt_existing: bool = False
     #: Start a new run even when the job store has one for these rows (--new-run).
     new_run: bool = False
+    #: The workbook's sheet to read (--sheet; default: the first) and the CSV's encoding
+    #: (--encoding; default: detected).
+    sheet: str | None = None
+    encoding: str | None = None
 
     @property
     def deidentify(self) -> bool:
         """De-identification runs for --anonymize and for --push (which implies it)."""
         return self.anonymize or self.push is not None
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What a run did, for the CLI's last lines and its exit code."""
-
-    run_id: int
-    resumed: bool
-    rows: int
-    states: dict[str, int] = field(default_factory=dict)
-    studies: int = 0
-    series: int = 0
-    expected_instances: int = 0
-    info_csv: Path | None = None
-    queried_now: int = 0
-    #: Series retrieved or de-identified, plus experiments pushed, by this run.
-    worked_now: int = 0
-    series_states: dict[str, int] = field(default_factory=dict)
-    received_instances: int = 0
-    failed_lines: tuple[int, ...] = ()
-    #: Series found complete on disk and recorded without retrieving them, by this run.
-    adopted: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True when every row is settled and selected something."""
-        return not self.failed_lines
 
 
 def config_sha256(config: Config) -> str:
@@ -145,37 +131,119 @@ def run_queryfile(
     """
     default_node = config.node(options.pacs).name
     queryfile = load_queryfile(
-        options.queryfile, character_sets=config.character_sets, default_pacs=default_node
+        options.queryfile,
+        character_sets=config.character_sets,
+        default_pacs=default_node,
+        sheet=options.sheet,
+        encoding=options.encoding,
     )
     _check_deidentification(config, options)
-    for warning in config.warnings:
-        _log.warning("config_warning", problem=str(warning))
-    for warning in queryfile.warnings:
-        _log.warning("queryfile_cleaned", problem=str(warning))
-    with JobStore(config.jobstore) as store:
+    check_push_target(config, options.push, queryfile)  # XNAT ready? before any C-FIND
+    with interruptible(), JobStore(config.jobstore) as store:
         run = store.open_run(
             queryfile, config_sha256(config), default_pacs=default_node, new_run=options.new_run
         )
-        structlog.contextvars.bind_contextvars(run_id=run.id)
+        bind_process(run_id=run.id)  # every thread's events, the SCP's and workers' too
+        for warning in config.warnings:
+            _log.warning("config_warning", problem=str(warning))
+        for warning in queryfile.warnings:
+            _log.warning("queryfile_cleaned", problem=str(warning))
+        start_heartbeat(store, run, options, config)  # until the store is left
         store.add_rows(run, [(row, row.pacs or default_node) for row in queryfile.rows])
-        retrieved = adopted = 0
-        # Started before the queries, so that its start-up overlaps them, not retrieval.
-        with _deidentify_push(run, config, options) as background:
-            queried = query_pending(store, run, queryfile, config, default_node, retry_for)
-            if options.save or background is not None:
-                adopted = _record_directories(store, run, options)
-            if options.save:
-                retrieved = retrieve_pending(
-                    store,
-                    run,
-                    config,
-                    options.out_directory,
-                    retry_for,
-                    on_study_complete=None if background is None else background.study_complete,
-                )
-        worked = retrieved + (0 if background is None else background.worked)
-        summary = _finish(store, run, queryfile, options, queried, worked)
-        return replace(summary, adopted=adopted)
+        tracker = _tracker(store, run, queryfile, options)
+        interval = config.log.progress_interval
+        try:
+            with demoted(*SUPERSEDED), reporting(tracker, run_id=run.id, interval=interval):
+                done_now = _work(store, run, queryfile, config, options, retry_for, tracker)
+        except KeyboardInterrupt:
+            _log.warning("run_interrupted", next=INTERRUPTED, **{HUMAN: ""})
+            end_soon()  # a DICOM library thread waiting on a busy peer must not hold the exit
+            raise
+        summary = _finish(store, run, queryfile, config, options, tracker, done_now)
+        _log.info("run_finished", **summary.event(), **{HUMAN: ""})  # the CLI prints it
+        return summary
+
+
+def _work(
+    store: JobStore,
+    run: Run,
+    queryfile: QueryFile,
+    config: Config,
+    options: RunOptions,
+    retry_for: Callable[[PacsNode], RetryPolicy],
+    tracker: Tracker,
+) -> tuple[int, int, int]:
+    """Query, retrieve, de-identify and push; return how many rows were queried, items
+    worked on, and series adopted from disk."""
+    default_node = config.node(options.pacs).name
+    retrieved = adopted = 0
+    # Started before the queries, so that its start-up overlaps them, not retrieval.
+    with _deidentify_push(run, config, options, tracker) as background:
+        queried = query_pending(
+            store, run, queryfile, config, default_node, retry_for, counts=tracker
+        )
+        if options.save or background is not None:
+            adopted = _record_directories(store, run, options)
+        _plan(tracker, store, run, options)
+        if options.save:
+            retrieved = retrieve_pending(
+                store,
+                run,
+                config,
+                options.out_directory,
+                retry_for,
+                on_study_complete=None if background is None else background.study_complete,
+                counts=tracker,
+            )
+    worked = retrieved + (0 if background is None else background.worked)
+    return queried, worked, adopted
+
+
+def _tracker(store: JobStore, run: Run, queryfile: QueryFile, options: RunOptions) -> Tracker:
+    """The run's progress counters, per stage asked for; the query stage's planned."""
+    stages = [Stage.QUERY]
+    stages += [Stage.RETRIEVE] if options.save else []
+    stages += [Stage.DEIDENTIFY] if options.deidentify else []
+    stages += [Stage.PUSH] if options.push is not None else []
+    tracker = Tracker(stages)
+    settled = Counter(store.row_states(run).values())
+    done = settled[ItemState.QUERIED] + settled[ItemState.DUPLICATE]
+    tracker.plan(
+        Stage.QUERY, total=len(queryfile.rows), done=done, failed=settled[ItemState.NO_MATCH]
+    )
+    return tracker
+
+
+def _plan(tracker: Tracker, store: JobStore, run: Run, options: RunOptions) -> None:
+    """Once the series are known: each later stage's totals, and what earlier runs did."""
+    series = [r for r in store.info_records(run) if r.series_state is not None]
+    expected = sum(r.expected_instances or 0 for r in series)
+    complete = [r for r in series if r.series_state is ItemState.COMPLETE]
+    tracker.plan(
+        Stage.RETRIEVE,
+        total=len(series),
+        done=len(complete),
+        instances_total=expected,
+        instances=sum(r.received_instances or 0 for r in complete),
+    )
+    anonymized = [r for r in series if r.anonymization is ItemState.ANONYMIZED]
+    tracker.plan(
+        Stage.DEIDENTIFY,
+        total=len(series),
+        done=len(anonymized),
+        instances_total=expected,
+        instances=sum(r.anonymized_instances or 0 for r in anonymized),
+    )
+    if options.push is not None:
+        pushed = [p for p in store.push_states(run, options.push).values()]
+        done_pushes = [p for p in pushed if p.state is ItemState.DONE]
+        tracker.plan(
+            Stage.PUSH,
+            total=len({(r.study.study_instance_uid, r.line) for r in series if r.study}),
+            done=len(done_pushes),
+            instances_total=expected,
+            instances=sum(p.files_on_target for p in done_pushes),
+        )
 
 
 def _check_deidentification(config: Config, options: RunOptions) -> None:
@@ -188,6 +256,12 @@ def _check_deidentification(config: Config, options: RunOptions) -> None:
         check_anonymization(config, kind=options.push)
     if not options.deidentify:
         return
+    if not config.anonymization.enabled and options.push is not None:
+        raise InputError(
+            f"--push {options.push} pushes de-identified sessions, but anonymization.enabled "
+            "is false in the config; set it to true (the default), or retrieve with --save and "
+            "push identified data with 'pacsman upload DIR' (XNAT: with xnat.allow_identified)"
+        )
     if not config.anonymization.enabled:
         raise InputError(
             "--anonymize was asked for but anonymization.enabled is false in the config; "
@@ -197,7 +271,7 @@ def _check_deidentification(config: Config, options: RunOptions) -> None:
 
 
 def _deidentify_push(
-    run: Run, config: Config, options: RunOptions
+    run: Run, config: Config, options: RunOptions, tracker: Tracker
 ) -> AbstractContextManager[DeidentifyPushProcess | None]:
     """The de-identify/push process for this run, or nothing when neither is asked for."""
     if not options.deidentify:
@@ -208,8 +282,9 @@ def _deidentify_push(
         out_directory=options.out_directory,
         workers=options.workers,
         push=options.push,
+        log_level=current_settings().level,
     )
-    return DeidentifyPushProcess(request)
+    return DeidentifyPushProcess(request, tracker=tracker)
 
 
 def _record_directories(store: JobStore, run: Run, options: RunOptions) -> int:
@@ -257,33 +332,29 @@ def _finish(
     store: JobStore,
     run: Run,
     queryfile: QueryFile,
+    config: Config,
     options: RunOptions,
-    queried: int,
-    worked: int,
+    tracker: Tracker,
+    done_now: tuple[int, int, int],
 ) -> RunSummary:
+    """Write the info CSV; the summary of every stage this command was asked for."""
     records = store.info_records(run)
-    states = store.row_states(run)
     csv_path = write_info_csv(info_path(options.out_directory, queryfile.path), records)
-    series = [r for r in records if r.series_state is not None]
-    failed = {line for line, s in states.items() if s in _FAILED}
-    if options.save:
-        failed |= {r.line for r in series if r.series_state is not ItemState.COMPLETE}
-    if options.deidentify:
-        failed |= {r.line for r in series if r.anonymization is not ItemState.ANONYMIZED}
-    if options.push is not None:
-        failed |= {r.line for r in series if r.push is not ItemState.DONE}
-    return RunSummary(
-        run_id=run.id,
-        resumed=run.resumed,
-        rows=len(queryfile.rows),
-        states=dict(Counter(state.value for state in states.values())),
-        studies=len({(r.pacs, r.study.study_instance_uid) for r in series if r.study}),
-        series=len(series),
-        expected_instances=sum(r.expected_instances or 0 for r in series),
+    moved = {stage.key: tracker.size(stage) / 1e6 for stage in tracker.stages}
+    figures = StageFigures(
+        retrieve=options.save,
+        deidentify=options.deidentify,
+        push=options.push,
+        moved_mb=moved,
+        elapsed_s=tracker.elapsed(),
+    )
+    return summarize(
+        store,
+        run,
+        config,
+        records=records,
+        out_directory=options.out_directory,
         info_csv=csv_path,
-        queried_now=queried,
-        worked_now=worked,
-        series_states=dict(Counter(r.series_state.value for r in series if r.series_state)),
-        received_instances=sum(r.received_instances or 0 for r in series),
-        failed_lines=tuple(sorted(failed)),
+        figures=figures,
+        done_now=done_now,
     )

@@ -15,6 +15,7 @@ The key and the mapping table are the ones ``pacsman anonymize`` and
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,11 +29,19 @@ from pacsman.anonymize import (
     load_or_create_key,
     load_profile,
 )
-from pacsman.anonymize.batch import BatchSummary, EngineSpec, Outcome, Task, deidentify_files
+from pacsman.anonymize.batch import (
+    BatchSummary,
+    EngineSpec,
+    FileOutcome,
+    Outcome,
+    Task,
+    deidentify_files,
+)
 from pacsman.config import Config
 from pacsman.jobstore import AnonymizeSeries, JobStore, Run, recorded_directory
 from pacsman.layout import anonymized_series_directory
 from pacsman.models import ItemState
+from pacsman.pipeline.progress import Counts, Stage
 
 __all__ = ["anonymize_complete"]
 
@@ -48,27 +57,39 @@ def anonymize_complete(
     project: str,
     workers: int = 1,
     on_study_done: Callable[[], None] | None = None,
+    counts: Counts | None = None,
+    handled: set[str] | None = None,
 ) -> int:
-    """De-identify every COMPLETE series not yet ANONYMIZED; return how many were worked on.
+    """De-identify every COMPLETE series not yet ANONYMIZED; return how many were worked on
+    (0, silently, when there is none: the caller says so once).
 
     ``project`` is the XNAT project the data is for (its key and mapping table).
     ``on_study_done`` is called each time the last series of a study (of those worked on
     now) is recorded, so that a push can start while the next study is de-identified.
+    ``counts`` gets each instance written (and its bytes) and each series' outcome.
+    ``handled`` holds the SeriesInstanceUIDs this process de-identified already: they are
+    not done again (a quarantined series stays so until the next run), and the series done
+    now are added.
 
     Raises:
         InputError: the de-identification profile is invalid.
         FatalError: a series' raw directory is not in the job store.
     """
     todo = store.series_for_anonymize(run)
+    if handled is not None:
+        todo = [s for s in todo if s.series_instance_uid not in handled]
+        handled.update(s.series_instance_uid for s in todo)
     if not todo:
-        _log.info("nothing_to_anonymize", series=store.count_series(run))
         return 0
     spec = _engine_spec(config.anonymization.profile, project, config.anonymization.encapsulated)
     mapping = MappingTable(default_mapping_path(project))
+    if counts is not None:
+        counts.start(Stage.DEIDENTIFY)
+    work = _Work(mapping, spec, out_directory, workers, counts)
     try:
         for series, following in zip(todo, [*todo[1:], None], strict=True):
             experiment = _experiment(mapping, series, project, config)
-            _anonymize_series(store, run, series, experiment, mapping, spec, out_directory, workers)
+            _anonymize_series(store, run, series, experiment, work)
             if on_study_done is not None and _study(series) != _study(following):
                 on_study_done()
     finally:
@@ -106,28 +127,50 @@ def _experiment(
     return subject, session_label
 
 
+@dataclass(frozen=True)
+class _Work:
+    """What every series of a pass shares: mapping table, engine, output, counters."""
+
+    mapping: MappingTable
+    spec: EngineSpec
+    out_directory: Path
+    workers: int
+    counts: Counts | None
+
+    def count_file(self, outcome: FileOutcome) -> None:
+        """Count one instance written, with its bytes."""
+        if self.counts is None or outcome.outcome is not Outcome.WRITTEN or outcome.result is None:
+            return
+        try:
+            size = outcome.result.path.stat().st_size
+        except OSError:
+            size = 0
+        self.counts.add(Stage.DEIDENTIFY, instances=1, size=size)
+
+
 def _anonymize_series(
     store: JobStore,
     run: Run,
     series: AnonymizeSeries,
     experiment: tuple[str, str],
-    mapping: MappingTable,
-    spec: EngineSpec,
-    out_directory: Path,
-    workers: int,
+    work: _Work,
 ) -> None:
     subject, session_label = experiment
     destination = anonymized_series_directory(
-        out_directory, subject=subject, session=session_label, series_number=series.series_number
+        work.out_directory,
+        subject=subject,
+        session=session_label,
+        series_number=series.series_number,
     )
     source = recorded_directory(series.raw_directory, series.series_instance_uid)
     files = sorted(source.glob("*.dcm"))
     summary = deidentify_files(
         [Task(src=f, subject=subject, session=session_label) for f in files],
         destination,
-        spec=spec,
-        mapping=mapping,
-        workers=workers,
+        spec=work.spec,
+        mapping=work.mapping,
+        workers=work.workers,
+        on_outcome=work.count_file,
     )
     state, detail = _verdict(summary, len(files))
     store.record_anonymization(
@@ -139,6 +182,9 @@ def _anonymize_series(
         experiment=experiment,
         directory=destination,
     )
+    if work.counts is not None:
+        quarantined = state is ItemState.QUARANTINED
+        work.counts.add(Stage.DEIDENTIFY, units=int(not quarantined), failed=int(quarantined))
     _log.info(
         "series_anonymized",
         row=series.line,

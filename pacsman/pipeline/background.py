@@ -10,10 +10,22 @@ production runs.  The two processes share the job store through SQLite.
 
 Protocol, on the child's stdin: first the :class:`Request` (8-byte big-endian length, then
 the pickled request: the frozen config travels without a file on disk); then one line each
-time a study becomes complete.  When stdin closes, the child makes a last pass, writes one
-JSON line on its stdout (``{"worked": N}`` or ``{"error": "..."}``) and exits: 0 done, 3
-failed.  Whatever stopped the child, the run then fails with a
-:class:`~pacsman.errors.FatalError` that gives the reason.
+time a study becomes complete; then ``done``, on which the child makes a last pass and exits:
+0 done, 3 failed.  Whatever stopped the child, the run then fails with a
+:class:`~pacsman.errors.FatalError` that gives the reason.  Its stdin closing without
+``done`` (the run was interrupted or killed) ends the child at once: it never works on
+without the run.
+
+The child's stdout and stderr are one pipe, read line by line while it works: its log
+events (JSON) are logged here as ours (:func:`pacsman.log.forward`), so both processes log
+in one format on one stream, and above the live progress display; its progress counts
+(``{"progress": ...}``) go to the run's :class:`~pacsman.pipeline.progress.Tracker`; its
+last line is its report (``{"report": {"worked": N}}`` or ``{"report": {"error": "..."}}``).
+
+Ctrl-C: the child is started with SIGINT blocked, so the terminal's Ctrl-C (sent to the whole
+process group) reaches only the run, which then stops the child (SIGTERM: no traceback).
+Every step it took is one job-store transaction, and each file is written under a temporary
+name and renamed, so the same command run again resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -23,23 +35,45 @@ import io
 import json
 import os
 import pickle
-import select
+import signal
 import subprocess
 import sys
 import threading
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import IO, Any
 
+import structlog
+
 from pacsman.config import Config
 from pacsman.errors import FatalError
+from pacsman.log import forward
+from pacsman.pipeline.progress import Tracker, apply
 from pacsman.push.targets import TargetKind
 
-__all__ = ["DeidentifyPushProcess", "Request", "read_request"]
+__all__ = ["SUPERSEDED", "DeidentifyPushProcess", "Request", "read_request"]
+
+#: Events of the stage libraries that the pipeline's own events say again, with the run's
+#: counters: logged at debug level only while a run goes on (in both processes).
+SUPERSEDED = (
+    "scp_started",  # storage_scp_listening says it, with TLS
+    "scp_stopped",  # the run's summary
+    "anonymize_batch_done",  # series_anonymized says it, per series
+    "push_started",  # xnat_import and push_done say it
+)
 
 _LENGTH_BYTES = 8
+#: Seconds a stopped child (Ctrl-C) has to end before it is killed, and the pipe to drain.
+_STOP_SECONDS = 10.0
+_DRAIN_SECONDS = 5.0
+
+_log = structlog.get_logger("pacsman.pipeline")
+#: The child's program: :func:`pacsman.pipeline.helper.main` (not ``-m``: the package may
+#: import the helper module, and runpy warns when it runs a module already imported).
+_CHILD = "import sys; from pacsman.pipeline.helper import main; sys.exit(main())"
 
 
 @dataclass(frozen=True)
@@ -51,6 +85,8 @@ class Request:
     out_directory: Path
     workers: int = 1
     push: TargetKind | None = None
+    #: The run's log level (``--log-level`` or ``log.level``): the child logs as the run does.
+    log_level: str = "info"
 
 
 def _mapping_proxy(items: dict[Any, Any]) -> MappingProxyType[Any, Any]:
@@ -71,24 +107,37 @@ def _pickled(request: Request) -> bytes:
 class DeidentifyPushProcess:
     """The de-identify/push process, seen from the run: start it, announce studies, wait.
 
-    Leaving the block closes the child's stdin (its cue for the last pass) and waits for it.
-    When the child failed, and the block itself did not, :class:`FatalError` is raised with
-    the child's reason; the job store keeps everything done so far.
+    Leaving the block closes the child's stdin (its cue for the last pass) and waits for it;
+    leaving it on Ctrl-C stops the child instead.  When the child failed, and the block
+    itself did not, :class:`FatalError` is raised with the child's reason; the job store
+    keeps everything done so far.  ``tracker`` gets the child's progress counts.
     """
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, *, tracker: Tracker | None = None) -> None:
         self._request = request
+        self._tracker = tracker
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._report: dict[str, object] = {}
         #: Series de-identified plus experiments pushed by the child (known once it ended).
         self.worked = 0
 
     def __enter__(self) -> DeidentifyPushProcess:
-        command = [sys.executable, "-m", "pacsman.pipeline.helper"]
-        child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        command = [sys.executable, "-c", _CHILD]
+        with _sigint_blocked():  # inherited: the terminal's Ctrl-C is the run's to handle
+            child = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
         self._child = child
+        self._reader = threading.Thread(target=self._read, name="pacsman-child-output", daemon=True)
+        self._reader.start()
         payload = _pickled(self._request)
-        self._write(len(payload).to_bytes(_LENGTH_BYTES, "big") + payload)
+        try:
+            self._write(len(payload).to_bytes(_LENGTH_BYTES, "big") + payload)
+        except BaseException:  # Ctrl-C already: the block's exit will not run
+            _stop(child)
+            raise
         return self
 
     def study_complete(self, study_instance_uid: str) -> None:
@@ -111,40 +160,88 @@ class DeidentifyPushProcess:
         child = self._child
         assert child is not None
         assert child.stdin is not None
-        assert child.stdout is not None
+        if not isinstance(exc, KeyboardInterrupt):
+            self._write(b"done\n")  # the cue for its last pass
         with self._lock, suppress(BrokenPipeError):
             child.stdin.close()
-        status = child.wait()
-        report = _last_report(child.stdout)
-        worked = report.get("worked", 0)
+        if isinstance(exc, KeyboardInterrupt):
+            status = _stop(child)
+        else:
+            try:
+                status = child.wait()  # its last pass
+            except BaseException:  # Ctrl-C meanwhile: no orphan may go on working
+                _stop(child)
+                raise
+        if self._reader is not None:
+            # A grandchild left over from a killed child could hold the pipe open for ever.
+            self._reader.join(_DRAIN_SECONDS)
+        worked = self._report.get("worked", 0)
         self.worked = worked if isinstance(worked, int) else 0
         if status != 0 and exc is None:
-            reason = str(report.get("error", "")) or "its reason is logged above"
+            reason = str(self._report.get("error", "")) or "its reason is logged above"
             raise FatalError(
                 f"the de-identify/push process stopped (exit {status}): {reason}; "
                 "the job store keeps everything done so far"
             )
 
+    def _read(self) -> None:
+        """Take the child's output line by line until it closes the pipe."""
+        assert self._child is not None
+        stdout: IO[bytes] | None = self._child.stdout
+        assert stdout is not None
+        with stdout:
+            for raw in iter(stdout.readline, b""):
+                self._take(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
 
-def _last_report(stdout: IO[bytes]) -> dict[str, object]:
-    """The JSON line an exited child wrote last on its stdout (``{}`` if none).
+    def _take(self, line: str) -> None:
+        """One line of the child: a log event, progress counts, its report, or other text."""
+        record = _json_object(line)
+        if record is None:
+            if line.strip():  # a library's print, or an unexpected traceback
+                _log.warning("deidentify_push_output", line=line)
+        elif "event" in record:
+            forward(record)
+        elif "progress" in record:
+            message = record["progress"]
+            if self._tracker is not None and isinstance(message, dict):
+                apply(self._tracker, message)
+        elif isinstance(record.get("report"), dict):
+            self._report = record["report"]
 
-    Only what is already in the pipe is read, never up to end-of-file: a grandchild left over
-    from a child that was killed could hold the pipe open for ever.
-    """
-    fd, data = stdout.fileno(), b""
-    while select.select([fd], [], [], 0)[0]:
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    stdout.close()
-    lines = data.decode("utf-8", errors="replace").strip().splitlines()
+
+def _json_object(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None
     try:
-        found = json.loads(lines[-1]) if lines else {}
+        found = json.loads(line)
     except json.JSONDecodeError:
-        return {}
-    return found if isinstance(found, dict) else {}
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _stop(child: subprocess.Popen[bytes]) -> int:
+    """Stop the child (SIGTERM ends it without a traceback; SIGKILL if it lingers)."""
+    with suppress(ProcessLookupError):
+        child.terminate()
+    try:
+        return child.wait(_STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        return child.wait()
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread for the block: a process started in it keeps SIGINT
+    blocked for good (a Ctrl-C meanwhile still interrupts this process)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _read_exactly(fd: int, size: int) -> bytes:

@@ -1,37 +1,45 @@
-"""The de-identify/push process: ``python -m pacsman.pipeline.helper``.
+"""The de-identify/push process: :func:`main`, in a fresh interpreter of its own.
 
 Private to :mod:`pacsman.pipeline`, started by
 :class:`~pacsman.pipeline.background.DeidentifyPushProcess` (which describes the protocol).
 Each study announced on stdin (or several at once) triggers one pass of de-identification;
 each study de-identified wakes a push thread, so an experiment travels while the next study
-is de-identified.  When stdin closes: a last pass of both, the report line, and exit.
+is de-identified.  When the run says ``done``: a last pass of both, the report line, and
+exit; when stdin closes without it (the run was interrupted or killed): exit at once.
+
+Its log events are JSON lines on its stdout and stderr (one pipe), which the run logs as
+its own; so are its progress counts.  A series quarantined, or an experiment whose push
+failed, is not tried again by this process (the next run tries again); "nothing to
+de-identify", "nothing to push" and the studies held back are said once, at the end.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import sys
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
-from typing import TextIO
+from typing import Any
 
 import structlog
 
 from pacsman.config import Config
-from pacsman.errors import EXIT_FATAL, EXIT_OK, PacsmanError
+from pacsman.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, PacsmanError
 from pacsman.jobstore import JobStore, Run
-from pacsman.log import configure_logging
+from pacsman.log import bind_process, configure_logging, demoted
 from pacsman.pipeline.anonymize import anonymize_complete
-from pacsman.pipeline.background import Request, read_request
-from pacsman.pipeline.push import push_ready_sessions
+from pacsman.pipeline.background import SUPERSEDED, Request, read_request
+from pacsman.pipeline.progress import PipeCounts
+from pacsman.pipeline.push import PushPass, log_push_passes, push_ready_sessions
 from pacsman.push import Target, open_target
 from pacsman.push.targets import TargetKind
 
 __all__ = ["BackgroundPasses", "main", "xnat_project"]
+
+_log = structlog.get_logger("pacsman.pipeline")
 
 
 def xnat_project(config: Config) -> str:
@@ -103,14 +111,34 @@ class BackgroundPasses:
 # -- the child process ------------------------------------------------------------------------
 
 
-def _wait_for_work(fd: int) -> bool:
-    """Block until a study is announced (True) or the pipeline is done (False)."""
-    if not os.read(fd, 4096):
-        return False
-    while select.select([fd], [], [], 0)[0]:  # several studies: one pass for all
-        if not os.read(fd, 4096):
-            return False
-    return True
+class _Announcements:
+    """What the run says on stdin, read by a thread: a line per study COMPLETE, then
+    ``done``.  The end of stdin without ``done`` means the run is gone (Ctrl-C, killed):
+    this process then ends at once, whatever it is doing, and leaves the rest to the next
+    run (every step it took is recorded; files are renamed into place whole)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._news = threading.Event()
+        self.done = False
+        threading.Thread(target=self._read, name="pacsman-announcements", daemon=True).start()
+
+    def _read(self) -> None:
+        tail = b""
+        while chunk := os.read(self._fd, 4096):
+            tail = (tail + chunk)[-16:]
+            self.done = self.done or b"done\n" in tail
+            self._news.set()
+        if not self.done:
+            os._exit(EXIT_INTERRUPTED)
+        self._news.set()
+
+    def wait(self) -> bool:
+        """Block until studies are announced (True: one pass for all of them) or the run is
+        done (False: the last pass)."""
+        self._news.wait()
+        self._news.clear()
+        return not self.done
 
 
 def _target(config: Config, kind: TargetKind | None) -> AbstractContextManager[Target | None]:
@@ -118,68 +146,114 @@ def _target(config: Config, kind: TargetKind | None) -> AbstractContextManager[T
     return nullcontext() if kind is None else open_target(config, kind=kind)
 
 
+_write_lock = threading.Lock()
+
+
+def _message(message: dict[str, Any]) -> None:
+    """One JSON line for the run, in one write (the pipe never splits it from a log line)."""
+    _write_line(json.dumps(message) + "\n")
+
+
+def _write_line(line: str) -> None:
+    with _write_lock:
+        os.write(1, line.encode("utf-8"))
+
+
 def main() -> int:
     """De-identify on every announcement and push beside it; once more at the end."""
-    report = _private_stdout()
     stdin = sys.stdin.fileno()
     request = read_request(stdin)
     config = request.config
-    configure_logging(level=config.log.level, file=config.log.file, console="json")
-    structlog.contextvars.bind_contextvars(run_id=request.run_id)
+    # JSON on the pipe; the run logs each event as its own (console and log.file).
+    configure_logging(level=request.log_level, console="json", stream=sys.stderr)
+    bind_process(run_id=request.run_id)
+    counts = PipeCounts(_write_line)
     try:
-        with JobStore(config.jobstore) as store, _target(config, request.push) as target:
-            worked = _passes(store, store.run_by_id(request.run_id), request, target, stdin)
+        with (
+            demoted(*SUPERSEDED),
+            JobStore(config.jobstore) as store,
+            _target(config, request.push) as target,
+        ):
+            run = store.run_by_id(request.run_id)
+            worked = _passes(store, run, request, target, _Announcements(stdin), counts)
     except PacsmanError as exc:
-        print(f"pacsman (de-identify/push): {exc}", file=sys.stderr)
-        print(json.dumps({"error": str(exc)}), file=report, flush=True)
+        counts.flush()
+        _message({"report": {"error": str(exc)}})  # the run raises it, with the reason
         return EXIT_FATAL
-    print(json.dumps({"worked": worked}), file=report, flush=True)  # added to the summary
+    counts.flush()
+    _message({"report": {"worked": worked}})  # added to the summary
     return EXIT_OK
 
 
-def _private_stdout() -> TextIO:
-    """Keep stdout (a pipe the pipeline reads only at the end) for the final report alone.
+class _Pusher:
+    """One push pass per call (for :class:`BackgroundPasses`); remembers the last one."""
 
-    Anything else written to file descriptor 1, by this process, a library or a worker
-    process, goes to stderr: a chatty library could otherwise fill the pipe and block us.
-    """
-    sys.stdout.flush()
-    report = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    return report
+    def __init__(
+        self, store: JobStore, run: Run, request: Request, target: Target | None, counts: PipeCounts
+    ) -> None:
+        self._store, self._run, self._request = store, run, request
+        self._target, self._counts = target, counts
+        self._handled: set[tuple[str, str]] = set()
+        self.last = PushPass()
+
+    def __call__(self) -> int:
+        kind = self._request.push
+        if kind is None:
+            return 0
+        config = self._request.config
+        self.last = push_ready_sessions(
+            self._store,
+            self._run,
+            config,
+            project=xnat_project(config),
+            kind=kind,
+            target=self._target,
+            counts=self._counts,
+            handled=self._handled,
+        )
+        return self.last.pushed
 
 
-def _passes(store: JobStore, run: Run, request: Request, target: Target | None, stdin: int) -> int:
+def _passes(
+    store: JobStore,
+    run: Run,
+    request: Request,
+    target: Target | None,
+    announcements: _Announcements,
+    counts: PipeCounts,
+) -> int:
     """De-identify on every announcement; push in a thread beside it; return items worked on.
 
     Each study de-identified wakes the push thread, so pushing study k overlaps
     de-identifying study k+1 instead of waiting for it: a push mostly waits for the target,
     and a real XNAT takes seconds to archive a session.
     """
-    config, out, kind = request.config, request.out_directory, request.push
-    project = xnat_project(config)
-
-    def push() -> int:
-        if kind is None:
-            return 0
-        return push_ready_sessions(store, run, config, project=project, kind=kind, target=target)
-
-    worked = 0
-    with BackgroundPasses(push) as pushing:
+    config, out = request.config, request.out_directory
+    pusher = _Pusher(store, run, request, target, counts)
+    handled: set[str] = set()
+    deidentified = 0
+    with BackgroundPasses(pusher) as pushing:
         more = True
         while more:
-            more = _wait_for_work(stdin)
-            worked += anonymize_complete(
+            more = announcements.wait()
+            deidentified += anonymize_complete(
                 store,
                 run,
                 config,
                 out,
-                project=project,
+                project=xnat_project(config),
                 workers=request.workers,
                 on_study_done=pushing.wake,
+                counts=counts,
+                handled=handled,
             )
+            counts.flush()
             pushing.wake()  # a study de-identified by an earlier run
-    return worked + pushing.worked  # after the block: the last push pass has ended
+    if not deidentified:
+        _log.info("nothing_to_anonymize", series=store.count_series(run))
+    if request.push is not None:
+        log_push_passes(pushing.worked, pusher.last)
+    return deidentified + pushing.worked  # after the block: the last push pass has ended
 
 
 if __name__ == "__main__":

@@ -4,13 +4,15 @@ Private to :mod:`pacsman.pipeline`.  An experiment (one study under its XNAT sub
 session labels) is pushed only when every selected series of it is COMPLETE and ANONYMIZED:
 one with anything quarantined or missing is held back, never pushed in part.  Its files are
 in the de-identified directories the job store records.  The target is verified after each
-push (:mod:`pacsman.push`), and experiments already DONE are not pushed again.
+push (:mod:`pacsman.push`), and experiments already DONE are not pushed again.  Each pass
+returns what it found (:class:`PushPass`); the caller says once, at the end, what was held
+back or that there was nothing to push.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import structlog
 from pacsman.config import Config
 from pacsman.jobstore import JobStore, PushRecord, PushSeries, Run, recorded_directory
 from pacsman.models import ItemState
+from pacsman.pipeline.progress import Counts, Stage
 from pacsman.push import (
     PushOutcome,
     SessionUpload,
@@ -29,9 +32,20 @@ from pacsman.push import (
 )
 from pacsman.push.targets import TargetKind
 
-__all__ = ["push_ready_sessions"]
+__all__ = ["PushPass", "log_push_passes", "push_ready_sessions"]
 
 _log = structlog.get_logger("pacsman.pipeline")
+
+
+@dataclass(frozen=True)
+class PushPass:
+    """What one pass found: experiments pushed now, ready ones, and studies held back
+    (``quarantined``: of those, held by a quarantined series)."""
+
+    pushed: int = 0
+    ready: int = 0
+    held: int = 0
+    quarantined: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,16 +94,25 @@ def _sessions(series: list[PushSeries]) -> tuple[dict[tuple[str, str], _Ready], 
     return ready, held
 
 
-def _log_held(held: int, series: list[PushSeries]) -> None:
-    """A warning when a quarantined series holds a study back (someone must look at it);
-    otherwise the studies are only waiting for retrieval or de-identification."""
-    quarantined = {
+def _quarantined(series: list[PushSeries]) -> int:
+    """Studies with a quarantined series (someone must look at them)."""
+    held = {
         (s.study_instance_uid, s.line) for s in series if s.anonymization is ItemState.QUARANTINED
     }
-    if quarantined:
-        _log.warning("sessions_held_back", sessions=held, quarantined=len(quarantined))
-    else:
-        _log.info("sessions_held_back", sessions=held, reason="not complete or not de-identified")
+    return len(held)
+
+
+def log_push_passes(pushed: int, last: PushPass) -> None:
+    """Once, after the last pass: studies held back (a warning when a quarantined series
+    holds them), and ``nothing_to_push`` when no pass pushed anything."""
+    if last.quarantined:
+        _log.warning("sessions_held_back", sessions=last.held, quarantined=last.quarantined)
+    elif last.held:
+        _log.info(
+            "sessions_held_back", sessions=last.held, reason="not complete or not de-identified"
+        )
+    if not pushed:
+        _log.info("nothing_to_push", sessions=last.ready)
 
 
 def _needs_push(pushed: PushRecord | None, files: int) -> bool:
@@ -105,24 +128,32 @@ def push_ready_sessions(
     project: str,
     kind: TargetKind,
     target: Target | None = None,
-) -> int:
+    counts: Counts | None = None,
+    handled: set[tuple[str, str]] | None = None,
+) -> PushPass:
     """Push every ready experiment not yet DONE (with all its files) on ``kind``.
 
-    Returns how many experiments were pushed.  ``target`` reuses an open target (one XNAT
-    login for many passes); without it, one is opened and closed here.
+    Returns what the pass found and pushed.  ``target`` reuses an open target (one XNAT
+    login for many passes); without it, one is opened and closed here.  ``counts`` gets each
+    experiment's outcome, with the files verified on the target and their bytes.
+    ``handled`` holds the (subject, session) this process pushed already: one that failed is
+    not tried again before the next run; the experiments pushed now are added.
 
     Raises:
         FatalError: the target refuses pacsman for good (credentials, TLS); state is kept.
     """
     series = store.series_for_push(run)
     ready, held = _sessions(series)
-    if held:
-        _log_held(held, series)
+    found = PushPass(ready=len(ready), held=held, quarantined=_quarantined(series) if held else 0)
     pushed = store.push_states(run, kind)
     todo = {k: r for k, r in ready.items() if _needs_push(pushed.get(k), r.files)}
+    if handled is not None:
+        todo = {k: r for k, r in todo.items() if k not in handled}
+        handled.update(todo)
     if not todo:
-        _log.info("nothing_to_push", sessions=len(ready))
-        return 0
+        return found
+    if counts is not None:
+        counts.start(Stage.PUSH)
     uploads = [
         SessionUpload.from_directory(
             r.directory, project=project, subject=subject, session=session_label
@@ -141,6 +172,8 @@ def push_ready_sessions(
             files_on_target=outcome.files_on_target,
             detail=outcome.detail,
         )
+        if counts is not None:
+            _count(counts, outcome)
 
     with nullcontext(target) if target is not None else open_target(config, kind=kind) as opened:
         push_all(
@@ -151,4 +184,16 @@ def push_ready_sessions(
             retry=retry_policy(config.push),
             on_done=record,
         )
-    return len(uploads)
+    return PushPass(len(uploads), found.ready, found.held, found.quarantined)
+
+
+def _count(counts: Counts, outcome: PushOutcome) -> None:
+    """One experiment pushed (its files on the target, and the bytes sent) or failed."""
+    if outcome.state != "DONE":
+        counts.add(Stage.PUSH, failed=1)
+        return
+    size = 0
+    for path in outcome.upload.directory.rglob("*.dcm"):
+        with suppress(OSError):
+            size += path.stat().st_size
+    counts.add(Stage.PUSH, units=1, instances=outcome.files_on_target, size=size)

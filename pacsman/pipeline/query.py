@@ -24,6 +24,8 @@ from pacsman.dicom.hooks import set_unvalidated
 from pacsman.errors import ItemFailed, TransientError
 from pacsman.jobstore import JobStore, Run
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, StudyMatch
+from pacsman.pipeline._interrupt import closed
+from pacsman.pipeline.progress import Counts, Stage
 from pacsman.query import FindAssociation, query_row
 from pacsman.queryfile import column_number, sendable_problem
 from pacsman.throttle import RetryPolicy
@@ -43,8 +45,12 @@ def query_pending(
     config: Config,
     default_node: str,
     retry_for: Callable[[PacsNode], RetryPolicy],
+    *,
+    counts: Counts | None = None,
 ) -> int:
     """C-FIND every row of ``queryfile`` not settled in ``run``; return how many were queried.
+
+    ``counts`` gets each row as it is settled (failed: no match, or the query failed).
 
     Raises:
         FatalError: a PACS rejects pacsman for good; state is kept.
@@ -57,6 +63,8 @@ def query_pending(
     by_node: dict[str, list[QueryRow]] = {}
     for row in pending:
         by_node.setdefault(row.pacs or default_node, []).append(row)
+    if counts is not None:
+        counts.start(Stage.QUERY)
     for name, rows in by_node.items():
         node = config.node(name)
         peer = DicomPeer(node, config.local.ae_title, config.local.port)
@@ -64,15 +72,18 @@ def query_pending(
         preflight = replace(retry, max_attempts=min(3, retry.max_attempts))
         preflight.call(partial(client.echo, peer), operation="c_echo", pacs=name)
         _log.info("pacs_ready", pacs=name, rows=len(rows))
-        with FindAssociation(peer, retry=retry) as association:
+        with closed(FindAssociation(peer, retry=retry)) as association:
             for row in rows:
-                _query_one(store, run, association, row, queryfile.path)
+                found = _query_one(store, run, association, row, queryfile.path)
+                if counts is not None:
+                    counts.add(Stage.QUERY, units=int(found), failed=int(not found))
     return len(pending)
 
 
 def _query_one(
     store: JobStore, run: Run, association: FindAssociation, row: QueryRow, path: Path
-) -> None:
+) -> bool:
+    """Query and record one row; False when it failed or matched nothing."""
     pacs = association.peer.node.name
     try:
         _check_sendable(row, association.peer.node, path)
@@ -81,7 +92,7 @@ def _query_one(
     except (ItemFailed, TransientError) as exc:
         store.fail_row(run, row.line, str(exc))
         _log.error("row_failed", row=row.line, pacs=pacs, reason=str(exc))
-        return
+        return False
     result = store.record_query(run, RowResult(row=row, pacs=pacs, studies=studies))
     for owner, study_uid in result.duplicate_of:
         _log.warning("study_duplicate", row=row.line, first_row=owner, study_uid=study_uid)
@@ -92,6 +103,7 @@ def _query_one(
         studies=len(result.studies),
         series=sum(len(s.series) for s in result.studies),
     )
+    return bool(result.studies or result.duplicate_of)
 
 
 def _check_sendable(row: QueryRow, node: PacsNode, path: Path) -> None:

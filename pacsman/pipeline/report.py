@@ -5,6 +5,10 @@ ever appended.  The file is UTF-8 without a BOM, comma-separated, written atomic
 0600 (it holds PatientIDs), and no cell can run as a spreadsheet formula
 (:func:`pacsman.layout.csv_cell`: text starting with ``= + - @``, a tab or a CR gets a leading
 ``'``; pacsman's own counts stay numbers).
+
+``detail`` says why a line needs attention, for every step: the retrieve verdict (or the
+row's, when it selected no series), then ``de-identification: ...`` (what was quarantined or
+left out) and ``push to <target>: ...`` (why the push failed), joined with ``; ``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ INFO_COLUMNS: tuple[str, ...] = (
     "anonymization",
     "push",
     "xnat_uri",
+    "query",
 )
 
 
@@ -69,12 +74,25 @@ def _cells(record: InfoRecord) -> list[str | int | None]:
         record.expected_instances,
         record.received_instances,
         state.value,
-        record.row_detail if record.series_state is None else record.series_detail,
+        _detail(record),
         record.anonymized_instances,
         record.anonymization.value if record.anonymization else "",
         record.push.value if record.push else "",
         record.push_uri,
+        "; ".join(f"{key}={value}" for key, value in record.query),
     ]
+
+
+def _detail(record: InfoRecord) -> str:
+    """Why this line needs attention, per step (empty parts are left out)."""
+    if record.series_state is None:
+        return record.row_detail
+    parts = [record.series_detail]
+    if record.anonymization_detail:
+        parts.append(f"de-identification: {record.anonymization_detail}")
+    if record.push_detail and record.push is not None and record.push.value != "DONE":
+        parts.append(f"push to {record.push_target}: {record.push_detail}")
+    return "; ".join(part for part in parts if part)
 
 
 def write_info_csv(path: Path, records: Sequence[InfoRecord]) -> Path:

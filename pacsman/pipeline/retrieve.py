@@ -8,7 +8,9 @@ Private to :mod:`pacsman.pipeline`.  Per PACS node:
    :class:`~pacsman.throttle.Courtesy`), verify each, and re-request only the INCOMPLETE ones,
    up to ``retrieve_passes`` times.
 
-Each series goes into the raw directory the job store records for it.
+Each series goes into the raw directory the job store records for it.  What arrives is
+counted as it arrives (instances and bytes), and each verdict as it is recorded
+(:class:`~pacsman.pipeline.progress.Counts`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import structlog
 from pacsman.config import Config, PacsNode
 from pacsman.dicom import scp
 from pacsman.dicom.client import DicomPeer, StorageRole, SubOperationsFailed
-from pacsman.dicom.scp import InstanceWriter, StorageSCP
+from pacsman.dicom.scp import InstanceWriter, StorageSCP, StoredInstance
 from pacsman.dicom.tls import server_context
 from pacsman.errors import FatalError, ItemFailed, TransientError
 from pacsman.jobstore import JobStore, RetrieveSeries, Run, recorded_directory
 from pacsman.models import ItemState
+from pacsman.pipeline._interrupt import closed
+from pacsman.pipeline.progress import Counts, Stage
 from pacsman.query import FindAssociation
 from pacsman.retrieve import FetchResult, Level, RetrieveAssociation, SeriesRequest
 from pacsman.throttle import Courtesy, RetryPolicy
@@ -69,10 +73,16 @@ class _Node:
 
 
 class StudyTracker:
-    """Knows when every selected series of a study is COMPLETE, and says so once."""
+    """Knows when every selected series of a study is COMPLETE, and says so once; counts
+    each instance as it arrives, and each series COMPLETE or FAILED as its verdict is
+    recorded (its instances then set to what verification found on disk: files left by an
+    interrupted run arrive again as duplicates, which are not counted as they arrive)."""
 
     def __init__(
-        self, tasks: Sequence[RetrieveSeries], on_complete: Callable[[str], None] | None
+        self,
+        tasks: Sequence[RetrieveSeries],
+        on_complete: Callable[[str], None] | None,
+        counts: Counts | None = None,
     ) -> None:
         self._series: dict[str, set[str]] = {}
         for task in tasks:
@@ -80,10 +90,30 @@ class StudyTracker:
         self._complete = {t.series_instance_uid for t in tasks if t.state is ItemState.COMPLETE}
         self._announced: set[str] = set()
         self._on_complete = on_complete
+        self._counts = counts
+        #: Instances counted per series not settled yet (arrived, or found by a verdict).
+        self._counted: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def update(self, unit: Sequence[RetrieveSeries], states: dict[str, ItemState]) -> None:
-        """Record the verdicts of ``unit``; call back for a study that just became complete."""
+    def stored(self, instance: StoredInstance) -> None:
+        """Count a new instance and its bytes (the Storage SCP's ``on_stored``)."""
+        if self._counts is None or instance.duplicate:
+            return
+        series = instance.series_instance_uid
+        with self._lock:
+            self._counted[series] = self._counted.get(series, 0) + 1
+        self._counts.add(Stage.RETRIEVE, instances=1, size=instance.size)
+
+    def update(
+        self,
+        unit: Sequence[RetrieveSeries],
+        states: dict[str, ItemState],
+        received: dict[str, int] | None = None,
+    ) -> None:
+        """Record the verdicts of ``unit`` (and the instances each series has on disk);
+        call back for a study that just became complete."""
+        if self._counts is not None:
+            self._count(states, received or {})
         if self._on_complete is None:
             return
         ready = []
@@ -95,6 +125,25 @@ class StudyTracker:
                     ready.append(study)
         for study in ready:
             self._on_complete(study)
+
+    def _count(self, states: dict[str, ItemState], received: dict[str, int]) -> None:
+        assert self._counts is not None
+        found = 0
+        with self._lock:
+            for uid, state in states.items():
+                counted = self._counted.pop(uid, 0)
+                if uid in received:
+                    found += received[uid] - counted
+                    counted = received[uid]
+                if state is ItemState.INCOMPLETE:  # asked for again in the next pass
+                    self._counted[uid] = counted
+        verdicts = list(states.values())
+        self._counts.add(
+            Stage.RETRIEVE,
+            units=verdicts.count(ItemState.COMPLETE),
+            failed=verdicts.count(ItemState.FAILED),
+            instances=found,
+        )
 
 
 def _allowed_callers(config: Config) -> tuple[str, ...]:
@@ -137,11 +186,13 @@ def retrieve_pending(
     retry_for: Callable[[PacsNode], RetryPolicy],
     *,
     on_study_complete: Callable[[str], None] | None = None,
+    counts: Counts | None = None,
 ) -> int:
     """Retrieve and verify every unsettled series of ``run``; return how many were worked on.
 
     ``on_study_complete(StudyInstanceUID)`` is called (from a worker thread) as soon as every
-    selected series of a study is COMPLETE, so its de-identification can start.
+    selected series of a study is COMPLETE, so its de-identification can start.  ``counts``
+    gets every new instance as it arrives, and every verdict.
 
     Raises:
         FatalError: a PACS refuses pacsman for good (pre-flight or mid-run); state is kept.
@@ -151,19 +202,24 @@ def retrieve_pending(
     if not pending:
         _log.info("nothing_to_retrieve", series=len(every))
         return 0
-    tracker = StudyTracker(every, on_study_complete)
+    tracker = StudyTracker(every, on_study_complete, counts)
     writer = InstanceWriter(
         unrouted_directory=out_directory / "_unrouted",
         unsolicited=config.local.unsolicited,
         unsolicited_quota=config.local.unsolicited_quota_mb << 20,
+        on_stored=tracker.stored,
     )
     methods = {config.node(t.pacs).retrieve_method for t in pending}
     with _storage_scp(config, writer, needed="move" in methods):
+        if counts is not None:
+            counts.start(Stage.RETRIEVE)
         for pacs in dict.fromkeys(t.pacs for t in pending):
             node = _node(config, pacs, writer, retry_for)
             series = [t for t in pending if t.pacs == pacs]
             _preflight(node, series[0])
-            _passes(store, run, node, series, tracker)
+            left = _passes(store, run, node, series, tracker)
+            if counts is not None and left:
+                counts.add(Stage.RETRIEVE, failed=left)
     return len(pending)
 
 
@@ -197,7 +253,7 @@ def _node(
 def _preflight(node: _Node, series: RetrieveSeries) -> None:
     """Move one real instance; prove it arrived.  Raises FatalError with the fix if not."""
     quick = RetryPolicy(max_attempts=min(3, node.retry.max_attempts))
-    with FindAssociation(node.peer, retry=quick) as finder:
+    with closed(FindAssociation(node.peer, retry=quick)) as finder:
         scope = {"StudyInstanceUID": series.study_instance_uid}
         scope["SeriesInstanceUID"] = series.series_instance_uid
         if node.node.query_model == "patient":
@@ -208,7 +264,7 @@ def _preflight(node: _Node, series: RetrieveSeries) -> None:
         return
     request = _request(series)
     try:
-        with node.association(retry=quick) as association:
+        with closed(node.association(retry=quick)) as association:
             fetched = association.fetch(
                 [request], level="IMAGE", sop_instance_uids=uids[:1], rounds=1
             )
@@ -258,7 +314,9 @@ def _passes(
     node: _Node,
     series: list[RetrieveSeries],
     tracker: StudyTracker,
-) -> None:
+) -> int:
+    """Retrieve ``series`` in up to ``retrieve_passes`` passes; return how many are left
+    INCOMPLETE after the last one."""
     pending = series
     for number in range(1, node.node.retrieve_passes + 1):
         units = _units(pending, node.node.retrieve_level)
@@ -272,8 +330,9 @@ def _passes(
             t for t in pending if verdicts.get(t.series_instance_uid) is ItemState.INCOMPLETE
         ]
         if not pending:
-            return
+            return 0
         _log.warning("series_incomplete", pacs=node.node.name, series=len(pending), pass_=number)
+    return len(pending)
 
 
 def _units(series: list[RetrieveSeries], level: str) -> list[list[RetrieveSeries]]:
@@ -301,9 +360,13 @@ def _fetch_unit(
         for series in unit:
             store.update_series(run, series, ItemState.FAILED, detail=str(exc), new_pass=True)
         _log.error("series_failed", pacs=unit[0].pacs, row=unit[0].line, reason=str(exc))
-        return {t.series_instance_uid: ItemState.FAILED for t in unit}
+        failed = {t.series_instance_uid: ItemState.FAILED for t in unit}
+        tracker.update(unit, failed)
+        return failed
     states = {t.series_instance_uid: _verify_and_record(store, run, t, fetched) for t in unit}
-    tracker.update(unit, states)
+    tracker.update(
+        unit, states, {t.series_instance_uid: fetched.received[t.series_instance_uid] for t in unit}
+    )
     return states
 
 
@@ -349,8 +412,10 @@ def _run_workers(
 ) -> dict[str, ItemState]:
     """Run ``work`` over ``units`` on ``workers`` threads, one association each.
 
-    A FatalError (or any unexpected error) in one worker stops the others after their
-    current unit and is raised here.
+    A FatalError (or any unexpected error, opening the association included) in one worker
+    stops the others after their current unit and is raised here.  Ctrl-C here does the
+    same and does not wait for them: they are daemons, and each series they were on stays
+    RETRIEVING (or gets its verdict), which the next run takes up again.
     """
     todo: queue.Queue[list[RetrieveSeries]] = queue.Queue()
     for unit in units:
@@ -359,24 +424,32 @@ def _run_workers(
     errors: list[BaseException] = []
     stop = threading.Event()
 
+    def units_left(association: RetrieveAssociation) -> None:
+        while not stop.is_set():
+            try:
+                unit = todo.get_nowait()
+            except queue.Empty:
+                return
+            results.update(work(association, unit))
+
     def worker() -> None:
-        with open_association() as association:
-            while not stop.is_set():
-                try:
-                    unit = todo.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    results.update(work(association, unit))
-                except Exception as exc:  # re-raised in the calling thread below
-                    errors.append(exc)
-                    stop.set()
+        try:
+            with open_association() as association:
+                units_left(association)
+        except BaseException as exc:  # re-raised in the calling thread below, never printed
+            if not stop.is_set():
+                errors.append(exc)
+            stop.set()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, workers))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        stop.set()
+        raise
     if errors:
         raise errors[0]
     return results

@@ -1,6 +1,6 @@
 """Command line of the push stage: thin wiring over :mod:`pacsman.push`.
 
-    pacsman xnat upload-resource --project P --subject S --experiment E [--scan N]
+    pacsman xnat upload-resource --project P --subject S --session E [--scan N]
                                  --resource LABEL [--base DIR] [--overwrite] FILE...
     pacsman xnat download --project P [--subject S]... [--from DATE] [--to DATE]
                           [--modality MR]... --out DIR [--extract]
@@ -37,7 +37,20 @@ __all__ = ["upload_main", "xnat_main"]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="config YAML (default: search order)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="config YAML (default: the first of $PACSMAN_CONFIG, ./config/pacsman.yaml, "
+        "/etc/pacsman/pacsman.yaml)",
+    )
+    # Read by pacsman.cli before this parser runs; here so that --help shows it.
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        metavar="LEVEL",
+        help="debug, info, warning or error (default: log.level from the config, else info)",
+    )
     parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
 
 
@@ -51,25 +64,72 @@ def _date(text: str) -> date:
 
 
 def _xnat_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pacsman xnat", description="XNAT's other jobs.")
+    parser = argparse.ArgumentParser(
+        prog="pacsman xnat",
+        description="XNAT's other jobs: upload derived files (NIfTI, masks, reports) to a "
+        "session's resource, or download sessions. The login is xnat.url in the config with "
+        "XNAT_USER/XNAT_PASS, xnat.credentials_file or ~/.netrc.",
+    )
+    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    put = commands.add_parser("upload-resource", help="upload derived files to a resource")
+    put = commands.add_parser(
+        "upload-resource",
+        help="upload derived files to a resource",
+        description="Upload files to a resource of an XNAT session (or of one of its scans); "
+        "files already there with the same content are skipped.",
+    )
     put.add_argument("files", nargs="+", type=Path, metavar="FILE")
     put.add_argument("--project", help="XNAT project ID (default: xnat.project)")
-    put.add_argument("--subject", required=True)
-    put.add_argument("--experiment", required=True, help="the session label")
+    put.add_argument("--subject", required=True, help="XNAT subject label")
+    put.add_argument(
+        "--session",
+        "--experiment",
+        dest="session",
+        required=True,
+        help="XNAT session (experiment) label; --experiment is the same",
+    )
     put.add_argument("--scan", help="scan ID; created when missing (default: the session)")
     put.add_argument("--scan-type", help="type of a created scan (default: the resource)")
     put.add_argument("--resource", required=True, help="resource label, e.g. NIFTI")
     put.add_argument("--format", help="resource format of a created resource")
-    put.add_argument("--base", type=Path, default=Path(), help="files' paths are taken below it")
+    put.add_argument(
+        "--base",
+        type=Path,
+        default=Path(),
+        help="each file's path in the resource is its path below this folder "
+        "(default: the current folder)",
+    )
     put.add_argument("--overwrite", action="store_true", help="replace files with other content")
-    get = commands.add_parser("download", help="download sessions, one zip each")
+    get = commands.add_parser(
+        "download",
+        help="download sessions, one zip each",
+        description="Download a project's sessions, one zip each (or unzipped with "
+        "--extract), with a manifest.csv; sessions already downloaded are skipped.",
+    )
     get.add_argument("--project", help="XNAT project ID (default: xnat.project)")
-    get.add_argument("--subject", action="append", default=[], help="repeat for several")
-    get.add_argument("--from", dest="date_from", type=_date, help="first session date")
-    get.add_argument("--to", dest="date_to", type=_date, help="last session date")
-    get.add_argument("--modality", action="append", default=[], help="e.g. MR; repeatable")
+    get.add_argument(
+        "--subject",
+        action="append",
+        default=[],
+        help="subject label; repeat or comma-separate for several (default: every subject)",
+    )
+    get.add_argument(
+        "--from",
+        dest="date_from",
+        type=_date,
+        metavar="DATE",
+        help="first session date, YYYYMMDD or YYYY-MM-DD, included (default: no limit)",
+    )
+    get.add_argument(
+        "--to",
+        dest="date_to",
+        type=_date,
+        metavar="DATE",
+        help="last session date, YYYYMMDD or YYYY-MM-DD, included (default: no limit)",
+    )
+    get.add_argument(
+        "--modality", action="append", default=[], help="e.g. MR; repeatable (default: any)"
+    )
     get.add_argument("--out", type=Path, required=True, help="folder for zips and manifest")
     get.add_argument("--extract", action="store_true", help="unzip each session")
     for sub in (put, get):
@@ -84,10 +144,27 @@ def _upload_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("directory", type=Path, metavar="DIR")
     parser.add_argument("--subject", required=True, help="XNAT subject label")
-    parser.add_argument("--session", required=True, help="XNAT session label")
+    parser.add_argument(
+        "--session",
+        "--experiment",
+        dest="session",
+        required=True,
+        help="XNAT session (experiment) label; --experiment is the same",
+    )
     parser.add_argument("--project", help="XNAT project ID (default: xnat.project)")
-    parser.add_argument("--target", choices=("xnat", "dicom", "folder"), default="xnat")
-    parser.add_argument("--out", type=Path, help="de-identified copy (default: under store_root)")
+    parser.add_argument(
+        "--target",
+        choices=("xnat", "dicom", "folder"),
+        default="xnat",
+        help="where to push: xnat (xnat: in the config), dicom (push.dicom) or folder "
+        "(push.folder) (default: xnat)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for the de-identified copy "
+        "(default: <store_root>/upload/<project>/<subject>/<session>)",
+    )
     parser.add_argument("--key", type=Path, help="project key file (default: the pipeline's)")
     parser.add_argument("--mapping", type=Path, help="mapping table (default: the pipeline's)")
     _common(parser)
@@ -134,12 +211,12 @@ def xnat_main(argv: list[str]) -> int:
 
 
 def _upload_resource(args: argparse.Namespace, config: Config, retry: RetryPolicy) -> int:
-    for kind, label in (("subject", args.subject), ("session", args.experiment)):
+    for kind, label in (("subject", args.subject), ("session", args.session)):
         check_label(kind, label)
     request = ResourceRequest(
         project=_project(args.project, config),
         subject=args.subject,
-        experiment=args.experiment,
+        experiment=args.session,
         resource=args.resource,
         files=tuple(args.files),
         base=args.base,

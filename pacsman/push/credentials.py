@@ -57,8 +57,12 @@ def resolve_credentials(
     if user and password:
         return Credentials(user, password, "the environment (XNAT_USER/XNAT_PASS)")
     if user or password:
-        missing = "XNAT_PASS" if user else "XNAT_USER"
-        raise InputError(f"XNAT_USER and XNAT_PASS must be set together; {missing} is not set")
+        missing, given = ("XNAT_PASS", "XNAT_USER") if user else ("XNAT_USER", "XNAT_PASS")
+        raise InputError(
+            f"XNAT_USER and XNAT_PASS must be set together; {missing} is not set: set it "
+            f"(for a service, in its environment file), or unset {given} to use "
+            "xnat.credentials_file or ~/.netrc"
+        )
     if credentials_file is not None:
         return _from_file(credentials_file)
     found = _from_netrc(url, env)

@@ -13,12 +13,17 @@ Every attempt starts by asking XNAT what it already holds for the session (contr
 
 After the import the session is read back: it is DONE only when every expected scan holds its
 files.  Prearchive leftovers of this study (CONFLICT/ERROR entries from a clash) are deleted.
+
+:func:`check_xnat` is the pre-flight a run makes before it retrieves anything: the login, the
+project, and the labels known that early (those a query file gives), with the same rules as
+the push.  It does not wait for XNAT: whatever fails there ends the run at once.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +32,17 @@ from xnat import exceptions as xnat_errors
 
 from pacsman.closing import Closing
 from pacsman.config.push import XnatConfig
-from pacsman.errors import ItemFailed, PacsmanError, TransientError
+from pacsman.errors import FatalError, ItemFailed, PacsmanError, TransientError
 from pacsman.push import _xnat_state as state
 from pacsman.push._xnat_connection import (
+    ANSWER_TIMEOUT,
+    Rest,
     SessionExpired,
     classify,
     connect,
     disconnect,
     http_status,
+    logged_in,
     xnat_message,
 )
 from pacsman.push.credentials import Credentials
@@ -48,7 +56,7 @@ from pacsman.push.models import (
 )
 from pacsman.push.zipper import session_zip
 
-__all__ = ["XnatTarget", "complete"]
+__all__ = ["PlannedSession", "XnatTarget", "check_xnat", "complete"]
 
 _log = structlog.get_logger("pacsman.push.xnat")
 _HANDLER = "DICOM-zip"
@@ -61,6 +69,81 @@ def complete(upload: SessionUpload, scans: Mapping[str, int]) -> bool:
     if sum(scans.values()) != upload.expected_files:
         return False
     return all(scans.get(scan, 0) == n for scan, n in upload.expected_scans.items())
+
+
+@dataclass(frozen=True)
+class PlannedSession:
+    """A session a run will push, as far as it is known before anything is retrieved: its
+    labels, and ``where`` they come from (``q.csv:7``).
+
+    Which study it holds is not known yet: XNAT holds de-identified StudyInstanceUIDs, made
+    only when the study is de-identified.
+    """
+
+    where: str
+    subject: str
+    session: str
+
+
+def check_xnat(
+    config: XnatConfig,
+    credentials: Credentials,
+    project: str,
+    planned: Sequence[PlannedSession] = (),
+    *,
+    timeout: float = ANSWER_TIMEOUT,
+) -> list[str]:
+    """The pre-flight: log in, find ``project``, and check the ``planned`` labels against it.
+
+    Returns the label problems (``"q.csv:7: session label ..."``), empty when all are free.
+    Nothing is retried: each request waits at most ``timeout`` seconds (announced after 5 s),
+    and whatever fails ends the pre-flight with the fix.
+
+    Raises:
+        FatalError: no connection, no answer, a refused login (401), no permission (403), no
+            XNAT REST API at the URL (404), or the project missing or hidden from the user.
+    """
+    try:
+        with logged_in(config, credentials, timeout=timeout) as rest:
+            _require_project(rest, project, credentials)
+            if not planned:
+                return []
+            return _planned_problems(rest, project, planned)
+    except TransientError as exc:
+        raise FatalError(str(exc)) from None
+
+
+def _require_project(rest: Rest, project: str, credentials: Credentials) -> None:
+    status = rest.project_status(project)
+    if status == 200:
+        return
+    if status in (403, 404):
+        raise FatalError(
+            f"project {project!r} does not exist on {rest.url}, or user {credentials.user!r} "
+            f"may not see it (XNAT answered {status}); create it in XNAT, give the user access "
+            "to it, or fix xnat.project"
+        )
+    raise FatalError(f"{rest.what}: GET /data/projects/{project} answered {status}")
+
+
+def _planned_problems(rest: Rest, project: str, planned: Sequence[PlannedSession]) -> list[str]:
+    """The push's label rules (:mod:`pacsman.push.labels`) that do not need the study.
+
+    A session label already used by another subject, subject labels that differ only in
+    case, and one session label given to two subjects; whether an existing session holds
+    another study is checked by the push, before anything is sent.  Rows with the same
+    labels count as one study (they may well be).
+    """
+    placeholder = "(found by C-FIND)"
+    uploads = {
+        SessionUpload(project, p.subject, p.session, Path(), placeholder, 0): p for p in planned
+    }
+    sessions = state.project_sessions(rest, project)
+    subjects = state.project_subjects(rest, project)
+    problems = local_problems(list(uploads))
+    problems += archive_problems(list(uploads), sessions, subjects, replace=True)
+    found = {f"{uploads[p.upload].where}: {p.message}": None for p in problems}
+    return list(found)
 
 
 class XnatTarget(Closing):

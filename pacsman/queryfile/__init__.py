@@ -1,8 +1,9 @@
-"""The query file: a CSV of C-FIND keys (and XNAT labels) -> validated :class:`QueryFile`.
+"""The query file: a CSV or an Excel workbook of C-FIND keys (and XNAT labels) -> validated
+:class:`QueryFile`.
 
 Everything is checked before any network traffic, and every problem is reported at once,
-located as ``file:line:column`` (physical line, 1-based field number).  The column reference
-is ``queryfiles/README.md``.
+located as ``file:line:column`` (physical line, 1-based field number), or in a workbook as
+``file:sheet:B7``.  The column reference is ``queryfiles/README.md``.
 """
 
 from __future__ import annotations
@@ -16,16 +17,23 @@ from pathlib import Path
 
 from pacsman.errors import QueryFileError, Severity
 from pacsman.models import QUERY_COLUMNS, RELABEL_COLUMNS, QueryFile, QueryRow
+from pacsman.queryfile._encoding import DecodeFailure, decode
+from pacsman.queryfile._excel import (
+    WORKBOOK_SUFFIXES,
+    WorkbookRefused,
+    is_workbook,
+    kind_problem,
+    read_sheet,
+)
 from pacsman.queryfile._labels import Labels, label_problem
 from pacsman.queryfile._send import Targets, encoding_problem, header_column, sendable_problem
 from pacsman.queryfile._text import (
     Cell,
-    DecodeFailure,
+    CellKind,
     FileRefused,
     Record,
     Report,
     clean,
-    decode,
     read_bytes,
     read_records,
     show,
@@ -61,17 +69,22 @@ def load_queryfile(
     pacs_names: Collection[str] | None = None,
     character_sets: Mapping[str, str] | None = None,
     default_pacs: str | None = None,
+    sheet: str | None = None,
+    encoding: str | None = None,
 ) -> QueryFile:
-    """Read and validate a query CSV completely, before any network traffic.
+    """Read and validate a query file completely, before any network traffic.
 
     Args:
-        path: the CSV file (UTF-8, with or without BOM; ``,``, ``;`` or TAB delimited).
+        path: the CSV file (UTF-8, with or without BOM, else Windows-1252 with a warning;
+            ``,``, ``;`` or TAB delimited), or an Excel workbook (``.xlsx``).
         pacs_names: the configured PACS nodes a ``Pacs`` cell may name; ``None`` skips that
             check (and takes the names of ``character_sets`` when that is given).
         character_sets: each PACS node's ``character_set``: every value must be sendable to
             the node its row goes to (its ``Pacs`` cell, else ``default_pacs``, else the
             first node).  ``None`` checks only what no character set can send.
         default_pacs: the node of rows without a ``Pacs`` cell.
+        sheet: the workbook's sheet to read (default: the first); an error for a CSV file.
+        encoding: the CSV file's encoding, instead of detecting it (``--encoding``).
 
     Returns:
         The rows (duplicates dropped), the SHA-256 of the file's bytes and the warnings.
@@ -92,35 +105,61 @@ def load_queryfile(
     if pacs_names is None and character_sets is not None:
         pacs_names = tuple(character_sets)
     targets = Targets(character_sets or {}, default_pacs)
-    rows = _validate(raw, path.name, report, pacs_names, targets)
+    records = _read_records(raw, path.name, report, sheet=sheet, encoding=encoding)
+    rows = [] if records is None else _validate(records, report, pacs_names, targets)
     problems = report.in_file_order()
     if any(p.severity is Severity.ERROR for p in problems):
         raise QueryFileError(problems)
     return QueryFile(path, hashlib.sha256(raw).hexdigest(), tuple(rows), problems)
 
 
+def _read_records(
+    raw: bytes, name: str, report: Report, *, sheet: str | None, encoding: str | None
+) -> list[Record] | None:
+    """The non-blank records of a CSV file, or of a workbook's sheet; ``None`` if unreadable."""
+    if is_workbook(name, raw):
+        if encoding is not None:
+            report.error(
+                None, None, f"--encoding is for CSV files, but {name} is an Excel workbook; drop it"
+            )
+        try:
+            report.sheet, records = read_sheet(raw, sheet)
+        except WorkbookRefused as exc:
+            report.error(None, None, exc.message)
+            return None
+        return records
+    if sheet is not None:
+        report.error(
+            None, None, f"--sheet is for Excel workbooks (.xlsx), but {name} is a CSV file; drop it"
+        )
+    try:
+        decoded = decode(raw, name, KNOWN_COLUMNS, encoding=encoding)
+    except DecodeFailure as exc:
+        report.error(exc.line, exc.column, exc.message)
+        return None
+    if decoded.warning:
+        report.warn(decoded.line, decoded.column, decoded.warning)
+    return [r for r in read_records(decoded.text, KNOWN_COLUMNS) if not r.is_blank_line]
+
+
 def _validate(
-    raw: bytes,
-    name: str,
+    records: list[Record],
     report: Report,
     pacs_names: Collection[str] | None,
     targets: Targets,
 ) -> list[QueryRow]:
-    try:
-        text = decode(raw, name, KNOWN_COLUMNS)
-    except DecodeFailure as exc:
-        report.error(exc.line, exc.column, exc.message)
-        return []
-    records = [r for r in read_records(text, KNOWN_COLUMNS) if not r.is_blank_line]
+    what = "file" if report.sheet is None else "sheet"
     if not records:
-        report.error(None, None, "the file is empty; write a header line, then one query per row")
+        report.error(
+            None, None, f"the {what} is empty; write a header line, then one query per row"
+        )
         return []
     header = _read_header(records[0], report)
     state = _State(report, header, pacs_names, Labels(report), targets)
     rows = _non_empty_rows(records[1:], report)
     if not rows:
         report.error(
-            None, None, "the file has no data rows; add one query per row below the header"
+            None, None, f"the {what} has no data rows; add one query per row below the header"
         )
     return [_check_row(state, row) for row in rows]
 
@@ -177,7 +216,8 @@ def _header_name(text: str, cell: Cell, first_seen: dict[str, int], report: Repo
         report.error(
             cell.line,
             cell.column,
-            f"column {show(text)} appears twice (also column {first_seen[text]}); keep one",
+            f"column {show(text)} appears twice (also column "
+            f"{report.column_name(first_seen[text])}); keep one",
         )
         return None
     if text in KNOWN_COLUMNS:
@@ -330,7 +370,8 @@ def _check_shape(state: _State, row: _Row) -> None:
             state.report.error(
                 cell.line,
                 cell.column,
-                f"column {cell.column} has no header but holds {show(value)}; name the column "
+                f"column {state.report.column_name(cell.column)} has no header but holds "
+                f"{show(value)}; name the column "
                 "in the header line or delete its values",
             )
 
@@ -344,7 +385,7 @@ def _check_cells(state: _State, row: _Row) -> tuple[dict[str, str], dict[str, tu
         name = state.header.name_at(cell.column)
         if name is None:
             continue
-        broken = _quoting_problem(cell, value)
+        broken = _quoting_problem(cell, value) or kind_problem(name, cell)
         problem = broken or _cell_problem(state, name, value) or _send_problem(name, value, target)
         if not problem and value and (warning := value_warning(name, value)):
             state.report.warn(cell.line, cell.column, f"column '{name}': {warning}")
@@ -383,12 +424,17 @@ def _send_problem(name: str, value: str, target: tuple[str, str] | None) -> str 
 def column_number(path: Path, column: str) -> int | None:
     """The 1-based field number of ``column`` in the header of the query file at ``path``.
 
-    For messages that locate a value after validation; ``None`` if it cannot be found.
+    For messages that locate a value after validation; ``None`` if it cannot be found (or the
+    file is a workbook, whose sheet this call does not know).
     """
+    if path.suffix.lower() in WORKBOOK_SUFFIXES:
+        return None
     return header_column(path, column, limit=MAX_BYTES, known=KNOWN_COLUMNS)
 
 
 def _quoting_problem(cell: Cell, value: str) -> str | None:
+    if cell.kind is not CellKind.FIELD:  # an Excel cell: no CSV quoting
+        return None
     if cell.quoted and _LINE_BREAK.search(cell.text):
         return (
             f"the quoted value {show(cell.text)} spans several lines; query values are one "

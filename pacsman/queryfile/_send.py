@@ -14,15 +14,8 @@ from pathlib import Path
 from pydicom.charset import python_encoding
 
 from pacsman.models import QueryRow
-from pacsman.queryfile._text import (
-    DecodeFailure,
-    FileRefused,
-    clean,
-    decode,
-    read_bytes,
-    read_records,
-    show,
-)
+from pacsman.queryfile._encoding import DecodeFailure, decode
+from pacsman.queryfile._text import FileRefused, clean, read_bytes, read_records, show
 from pacsman.queryfile._values import ASCII_VRS, PHI_COLUMNS, VR_BY_COLUMN, not_ascii
 
 __all__ = ["Targets", "encoding_problem", "header_column", "sendable_problem"]
@@ -114,7 +107,7 @@ def header_column(path: Path, column: str, *, limit: int, known: tuple[str, ...]
     For messages that locate a value after validation; ``None`` if it cannot be found.
     """
     try:
-        text = decode(read_bytes(path, limit), path.name, known)
+        text = decode(read_bytes(path, limit), path.name, known).text
     except (OSError, FileRefused, DecodeFailure):
         return None
     header = next((r for r in read_records(text, known) if not r.is_blank_line), None)

@@ -1,7 +1,8 @@
-"""Bytes -> cells for the query-file validator: decoding, delimiter, tokenizing, cleaning.
+"""Text -> cells for the query-file validator: delimiter, tokenizing, cleaning, reporting.
 
 Everything here keeps track of where a cell came from: its 1-based physical line and its
-1-based field number, so that problems can be reported as ``file:line:column``.
+1-based field number, so that problems can be reported as ``file:line:column`` (in a
+workbook: ``file:sheet:B7``, the row and the column letters).
 """
 
 from __future__ import annotations
@@ -13,18 +14,20 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from pacsman.errors import Problem, Severity
 
 __all__ = [
     "Cell",
-    "DecodeFailure",
+    "CellKind",
     "FileRefused",
     "Record",
     "Report",
+    "SheetProblem",
     "clean",
-    "decode",
+    "column_letters",
     "detect_delimiter",
     "read_bytes",
     "read_records",
@@ -32,16 +35,6 @@ __all__ = [
     "split_records",
 ]
 
-_UTF8_BOM = b"\xef\xbb\xbf"
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-_UTF32_BOMS = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")
-#: Encodings tried, in this order, on a file with many NUL bytes and no BOM.
-_WIDE_ENCODINGS: tuple[tuple[str, str], ...] = (
-    ("utf-32-le", "UTF-32LE"),
-    ("utf-32-be", "UTF-32BE"),
-    ("utf-16-le", "UTF-16LE"),
-    ("utf-16-be", "UTF-16BE"),
-)
 _FILE_KINDS = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a named pipe (FIFO)"),
@@ -71,57 +64,101 @@ _CHAR_NAMES = {
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
+@dataclass(frozen=True)
+class SheetProblem(Problem):
+    """A problem in one sheet of a workbook, located the way Excel names cells: ``B7``."""
+
+    sheet: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.sheet}"
+        if self.line is not None:
+            where += f":{column_letters(self.column) if self.column else ''}{self.line}"
+        prefix = "warning: " if self.severity is Severity.WARNING else ""
+        return f"{where}: {prefix}{self.message}"
+
+
+def column_letters(column: int) -> str:
+    """Excel's name of the 1-based ``column``: 1 -> A, 27 -> AA."""
+    letters = ""
+    while column > 0:
+        column, rest = divmod(column - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
 @dataclass
 class Report:
-    """Collects every problem of one file, errors and warnings, as they are found."""
+    """Collects every problem of one file, errors and warnings, as they are found.
+
+    Once ``sheet`` is set (a workbook), problems are located as ``file:sheet:B7``.
+    """
 
     source: str
     problems: list[Problem] = field(default_factory=list)
+    sheet: str | None = None
 
     def error(self, line: int | None, column: int | None, message: str) -> None:
         """Record an error at ``line:column``."""
-        self.problems.append(Problem(self.source, message, line, column, Severity.ERROR))
+        self.problems.append(self._problem(line, column, message, Severity.ERROR))
 
     def warn(self, line: int | None, column: int | None, message: str) -> None:
         """Record a warning at ``line:column``."""
-        self.problems.append(Problem(self.source, message, line, column, Severity.WARNING))
+        self.problems.append(self._problem(line, column, message, Severity.WARNING))
+
+    def _problem(
+        self, line: int | None, column: int | None, message: str, severity: Severity
+    ) -> Problem:
+        if self.sheet is None:
+            return Problem(self.source, message, line, column, severity)
+        return SheetProblem(self.source, message, line, column, severity, self.sheet)
+
+    def column_name(self, column: int) -> str:
+        """How messages name a column: its field number, or its letters in a workbook."""
+        return str(column) if self.sheet is None else column_letters(column)
 
     def in_file_order(self) -> tuple[Problem, ...]:
         """All problems sorted by line, then column (whole-file problems first)."""
         return tuple(sorted(self.problems, key=lambda p: (p.line or 0, p.column or 0)))
 
 
+class CellKind(StrEnum):
+    """What a cell held: a CSV field, or an Excel cell's type (checked against its column)."""
+
+    FIELD = "field"
+    TEXT = "text"
+    NUMBER = "number"
+    DATE = "date"
+    TIME = "time"
+    ERROR = "error"
+    FORMULA = "formula"  # a formula whose saved result is empty, or was never calculated
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One CSV field as written in the file, before cleaning."""
+    """One CSV field as written in the file, or one Excel cell as shown, before cleaning."""
 
     text: str
     line: int
     column: int
     quoted: bool = False
+    kind: CellKind = CellKind.FIELD
 
 
 @dataclass(frozen=True)
 class Record:
-    """One CSV record; ``line`` is the physical line it starts on."""
+    """One CSV record (or sheet row); ``line`` is the physical line (row) it starts on."""
 
     line: int
     cells: tuple[Cell, ...]
 
     @property
     def is_blank_line(self) -> bool:
-        """True for a physical line with no delimiter and nothing visible in it."""
-        if len(self.cells) != 1 or self.cells[0].quoted:
+        """True for a line with no delimiter, or a sheet row, with nothing visible in it."""
+        first = self.cells[0]
+        if first.kind is CellKind.FIELD and (len(self.cells) != 1 or first.quoted):
             return False
-        return clean(self.cells[0].text)[0] == ""
-
-
-class DecodeFailure(Exception):
-    """The bytes are not UTF-8; ``message`` says why, located at ``line:column``."""
-
-    def __init__(self, message: str, line: int | None = None, column: int | None = None):
-        super().__init__(message)
-        self.message, self.line, self.column = message, line, column
+        return all(c.kind is not CellKind.FORMULA and clean(c.text)[0] == "" for c in self.cells)
 
 
 def show(value: str, limit: int = 40) -> str:
@@ -166,104 +203,6 @@ def read_bytes(path: Path, limit: int) -> bytes:
             f"the query file is larger than {limit // 2**20} MiB; split it into several files"
         )
     return raw
-
-
-def decode(raw: bytes, name: str, known: Iterable[str] = ()) -> str:
-    """Decode the file's bytes as UTF-8 (a leading BOM is the UTF-8 signature and dropped).
-
-    Raises:
-        DecodeFailure: UTF-16, UTF-32, NUL-filled or other non-UTF-8 bytes, with the fix for
-            ``name``.
-    """
-    wide = _wide_encoding(raw)
-    if wide is not None:
-        family = wide[:6]  # UTF-16 or UTF-32; iconv needs the byte order when no BOM says it
-        excel = ' (Excel "Unicode Text")' if family == "UTF-16" else ""
-        raise DecodeFailure(
-            f'the file is {family}{excel}, not UTF-8; save it as "CSV UTF-8" '
-            f"in Excel, or: iconv -f {wide} -t UTF-8 {name} > {_utf8_name(name)}"
-        )
-    if raw.count(b"\x00") > len(raw) // 4 > 0:
-        raise _nul_bytes(raw, name, known)
-    raw = raw.removeprefix(_UTF8_BOM)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _not_utf8(raw, exc.start, name, known) from None
-
-
-def _wide_encoding(raw: bytes) -> str | None:
-    """The iconv name of a UTF-32 or UTF-16 file (by BOM, or decoded text), else None."""
-    if raw.startswith(_UTF32_BOMS):
-        return "UTF-32"
-    if raw.startswith(_UTF16_BOMS):
-        return "UTF-16"
-    if not raw.count(b"\x00") > len(raw) // 4 > 0:
-        return None
-    for codec, label in _WIDE_ENCODINGS:
-        try:
-            text = raw.decode(codec)
-        except UnicodeDecodeError:
-            continue
-        if _looks_like_text(text):
-            return label
-    return None
-
-
-def _looks_like_text(text: str) -> bool:
-    """True for decoded text with no NUL and hardly any invisible or unassigned characters."""
-    if "\x00" in text:
-        return False
-    odd = sum(1 for ch in text if not ch.isprintable() and ch not in "\r\n\t")
-    return odd <= len(text) // 100
-
-
-def _nul_bytes(raw: bytes, name: str, known: Iterable[str]) -> DecodeFailure:
-    """The failure for a file full of NUL bytes that is no UTF-16 or UTF-32 text."""
-    start = raw.index(b"\x00")
-    line, column = _locate(raw, start, known)
-    count = raw.count(b"\x00")
-    return DecodeFailure(
-        f"the file holds {count} NUL bytes (the first here): it is not CSV text, or it was "
-        f"damaged (e.g. padded with zeros); open {name} in a text editor, delete them, "
-        'and save it as "CSV UTF-8"',
-        line,
-        column,
-    )
-
-
-def _utf8_name(name: str) -> str:
-    stem, dot, ext = name.rpartition(".")
-    return f"{stem}-utf8.{ext}" if dot else f"{name}-utf8"
-
-
-def _locate(raw: bytes, start: int, known: Iterable[str]) -> tuple[int, int]:
-    """The 1-based line and field of byte ``start``, reading what precedes it as UTF-8."""
-    prefix = raw[:start].decode("utf-8", errors="replace")
-    line = len(_LINE_BREAK.findall(prefix)) + 1
-    records = split_records(prefix + "x", detect_delimiter(raw.decode("latin-1"), known))
-    return line, records[-1].cells[-1].column
-
-
-def _not_utf8(raw: bytes, start: int, name: str, known: Iterable[str]) -> DecodeFailure:
-    line, column = _locate(raw, start, known)
-    byte = raw[start]
-    try:
-        char = raw[start : start + 1].decode("cp1252")
-    except UnicodeDecodeError:
-        return DecodeFailure(
-            f"byte 0x{byte:02X} is not UTF-8 and the file is not Windows-1252 either; "
-            'save it as "CSV UTF-8" in Excel and try again',
-            line,
-            column,
-        )
-    return DecodeFailure(
-        f"byte 0x{byte:02X} is not UTF-8; the file looks like Windows-1252 (where it is "
-        f'{show(char)}); save it as "CSV UTF-8" in Excel, or: '
-        f"iconv -f WINDOWS-1252 -t UTF-8 {name} > {_utf8_name(name)}",
-        line,
-        column,
-    )
 
 
 def read_records(text: str, known: Iterable[str]) -> list[Record]:

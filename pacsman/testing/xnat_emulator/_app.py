@@ -9,6 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from pacsman.testing.xnat_emulator import _session_routes as session
 from pacsman.testing.xnat_emulator._archive_read import read_archive
@@ -96,8 +97,11 @@ class App:
         context = self.context
         token_user = context.session_user(request.cookie("JSESSIONID"))
         request.user = token_user or session.basic_user(request, context)
+        forced = context.faults.status_for(request.path)
         if not context.faults.spend(request.user or request.client):
             response = _error(503, "Service Unavailable: request budget exhausted.")
+        elif forced is not None:
+            response = _error(forced, HTTPStatus(forced).phrase)
         else:
             context.faults.sleep(context.faults.delay_for(request.path))
             response = self._dispatch(request)

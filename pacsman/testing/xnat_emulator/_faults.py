@@ -67,6 +67,15 @@ def _check_route_latency(name: str, value: Any) -> None:
         _check_seconds(f"{name}[{prefix}]", seconds)
 
 
+def _check_route_status(name: str, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"fault {name!r}: {value!r} is not a mapping of path prefix to status")
+    for prefix, status in value.items():
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise ValueError(f"fault {name!r}: key {prefix!r} is not a path prefix like '/data'")
+        _check_status(f"{name}[{prefix}]", status, optional=False)
+
+
 def _check_optional_status(name: str, value: Any) -> None:
     _check_status(name, value, optional=True)
 
@@ -86,6 +95,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "latency": _check_seconds,
     "prearchive_receiving_seconds": _check_seconds,
     "route_latency": _check_route_latency,
+    "route_status": _check_route_status,
     "request_budget": _check_budget,
 }
 
@@ -108,6 +118,9 @@ class Faults:
       entries stay RECEIVING until listed this many times and this many seconds have passed.
     * ``upload_conflict_409``: a file PUT onto an existing file without ``overwrite=true``
       answers 409 (older XNATs) instead of 200 + ``{"duplicates": [...]}``.
+    * ``route_status`` maps a path prefix to an error status (400..599) answered, with
+      XNAT's status page and nothing done, to every matching request (e.g.
+      ``{"/data/auth": 403}`` for an account that may not use the REST API).
     """
 
     status_on_import: int | None = None
@@ -118,6 +131,7 @@ class Faults:
     zero_file_success: int = 0
     latency: float = 0.0
     route_latency: dict[str, float] = field(default_factory=dict)
+    route_status: dict[str, int] = field(default_factory=dict)
     request_budget: int | None = None
     prearchive_receiving_polls: int = 0
     prearchive_receiving_seconds: float = 0.0
@@ -171,6 +185,11 @@ class Faults:
         """Seconds to wait before answering a request for ``path``."""
         extra = sum(s for prefix, s in self.route_latency.items() if path.startswith(prefix))
         return float(self.latency + extra)
+
+    def status_for(self, path: str) -> int | None:
+        """The error status forced on requests for ``path`` (the longest matching prefix)."""
+        matching = [prefix for prefix in self.route_status if path.startswith(prefix)]
+        return self.route_status[max(matching, key=len)] if matching else None
 
     def spend(self, client: str) -> bool:
         """Count one request for ``client``; False once its budget is exhausted."""

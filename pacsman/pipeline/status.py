@@ -1,0 +1,235 @@
+"""``pacsman status`` and ``pacsman runs``: how far a run is, what failed and why, what next.
+
+Both read the job store only, opened read-only (:class:`~pacsman.jobstore.JobStore` with
+``read_only``): they are safe while a run works, never write a file, and need no config
+beyond where the job store is (``--jobstore PATH``, or ``jobstore`` in the config).
+
+A run counts as running only while its heartbeat is fresh: the process working on it beats
+every :data:`~pacsman.pipeline._runview.HEARTBEAT_SECONDS` seconds (:func:`start_heartbeat`,
+called by the pipeline) and a heartbeat older than
+:data:`~pacsman.pipeline._runview.STALE_AFTER_SECONDS`, or a process gone from this host,
+means the run was interrupted.
+
+``pacsman status`` exits 0 when the run finished and no row needs attention, 1 when rows need
+attention or the run was interrupted or stopped (it prints the command that resumes it), and
+4 while the run is still going.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pacsman import __version__
+from pacsman.config import Config, load_config
+from pacsman.errors import EXIT_OK, ConfigError, InputError, QueryFileError
+from pacsman.jobstore import JobStore, Run, RunRecord
+from pacsman.pipeline._runstatus import (
+    run_line_json,
+    run_status,
+    runs_lines,
+    status_json,
+    status_lines,
+)
+from pacsman.pipeline._runview import HEARTBEAT_SECONDS, options_of
+from pacsman.queryfile import load_queryfile
+
+if TYPE_CHECKING:
+    from pacsman.pipeline import RunOptions
+
+__all__ = [
+    "add_run_choice",
+    "add_store_options",
+    "find_run",
+    "open_jobstore",
+    "run_options",
+    "runs_main",
+    "start_heartbeat",
+    "status_main",
+]
+
+
+# -- the pipeline's side: who works on the run, with which options --------------------------
+
+
+def run_options(options: RunOptions, config: Config, previous: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run is asked for now, merged with what earlier invocations asked for (steps
+    asked for once stay asked for): enough to print the command that resumes it."""
+    return {
+        "queryfile": str(options.queryfile.resolve()),
+        "config": str(config.source.resolve()) if config.source else "",
+        "out_directory": str(options.out_directory.resolve()),
+        "save": options.save or bool(previous.get("save")),
+        "anonymize": options.anonymize or bool(previous.get("anonymize")),
+        "push": options.push or previous.get("push") or "",
+        "workers": options.workers,
+        "pacs": options.pacs or "",
+        "sheet": options.sheet or "",
+        "encoding": options.encoding or "",
+        "cwd": os.getcwd(),
+    }
+
+
+def start_heartbeat(store: JobStore, run: Run, options: RunOptions, config: Config) -> None:
+    """Record this process and ``options`` on ``run`` and beat until the store is left."""
+    previous = options_of(store.run_record(run.id))
+    merged = run_options(options, config, previous)
+    store.start_heartbeat(run, options_json=json.dumps(merged), interval=HEARTBEAT_SECONDS)
+
+
+# -- finding the run and the store -----------------------------------------------------------
+
+
+def open_jobstore(jobstore: Path | None, config: Path | None) -> JobStore:
+    """The job store, read-only: ``jobstore``, else the config's ``jobstore``.
+
+    Raises:
+        InputError: no job store given and no config found (the message says how to give it).
+        JobStoreError: the file does not exist or cannot be read.
+    """
+    if jobstore is None:
+        try:
+            jobstore = load_config(config).jobstore
+        except ConfigError as exc:
+            raise InputError(
+                f"{exc}\nthis command reads only the job store: give it with --jobstore PATH, "
+                "or give the config that names it with --config PATH"
+            ) from None
+    return JobStore(jobstore, read_only=True)
+
+
+def find_run(store: JobStore, queryfile: Path | None, run_id: int | None) -> RunRecord:
+    """The run asked for: ``run_id``, else the newest run of ``queryfile``'s rows, else the
+    run worked on last.
+
+    Raises:
+        InputError: no such run (the message says how to list them).
+    """
+    listed = f"'pacsman runs --jobstore {store.path}' lists the runs it holds"
+    if run_id is not None:
+        try:
+            return store.run_record(run_id)
+        except KeyError:
+            raise InputError(
+                f"run {run_id} is not in the job store {store.path}; {listed}"
+            ) from None
+    if queryfile is not None:
+        found = _runs_of_file(store, queryfile)
+        if not found:
+            raise InputError(f"no run of {queryfile} is in the job store {store.path}; {listed}")
+        return found[0]
+    runs = [r for r in store.run_records() if not r.retired_at]
+    if not runs:
+        raise InputError(f"the job store {store.path} holds no run yet")
+    return max(runs, key=lambda r: (r.started_at or r.created_at, r.id))
+
+
+def _runs_of_file(store: JobStore, queryfile: Path) -> list[RunRecord]:
+    """The runs of these rows; when the file no longer reads (or has other rows now), the runs
+    recorded for the same path, newest first."""
+    try:
+        found = store.runs_of(load_queryfile(queryfile))
+    except QueryFileError:
+        found = []
+    if found:
+        return found
+    target = queryfile.resolve()
+    same = [r for r in store.run_records() if _recorded_path(r) == target and not r.retired_at]
+    return sorted(same, key=lambda r: r.id, reverse=True)
+
+
+def _recorded_path(record: RunRecord) -> Path:
+    path = Path(record.queryfile)
+    cwd = options_of(record).get("cwd")
+    return (Path(cwd) / path if cwd and not path.is_absolute() else path).resolve()
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def _parser(command: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"pacsman {command}", description=description)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_store_options(parser)
+    return parser
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """``--jobstore``, ``--config`` (read only for its ``jobstore``), ``--log-level``,
+    ``--version``."""
+    parser.add_argument(
+        "--jobstore",
+        type=Path,
+        metavar="PATH",
+        help="the job store to read (default: 'jobstore' in the config)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="config YAML, read only for its 'jobstore' (default: the first of "
+        "$PACSMAN_CONFIG, ./config/pacsman.yaml, /etc/pacsman/pacsman.yaml)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        metavar="LEVEL",
+        help="debug, info, warning or error (default: log.level from the config, else info)",
+    )
+    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
+
+
+def add_run_choice(parser: argparse.ArgumentParser) -> None:
+    """``[QUERYFILE | --run ID]``."""
+    parser.add_argument(
+        "queryfile", nargs="?", type=Path, help="the query file of the run (default: the last run)"
+    )
+    parser.add_argument("--run", type=int, dest="run_id", metavar="ID", help="the run's number")
+
+
+def status_main(argv: Sequence[str]) -> int:
+    """``pacsman status``; returns 0 done, 1 attention needed (or interrupted), 4 running.
+
+    Raises:
+        InputError: no such run, or no job store given.
+        JobStoreError: the job store cannot be read.
+    """
+    parser = _parser(
+        "status",
+        "How far a run is, what failed and why, and what to do next; reads only the job store. "
+        "Exit codes: 0 finished and nothing needs attention, 1 rows need attention or the run "
+        "was interrupted (the command that resumes it is printed), 4 still running.",
+    )
+    add_run_choice(parser)
+    args = parser.parse_args(list(argv))
+    if args.queryfile is not None and args.run_id is not None:
+        raise InputError("give a query file or --run ID, not both")
+    with open_jobstore(args.jobstore, args.config) as store:
+        status = run_status(store, find_run(store, args.queryfile, args.run_id))
+    if args.json:
+        print(json.dumps(status_json(status), indent=2))
+    else:
+        print("\n".join(status_lines(status)))
+    return status.exit_code
+
+
+def runs_main(argv: Sequence[str]) -> int:
+    """``pacsman runs``: every run of the job store, one line each; returns 0.
+
+    Raises:
+        InputError: no job store given.
+        JobStoreError: the job store cannot be read.
+    """
+    parser = _parser("runs", "List the runs of the job store; reads only the job store.")
+    args = parser.parse_args(list(argv))
+    with open_jobstore(args.jobstore, args.config) as store:
+        statuses = [run_status(store, record) for record in store.run_records()]
+    if args.json:
+        print(json.dumps([run_line_json(s) for s in statuses], indent=2))
+    else:
+        print("\n".join(runs_lines(statuses, store.path)))
+    return EXIT_OK
