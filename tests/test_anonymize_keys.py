@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import Dataset
@@ -156,3 +158,36 @@ def test_engine_records_the_mapping(tmp_path: Path) -> None:
             "AccessionNumber": "",
         }
     ]
+
+
+def _label_many(path: str, prefix: str, count: int, start: Any, results: Any) -> None:
+    table = MappingTable(Path(path))
+    start.wait(timeout=60)  # both processes label at the same moment
+    try:
+        template = "{project}_{n:04d}"
+        labels = [
+            table.label_for("subject", f"{prefix}{i}", project="P", template=template)
+            for i in range(count)
+        ]
+    finally:
+        table.close()
+    results.put(labels)
+
+
+def test_two_processes_labelling_one_project_never_share_a_label(tmp_path: Path) -> None:
+    """Two runs at once (two service instances) each take the write lock before reading the
+    next number, so no generated label is given to two patients."""
+    path = tmp_path / "m.sqlite"
+    MappingTable(path).close()
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(2), context.Queue()
+    workers = [
+        context.Process(target=_label_many, args=(str(path), prefix, 150, start, results))
+        for prefix in "ab"
+    ]
+    for worker in workers:
+        worker.start()
+    labels = [label for _ in workers for label in results.get(timeout=120)]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert len(labels) == len(set(labels)) == 300

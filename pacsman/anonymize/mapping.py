@@ -163,6 +163,9 @@ class MappingTable:
         if problem is not None:
             raise InputError(problem)
         with self._db:
+            # Take the write lock before reading MAX(n): two runs labelling the same project
+            # at once must never both take the same next number.
+            self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute(
                 "SELECT label FROM labels WHERE project = ? AND kind = ? AND original = ?",
                 (project, kind, original),
