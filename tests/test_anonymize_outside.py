@@ -147,14 +147,14 @@ def _sr_content() -> list[Dataset]:
 
 
 def test_sr_content_items_follow_their_concept(engine: Deidentifier, tmp_path: Path) -> None:
-    """Subject Birth Date and Name follow PatientBirthDate's and PatientName's Z: removed
-    with their item (never shifted); Subject ID follows PatientID's D: a dummy; the basic
-    profile drops the age; other dates shift; free text is a dummy."""
+    """Subject Birth Date, Name and ID -- the patient's identity -- are removed with their
+    item (never shifted, never a dummy: TID 1007 makes them optional, the header holds the
+    subject label); the basic profile drops the age; other dates shift; free text is a
+    dummy."""
     out = run(engine, make_instance(ContentSequence=_sr_content()), tmp_path)
     concepts = [item.ConceptNameCodeSequence[0].CodeValue for item in out.ContentSequence]
-    assert concepts == ["121030", "111060", "121106"]
-    subject_id, study_date, comment = out.ContentSequence
-    assert subject_id.TextValue == "ANONYMIZED"
+    assert concepts == ["111060", "121106"]
+    study_date, comment = out.ContentSequence
     assert study_date.Date == out.StudyDate  # shifted like StudyDate
     assert comment.TextValue == "ANONYMIZED"
 

@@ -3,18 +3,21 @@
 This module is the leak check's alone; the engine's scrubber (:mod:`._scrub`) finds the
 same originals its own way, so that a blind spot of one is not a blind spot of both.
 
-Normalization (:func:`fold`): Unicode NFKD with combining marks dropped (``Dvořák`` ->
-``Dvorak``, NFD input too), letters without a decomposition transliterated (``ß`` -> ``ss``,
-``ł`` -> ``l``, ``ø`` -> ``o``), case kept for the token rule, then compared lower-cased.
-A name part also matches in its other usual spellings: ``Müller`` as ``Mueller`` and
-``Muller``, ``Mueller`` as ``Muller``, ``Søren`` as ``Soeren``, Cyrillic in Latin letters.
+Normalization (:func:`._spelling.fold`): Unicode NFKD with combining marks dropped
+(``Dvořák`` -> ``Dvorak``, NFD input too), letters without a decomposition transliterated
+(``ß`` -> ``ss``, ``ł`` -> ``l``, ``ø`` -> ``o``), katakana as hiragana, case kept for the
+token rule, then compared lower-cased.  A name part also matches in its other usual
+spellings (:func:`._spelling.spelling`): ``Müller`` as ``Mueller`` and ``Muller``, ``Søren``
+as ``Soeren``, a Cyrillic name in every romanization and a Latin one in Cyrillic, kana in
+either script and in romaji.  The engine's scrubber removes whatever this matcher finds
+(:meth:`Matcher.spans`), so a cleaned value never fails the check.
 
 How each kind of original is found:
 
 * a **name part** (2+ letters) is a whole token: text splits into tokens at every
   non-letter, at letter/digit changes and at lower -> upper case changes (``JohnSmith``,
   ``MRIMuller``), so ``LI`` matches ``LI`` and ``Li2`` but not ``SLICE``; parts in scripts
-  without case (CJK) match anywhere;
+  without case (CJK, kana) match anywhere;
 * an **ID** matches with or without separators (``12-345-678``, ``12345678``), without
   its leading zeros or its letter prefix when what is left still has 6+ digits, and with
   leading zeros it lacks;
@@ -28,20 +31,22 @@ How each kind of original is found:
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
+from pacsman.anonymize._leakname import Spelled, spelled_spans
+from pacsman.anonymize._spelling import Body, fold, has_cyrillic, spelling, transliterated
 from pacsman.anonymize._terms import is_defined_term
 
 __all__ = [
     "Hit",
     "Matcher",
+    "Spelled",
     "Term",
     "date_term",
-    "fold",
     "id_term",
     "name_term",
     "phrase_term",
@@ -49,66 +54,6 @@ __all__ = [
     "uid_term",
 ]
 
-_TRANSLIT = str.maketrans(
-    {"ß": "ss", "ẞ": "SS", "ł": "l", "Ł": "L", "ø": "o", "Ø": "O", "æ": "ae", "Æ": "AE"}
-    | {"œ": "oe", "Œ": "OE", "đ": "d", "Đ": "D", "þ": "th", "Þ": "TH", "ð": "d", "Ð": "D"}
-    | {"ı": "i", "ħ": "h", "Ħ": "H", "ŀ": "l", "Ŀ": "L", "ŧ": "t", "Ŧ": "T"}
-)
-#: Other usual spellings of letters in names (German, Scandinavian), for terms only.
-_ALTERNATIVE = str.maketrans(
-    {"ä": "ae", "ö": "oe", "ü": "ue", "Ä": "Ae", "Ö": "Oe", "Ü": "Ue", "ø": "oe", "Ø": "Oe"}
-    | {"å": "aa", "Å": "Aa"}
-)
-_CYRILLIC = str.maketrans(
-    dict(
-        zip(
-            "абвгдеёжзийклмнопрстуфхцчшщъыьэюяіїєґ",
-            [
-                "a",
-                "b",
-                "v",
-                "g",
-                "d",
-                "e",
-                "e",
-                "zh",
-                "z",
-                "i",
-                "y",
-                "k",
-                "l",
-                "m",
-                "n",
-                "o",
-                "p",
-                "r",
-                "s",
-                "t",
-                "u",
-                "f",
-                "kh",
-                "ts",
-                "ch",
-                "sh",
-                "shch",
-                "_",
-                "y",
-                "_",
-                "e",
-                "yu",
-                "ya",
-                "i",
-                "yi",
-                "ye",
-                "g",
-            ],
-            strict=True,
-        )
-    )
-    | {"ъ": "", "ь": ""}
-)
-_SPECIAL = re.compile("[ßẞłŁøØæÆœŒđĐþÞðÐıħĦŀĿŧŦ]")
-_MARKS = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
 _LETTER_RUNS = re.compile(r"[^\W\d_]+")
 _ALNUM = re.compile(r"[0-9a-z]+")
 _ID_SEPARATORS = r"[\s\-_./:#]*"
@@ -126,15 +71,6 @@ _MONTHS = (
     "nov november novembre noviembre",
     "dec december dezember decembre dez diciembre dicembre dic",
 )
-
-
-def fold(text: str) -> str:
-    """``text`` in NFKD without combining marks, special letters transliterated; case kept."""
-    if text.isascii():
-        return text
-    if _SPECIAL.search(text):  # str.translate is slow: only when there is something to do
-        text = text.translate(_TRANSLIT)
-    return _MARKS.sub("", unicodedata.normalize("NFKD", text))
 
 
 def repaired(text: str) -> str | None:
@@ -160,8 +96,9 @@ class Term:
 
     kind: str
     how: str
-    words: tuple[str, ...] = ()  # name variants (lower case), matched as whole tokens
-    caseless: bool = False  # a script without case: the words match anywhere
+    words: tuple[str, ...] = ()  # name spellings (lower case), matched as whole tokens
+    anywhere: tuple[str, ...] = ()  # spellings in scripts without case: matched anywhere
+    spelled: Spelled | None = None  # the Latin spellings (the ASCII words among them)
     pattern: re.Pattern[str] | None = None  # IDs, dates, institutions (on lower-cased text)
     uid: str = ""
     needles: tuple[str, ...] = ()
@@ -174,9 +111,21 @@ class Term:
         """True for a name part that is a DICOM defined term (HEAD, KNEE, HU...)."""
         return any(is_defined_term(word) for word in self.words)
 
+    def restricted(self, keep: Callable[[str], bool]) -> Term | None:
+        """This name term with only the literal spellings ``keep`` accepts (romanizations
+        stay: they are 3+ letters); ``None`` when nothing is left."""
+        words = tuple(w for w in self.words if keep(w))
+        anywhere = tuple(w for w in self.anywhere if keep(w))
+        return _name_term(self.kind, self.how, words, anywhere, self._romanizations())
 
-@dataclass(frozen=True)
-class Hit:
+    def _romanizations(self) -> tuple[Body, ...]:
+        if self.spelled is None:
+            return ()
+        literal = {((w,),) for w in self.words if w.isascii()}
+        return tuple(b for b in self.spelled.bodies if b not in literal)
+
+
+class Hit(NamedTuple):
     """Where the matcher found an original: the term's index, its kind and how."""
 
     term: int
@@ -184,24 +133,24 @@ class Hit:
     how: str
 
 
-def _name_variants(part: str) -> set[str]:
-    variants = {fold(part).lower(), fold(part.translate(_ALTERNATIVE)).lower()}
-    variants.add(fold(part.lower().translate(_CYRILLIC)).replace("_", ""))
-    for variant in list(variants):
-        shortened = re.sub(r"([aou])e", r"\1", variant)
-        if shortened != variant and len(shortened) >= 3:
-            variants.add(shortened)
-    return {v for v in variants if len(v) >= 2 and v.isalpha()}
+def name_term(part: str, *, japanese: bool = False) -> Term | None:
+    """The term for one name part, or ``None`` when it has fewer than 2 letters.
 
-
-def name_term(part: str) -> Term | None:
-    """The term for one name part, or ``None`` when it has fewer than 2 letters."""
-    variants = _name_variants(part)
-    if not variants:
-        return None
-    caseless = not any(c.isupper() or c.islower() for c in part)
+    ``japanese``: the patient's name has kana or kanji, so Latin parts are romaji.
+    """
+    found = spelling(part, japanese=japanese)
     how = "as a whole word after folding case, accents and spelling"
-    return Term("patient name part", how, tuple(sorted(variants, key=len, reverse=True)), caseless)
+    return _name_term("patient name part", how, found.words, found.anywhere, found.patterns)
+
+
+def _name_term(
+    kind: str, how: str, words: tuple[str, ...], anywhere: tuple[str, ...], bodies: Iterable[Body]
+) -> Term | None:
+    """A name term: ASCII words go into the patterns, the others are found as they are."""
+    bodies = [*bodies, *(((w,),) for w in words if w.isascii())]
+    if not words and not anywhere and not bodies:
+        return None
+    return Term(kind, how, words, anywhere, Spelled.from_bodies(bodies))
 
 
 def _skeleton(value: str) -> str:
@@ -292,6 +241,7 @@ def uid_term(uid: str) -> Term:
 
 
 _UID_TERM = Term("original UID", "as a whole UID")
+_UID_HIT = Hit(0, _UID_TERM.kind, _UID_TERM.how)
 
 
 def _is_boundary(text: str, lowered: str, index: int) -> bool:
@@ -310,17 +260,56 @@ def _is_boundary(text: str, lowered: str, index: int) -> bool:
     return left.isupper() and right.isupper() and following.islower()
 
 
-def _word_hits(term: Term, text: str, lowered: str) -> Iterator[int]:
-    """Start offsets where one of the term's words is a whole token."""
-    for word in term.words:
-        start = lowered.find(word)
-        while start != -1:
-            end = start + len(word)
-            if term.caseless or (
-                _is_boundary(text, lowered, start) and _is_boundary(text, lowered, end)
-            ):
-                yield start
-            start = lowered.find(word, start + 1)
+def _word_starts(word: str, text: str, lowered: str) -> Iterator[int]:
+    """Start offsets where ``word`` is a whole token of ``text`` (``lowered`` is it
+    lower-cased)."""
+    start = lowered.find(word)
+    while start != -1:
+        if _is_boundary(text, lowered, start) and _is_boundary(text, lowered, start + len(word)):
+            yield start
+        start = lowered.find(word, start + 1)
+
+
+def _starts(word: str, lowered: str) -> Iterator[int]:
+    start = lowered.find(word)
+    while start != -1:
+        yield start
+        start = lowered.find(word, start + 1)
+
+
+@dataclass(frozen=True)
+class _View:
+    """Folded text as the matcher reads it: with its case, lower-cased, and in Latin
+    letters (Cyrillic transliterated; ``latin_index`` maps back, ``None``: the same)."""
+
+    folded: str
+    lowered: str
+    latin: str
+    latin_lower: str
+    latin_index: list[int] | None = None
+
+    @classmethod
+    def of(cls, folded: str) -> _View:
+        lowered = folded.lower()
+        if folded.isascii() or not has_cyrillic(folded):
+            return cls(folded, lowered, folded, lowered)
+        latin, index = transliterated(folded)
+        return cls(folded, lowered, latin, latin.lower(), index)
+
+
+def _folded_with_index(text: str) -> tuple[str, list[int] | None]:
+    """``fold(text)``, and for each of its characters the offset it comes from in ``text``
+    (``None``: the same text)."""
+    if text.isascii():
+        return text, None
+    pieces, index = [], []
+    for position, char in enumerate(text):
+        piece = fold(char)
+        if len(piece.lower()) != len(piece):
+            piece = piece.lower()  # keep folded and lowered the same length
+        pieces.append(piece)
+        index.extend([position] * len(piece))
+    return "".join(pieces), index
 
 
 _DIGITS = frozenset("0123456789")
@@ -340,20 +329,26 @@ class Matcher:
     """Finds a set of terms in text, normalized (see the module docstring).
 
     Each term is screened with plain substring tests first (``needles``, name words,
-    UIDs); its precise pattern or whole-token rule runs only where a screen passes.
+    UIDs, one pattern for every name's Latin spellings); its precise pattern or
+    whole-token rule runs only where a screen passes.
     """
 
     def __init__(self, terms: Iterable[Term], uids: Iterable[str] = ()) -> None:
         self.terms = tuple(terms)
-        uids = tuple(uids)
         self._uids = tuple((len(self.terms) + i, uid) for i, uid in enumerate(uids))
         self._patterned = tuple((i, t) for i, t in enumerate(self.terms) if t.pattern)
-        self._named = tuple((i, t) for i, t in enumerate(self.terms) if t.words)
+        self._literal = tuple(
+            (i, tuple(w for w in t.words if not w.isascii()), t.anywhere)
+            for i, t in enumerate(self.terms)
+            if t.anywhere or any(not w.isascii() for w in t.words)
+        )
+        self._spelled = tuple((i, t.spelled) for i, t in enumerate(self.terms) if t.spelled)
+        self._hit_of = [Hit(i, t.kind, t.how) for i, t in enumerate(self.terms)]
 
     def with_uids(self, uids: Iterable[str]) -> Matcher:
         """This matcher, also looking for ``uids`` (built without compiling anything)."""
         copy = Matcher.__new__(Matcher)
-        copy.terms, copy._patterned, copy._named = self.terms, self._patterned, self._named
+        copy.__dict__.update(self.__dict__)
         copy._uids = tuple((len(self.terms) + i, uid) for i, uid in enumerate(uids))
         return copy
 
@@ -364,10 +359,46 @@ class Matcher:
     def __len__(self) -> int:
         return len(self.terms) + len(self._uids)
 
-    def _hits(self, text: str, *, repair: bool) -> Iterator[Hit]:
+    def _found(self, view: _View) -> Iterator[tuple[int, bool, int, int]]:
+        """``(term, in_latin, start, end)`` of each original in ``view``; offsets are into
+        ``view.latin`` when ``in_latin``, else into ``view.folded``."""
         for index, uid in self._uids:
-            if _uid_in(text, uid):
-                yield Hit(index, _UID_TERM.kind, _UID_TERM.how)
+            for start in _uid_starts(view.folded, uid):
+                yield index, False, start, start + len(uid)
+        yield from self._patterned_spans(view.lowered)
+        if not view.lowered.isascii():
+            for index, words, anywhere in self._literal:
+                for word in words:
+                    for start in _word_starts(word, view.folded, view.lowered):
+                        yield index, False, start, start + len(word)
+                for word in anywhere:
+                    for start in _starts(word, view.lowered):
+                        yield index, False, start, start + len(word)
+        for index, spelled in self._spelled:
+            if spelled.may_occur_in(view.latin_lower):
+                for start, end in spelled_spans(spelled, view.latin, view.latin_lower):
+                    yield index, True, start, end
+
+    def _patterned_spans(self, lowered: str) -> Iterator[tuple[int, bool, int, int]]:
+        squeezed = ""
+        for index, term in self._patterned:
+            if term.anchors:
+                for start, end in sorted(_anchored(term, lowered)):
+                    yield index, False, start, end
+                continue
+            squeezed = squeezed or _squeezed(lowered)
+            if any(needle in squeezed for needle in term.needles):
+                assert term.pattern is not None
+                for match in term.pattern.finditer(lowered):
+                    yield index, False, match.start(), match.end()
+
+    def _hits(self, text: str, *, repair: bool) -> Iterator[Hit]:
+        """The hot path (every value and the raw bytes of every file): what :meth:`_found`
+        finds, without places, with cheap screens first."""
+        hits = self._hit_of
+        for index, uid in self._uids:
+            if next(_uid_starts(text, uid), None) is not None:
+                yield _UID_HIT._replace(term=index)
         texts = [text]
         fixed = repaired(text) if repair else None
         if fixed is not None:
@@ -379,17 +410,29 @@ class Matcher:
             for index, term in self._patterned:
                 if term.anchors:
                     for _ in _anchored(term, lowered):
-                        yield Hit(index, term.kind, term.how)
+                        yield hits[index]
                     continue
                 squeezed = squeezed or _squeezed(lowered)
                 if any(needle in squeezed for needle in term.needles):
                     assert term.pattern is not None
                     for _ in term.pattern.finditer(lowered):
-                        yield Hit(index, term.kind, term.how)
-            for index, term in self._named:
-                if any(word in lowered for word in term.words):
-                    for _ in _word_hits(term, folded, lowered):
-                        yield Hit(index, term.kind, term.how)
+                        yield hits[index]
+            if self._literal and not lowered.isascii():
+                for index, words, anywhere in self._literal:
+                    for word in words:
+                        for _ in _word_starts(word, folded, lowered):
+                            yield hits[index]
+                    for word in anywhere:
+                        for _ in _starts(word, lowered):
+                            yield hits[index]
+            latin, latin_lower = folded, lowered
+            if not folded.isascii() and has_cyrillic(folded):
+                latin = transliterated(folded)[0]
+                latin_lower = latin.lower()
+            for index, spelled in self._spelled:
+                if spelled.may_occur_in(latin_lower):
+                    for _ in spelled_spans(spelled, latin, latin_lower):
+                        yield hits[index]
 
     def first(self, text: str) -> Hit | None:
         """The first original found in ``text``, or ``None``."""
@@ -398,6 +441,22 @@ class Matcher:
     def count(self, text: str) -> Counter[int]:
         """How many times each term (by index) occurs in ``text`` (read as it is)."""
         return Counter(hit.term for hit in self._hits(text, repair=False))
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where originals occur in ``text`` (read as it is): ``[start, end)`` offsets,
+        sorted; what the engine's scrubber cuts out."""
+        if next(self._hits(text, repair=False), None) is None:
+            return []
+        folded, index = _folded_with_index(text)
+        view = _View.of(folded)
+        spans = []
+        for _, in_latin, start, end in self._found(view):
+            if in_latin and view.latin_index is not None:
+                start, end = view.latin_index[start], view.latin_index[end - 1] + 1
+            if index is not None:
+                start, end = index[start], index[end - 1] + 1
+            spans.append((start, end))
+        return sorted(spans)
 
 
 def _anchored(term: Term, lowered: str) -> set[tuple[int, int]]:
@@ -432,17 +491,16 @@ def _inside_digits(text: str, start: int, length: int) -> bool:
     return not (start >= 2 and text[start - 2 : start].isdigit() and text[start - 2] in "12")
 
 
-def _uid_in(text: str, uid: str) -> bool:
-    """True when ``uid`` occurs in ``text`` as a whole run of digits and dots."""
+def _uid_starts(text: str, uid: str) -> Iterator[int]:
+    """Where ``uid`` occurs in ``text`` as a whole run of digits and dots."""
     start = text.find(uid)
     while start != -1:
         end = start + len(uid)
         before = text[start - 1] if start else ""
         after = text[end] if end < len(text) else ""
         if before not in _UID_CHARS and after not in _UID_CHARS:
-            return True
+            yield start
         start = text.find(uid, start + 1)
-    return False
 
 
 _UID_CHARS = frozenset("0123456789.")

@@ -1,18 +1,27 @@
 """The engine's scrubber: text cleaned of this patient's identifiers (the *clean* action).
 
-It works word by word, and on purpose shares no code with the leak check's matcher
-(:mod:`._leakmatch`): the leak check must catch what the scrubber misses.
+Two passes, so that a cleaned value never holds what the leak check would flag:
 
-* Text read as Latin-1 that is really UTF-8 is decoded again first.
-* A **word** (a run of letters) goes when its parts -- split at lower -> upper case changes,
-  as in ``JohnSmith`` or ``MRIMuller`` -- contain a name part, compared in ASCII without
-  accents and case (``Müller``, ``Mueller``, ``MULLER``); in scripts without case, when the
-  word contains a name part.
-* **IDs** go with any separators between their characters; **institution** names as a run
-  of their words.
-* **Dates** go in every written form (``1952-03-14``, ``14.03.52``, ``14-Mar-1952``,
-  ``March 14, 1952``, ``19520314``), whoever's date they are, and so do UID-like strings
-  and runs of 6+ digits.
+1. its own word rule, which shares no code with the leak check's matcher:
+
+   * text read as Latin-1 that is really UTF-8 is decoded again first;
+   * a **word** (a run of letters) goes when its parts -- split at lower -> upper case
+     changes, as in ``JohnSmith`` or ``MRIMuller`` -- contain a name part, compared in
+     ASCII without accents and case (``Müller``, ``Mueller``, ``MULLER``); in scripts
+     without case, when the word contains a name part;
+   * **IDs** go with any separators between their characters; **institution** names as
+     a run of their words;
+   * **dates** go in every written form (``1952-03-14``, ``14.03.52``, ``14-Mar-1952``,
+     ``March 14, 1952``, ``19520314``), whoever's date they are, and so do UID-like
+     strings and runs of 6+ digits;
+
+2. then whatever the leak check's matcher (:class:`._leakmatch.Matcher`, the ``guard``)
+   still finds is cut out -- every spelling of a name (:mod:`._spelling`: romanizations
+   of Cyrillic and Japanese names, a Latin name in Cyrillic text...), IDs, dates -- and a
+   value it still flags after that becomes empty (a dummy where the attribute is Type 1).
+
+Text that was UTF-8 read as Latin-1 is given back the same way, so the file's bytes
+stay as they were around what was cut.
 """
 
 from __future__ import annotations
@@ -22,8 +31,18 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Protocol
 
-__all__ = ["Scrubber"]
+__all__ = ["Guard", "Scrubber"]
+
+
+class Guard(Protocol):
+    """The leak check's matcher, as far as the scrubber needs it."""
+
+    def first(self, text: str) -> object | None: ...
+
+    def spans(self, text: str) -> list[tuple[int, int]]: ...
+
 
 _GERMAN = {"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss", "ø": "oe", "å": "aa", "æ": "ae"}
 _STRIP = {"ß": "ss", "ø": "o", "æ": "ae", "œ": "oe", "ł": "l", "đ": "d", "ð": "d", "þ": "th"}
@@ -57,13 +76,23 @@ def _spellings(part: str) -> set[str]:
     return {s for s in spellings if len(s) >= 2}
 
 
-def _fix_encoding(text: str) -> str:
-    """UTF-8 read as Latin-1 decoded again; decomposed accents composed (NFC)."""
+def _fix_encoding(text: str) -> tuple[str, bool]:
+    """UTF-8 read as Latin-1 decoded again (and whether it was); decomposed accents
+    composed (NFC)."""
     if text.isascii():
-        return text
+        return text, False
+    repaired = False
     with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-        text = text.encode("latin-1").decode("utf-8")
-    return unicodedata.normalize("NFC", text)
+        text, repaired = text.encode("latin-1").decode("utf-8"), True
+    return unicodedata.normalize("NFC", text), repaired
+
+
+def _as_read(text: str, repaired: bool) -> str:
+    """``text`` as the file held it: UTF-8 read as Latin-1 when it was repaired."""
+    return text.encode("utf-8").decode("latin-1") if repaired else text
+
+
+_GUARD_ROUNDS = 3
 
 
 def _loose(value: str) -> str | None:
@@ -84,7 +113,10 @@ class Scrubber:
         ids: Iterable[str],
         dates: Iterable[str],
         institutions: Iterable[str],
+        *,
+        guard: Guard | None = None,
     ) -> None:
+        self._guard = guard
         self._names = frozenset(s for part in name_parts for s in _spellings(part))
         self._caseless = tuple(n for n in self._names if not n.isascii())
         loose = [p for p in (_loose(i) for i in ids) if p]
@@ -104,19 +136,35 @@ class Scrubber:
 
     def __call__(self, text: str) -> str:
         """``text`` without this patient's identifiers and any date, UID or long number."""
-        return " ".join(_GENERIC.sub(" ", self._personal(text)).split())
+        fixed, repaired = _fix_encoding(text)
+        cleaned = " ".join(_GENERIC.sub(" ", self._personal(fixed)).split())
+        return _as_read(self._guarded(cleaned), repaired)
 
     def personal(self, text: str) -> str:
         """``text`` without this patient's identifiers (dates and numbers of others stay)."""
-        return " ".join(self._personal(text).split())
+        fixed, repaired = _fix_encoding(text)
+        return _as_read(self._guarded(" ".join(self._personal(fixed).split())), repaired)
 
     def _personal(self, text: str) -> str:
-        text = _fix_encoding(text)
         if self._values is not None:
             text = self._values.sub(" ", text)
         if self._names and self._may_hold_a_name(text):
             text = _WORDS.sub(self._word, text)
         return text
+
+    def _guarded(self, text: str) -> str:
+        """``text`` without what the leak check's matcher finds in it; empty when it still
+        finds something after a few rounds (or cannot say where)."""
+        if self._guard is None:
+            return text
+        for _ in range(_GUARD_ROUNDS):
+            if self._guard.first(text) is None:
+                return text
+            spans = self._guard.spans(text)
+            if not spans:
+                break
+            text = " ".join(_cut(text, spans).split())
+        return text if self._guard.first(text) is None else ""
 
     def _may_hold_a_name(self, text: str) -> bool:
         """A cheap screen: some spelling of a name part occurs in ``text`` at all."""
@@ -144,6 +192,17 @@ class Scrubber:
                 if joined in self._names:
                     return " "
         return word
+
+
+def _cut(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each ``[start, end)`` span replaced by a space."""
+    pieces, position = [], 0
+    for start, end in spans:
+        if start >= position:
+            pieces.append(text[position:start])
+        position = max(position, end)
+    pieces.append(text[position:])
+    return " ".join(pieces)
 
 
 def _ascii_cased(word: str) -> str:

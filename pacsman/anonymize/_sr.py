@@ -4,10 +4,17 @@ An SR "Subject Birth Date" is the patient's birth date whatever attribute holds 
 gets PatientBirthDate's rule: removed, never date-shifted (a shifted birth date next to a
 shifted study date gives the exact age back).  Each concept of :data:`CONCEPTS` maps to an
 attribute; when that attribute's rule removes or empties it, the whole content item (with
-what it holds) leaves its content sequence, since its value is Type 1.  Other rules leave
-the item to the walk: PNAME values (PersonName) and TEXT values (TextValue) are dummies
-anyway, dates follow the date option.  A kept "Subject Age" is capped at 90 years, like
-PatientAge.
+what it holds) leaves its content sequence, since its value is Type 1.
+
+The patient's identity -- "Subject Name", "Subject ID", "Subject Birth Date" and their
+LOINC and SNOMED twins -- leaves too unless the profile keeps the attribute: the header
+carries the pseudonym (PatientName and PatientID become the subject label), a dummy item
+("ANONYMIZED" as Subject ID) would only disagree with it, and TID 1007 (Subject Context,
+Patient) makes every one of these items optional (U), so the SR stays valid without them.
+
+Other rules leave the item to the walk: PNAME values (PersonName) and TEXT values
+(TextValue) are dummies anyway, dates follow the date option.  A kept "Subject Age" is
+capped at 90 years, like PatientAge.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ CONCEPTS: Mapping[tuple[str, str], int] = MappingProxyType(
 #: Ages above 89 years, by UCUM unit: the cap is 90 years.
 _CAPS = {"a": 90, "yr": 90, "mo": 90 * 12, "wk": 90 * 52, "d": 90 * 365}
 _DROPPED = frozenset({Action.REMOVE, Action.EMPTY})
+_IDENTITY = frozenset({_PATIENT_NAME, _PATIENT_ID, _BIRTH_DATE})
 
 
 def is_content_item(ds: Dataset) -> bool:
@@ -83,6 +91,8 @@ def drops(profile: Profile, ds: Dataset) -> bool:
     if tag is None:
         return False
     rule = profile.rule_for(tag)
+    if tag in _IDENTITY:
+        return rule is None or rule.action is not Action.KEEP
     return rule is None or rule.action in _DROPPED
 
 

@@ -20,6 +20,7 @@ gives it, so plans are worked out once per engine and reused for every file.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +31,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.sequence import Sequence
 
 from pacsman.anonymize import _codes, _sr
+from pacsman.anonymize._leakmatch import Matcher
 from pacsman.anonymize._profile_rules import effective_vr
 from pacsman.anonymize._scrub import Scrubber
 from pacsman.anonymize._values import (
@@ -54,6 +56,7 @@ _NUMBER_VRS = frozenset(["DS", "IS", "US", "SS", "UL", "SL", "UV", "SV", "FL", "
 DUMMY_TEXT = "ANONYMIZED"
 _DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000D", "DS": "0"}
 _DUMMY |= {"IS": "0", "UR": DUMMY_TEXT, "CS": DUMMY_TEXT}
+_LABEL_JOINS = re.compile(r" *_[ _]*")  # what is left around a cut in a label
 _DUMMY_BYTES = b"\0\0"  # D on binary data: non-zero length, even, no content
 _OVERLAY_DATA = 0x60003000
 _ENCAPSULATED_DOCUMENT, _DOCUMENT_LENGTH = 0x00420011, 0x00420015
@@ -79,14 +82,19 @@ def scrubber_for(originals: Originals) -> Scrubber:
         originals.ids | frozenset(d for d in originals.dates if not d.isdigit()),
         frozenset(d for d in originals.dates if d.isdigit()),
         originals.institutions | originals.addresses,
+        originals.patient_matcher,
     )
 
 
 @lru_cache(maxsize=64)
 def _scrubber(
-    names: frozenset[str], ids: frozenset[str], dates: frozenset[str], places: frozenset[str]
+    names: frozenset[str],
+    ids: frozenset[str],
+    dates: frozenset[str],
+    places: frozenset[str],
+    guard: Matcher,
 ) -> Scrubber:
-    return Scrubber(names, ids, dates, places)
+    return Scrubber(names, ids, dates, places, guard=guard)
 
 
 @dataclass
@@ -125,6 +133,7 @@ class Walk:
         if _sr.is_content_item(ds):
             _sr.cap_age(ds)  # before the walk: it reads the concept's code
         self._public(ds)
+        _drop_orphans(ds)
         self.encodings = outer
 
     def _public(self, ds: Dataset) -> None:
@@ -229,6 +238,8 @@ class Walk:
         elif vr in _TEXT_VRS:
             scrub = self.scrub
             values = [scrub(v) for v in element_texts(element, vr, self.encodings)]
+            if vr in ("CS", "SH"):  # labels: KOVALEVA_REVIEW -> REVIEW, not _REVIEW
+                values = [_LABEL_JOINS.sub("_", v).strip("_ ") for v in values]
             if element.tag in type1_tags() and not any(values):
                 values = [DUMMY_TEXT]  # Type 1: never empty
             put(ds, element, vr, values)
@@ -323,6 +334,28 @@ class Walk:
                 del ds[tag]
             return
         self._items(ds, tag)
+
+
+#: Type 1C attributes that qualify another one (required only when it has a value), and
+#: that one: ResponsiblePersonRole goes with ResponsiblePerson.
+_QUALIFIERS = {0x00102298: 0x00102297}
+
+
+def _drop_orphans(ds: Dataset) -> None:
+    """Remove qualifiers whose attribute was removed or emptied (dciodvfy: "Type 1C
+    present when condition unsatisfied")."""
+    keys = ds.keys()
+    for qualifier, qualified in _QUALIFIERS.items():
+        if qualifier in keys and not _has_value(ds, qualified):
+            del ds[qualifier]
+
+
+def _has_value(ds: Dataset, tag: int) -> bool:
+    element = ds.get_item(tag)
+    value = element.value if element is not None else None
+    if isinstance(value, bytes):
+        return bool(value.strip(b"\0 "))
+    return value not in (None, "", [])
 
 
 def _private_vr(tag: int, creator: str) -> str | None:

@@ -60,9 +60,11 @@ from pacsman.anonymize._leakmatch import (
     id_term,
     name_term,
     phrase_term,
+    repaired,
     uid_term,
 )
 from pacsman.anonymize._leakscan import BULK_VRS, Parsed, collected, raw_findings
+from pacsman.anonymize._spelling import is_japanese
 from pacsman.anonymize._values import encodings_of, peek
 
 __all__ = ["BULK_VRS", "Originals", "leak_check", "leak_check_bytes", "leak_check_dataset"]
@@ -168,6 +170,12 @@ class Originals:
         return tuple(sorted(self.uids))
 
     @cached_property
+    def patient_matcher(self) -> Matcher:
+        """The matcher for this patient's originals without the UIDs: the engine's
+        scrubber cuts out whatever it finds (see :mod:`._scrub`)."""
+        return _matchers(self._patient)[0]
+
+    @cached_property
     def matcher(self) -> Matcher:
         """The matcher for parsed values (names of 2+ letters)."""
         return _matchers(self._patient)[0].with_uids(self._uid_list)
@@ -198,7 +206,8 @@ def _patient_terms(
     addresses: frozenset[str],
 ) -> tuple[Term, ...]:
     """The terms for one patient's originals (a study's files share them)."""
-    terms: list[Term | None] = [name_term(p) for p in sorted(name_parts)]
+    japanese = is_japanese(name_parts)
+    terms: list[Term | None] = [name_term(p, japanese=japanese) for p in sorted(name_parts)]
     terms += [_id(i, "patient ID or accession number") for i in sorted(ids)]
     terms += [_date(d) for d in sorted(dates)]
     terms += [phrase_term(i, kind="institution") for i in sorted(institutions)]
@@ -212,9 +221,10 @@ def _matchers(terms: tuple[Term, ...]) -> tuple[Matcher, Matcher, Matcher]:
     device = tuple(t for t in terms if not t.is_defined_word)
     raw = []
     for term in terms:
-        words = tuple(w for w in term.words if _raw_word(w))
-        if words or not term.words:
-            raw.append(dataclasses.replace(term, words=words))
+        named = term.words or term.anywhere or term.spelled
+        kept = term.restricted(_raw_word) if named else term
+        if kept is not None:
+            raw.append(kept)
     return Matcher(terms), Matcher(device), Matcher(raw)
 
 
@@ -247,10 +257,12 @@ def _values(values: Iterable[object]) -> Iterator[str]:
 
 
 def _name_parts(values: Iterable[object]) -> Iterator[str]:
-    for text in _values(values):
-        for part in _LETTERS.findall(unicodedata.normalize("NFC", text)):
-            if part.casefold() not in _PLACEHOLDERS and len(part) >= 2:
-                yield part
+    for value in _values(values):
+        fixed = repaired(value)  # a name written in UTF-8 into a Latin-1 file
+        for text in (value,) if fixed is None else (value, fixed):
+            for part in _LETTERS.findall(unicodedata.normalize("NFC", text)):
+                if part.casefold() not in _PLACEHOLDERS and len(part) >= 2:
+                    yield part
 
 
 def _dates(birth: list[str], alternative: list[str]) -> Iterator[str]:

@@ -221,10 +221,26 @@ def _profile_from_fields(values: dict[str, Any]) -> Profile:
     return Profile(**values)
 
 
+#: pacsman's own rows that came after ``pacsman/data/ps315_profile.json`` was built; merged
+#: when it is read (``scripts/build_ps315_profile.py`` should carry them when it next runs).
+_LATER_ROWS: Mapping[str, Mapping[str, Any]] = {
+    "00409210": {
+        "name": "LUT Label",
+        "source": "pacsman",
+        "basic": "C",
+        "reason": "Type 1 in the Real World Value Mapping Item macro",
+        "keyword": "LUTLabel",
+        "type": 1,
+    },
+}
+
+
 @cache
 def _table() -> Mapping[str, Any]:
     text = resources.files("pacsman.data").joinpath("ps315_profile.json").read_text("utf-8")
-    data: Mapping[str, Any] = json.loads(text)
+    data: dict[str, Any] = json.loads(text)
+    for tag, row in _LATER_ROWS.items():
+        data["attributes"].setdefault(tag, dict(row))
     return data
 
 

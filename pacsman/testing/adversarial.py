@@ -10,7 +10,14 @@ What it plants, each class in several places and spellings chosen by the seed:
 
 * names spelled every way people spell them: diacritics (NFC and NFD), German and Slavic
   transliterations, compound surnames and one part of them, two-letter surnames, names
-  glued to digits and in camel case, UTF-8 bytes inside a Latin-1 file;
+  glued to digits and in camel case, UTF-8 bytes inside a Latin-1 file (one file per
+  study declares ISO_IR 100 and holds the name in another script as UTF-8 bytes);
+* a Russian patient: the Cyrillic name, or its Latin form in PatientName, and in text
+  every romanization (ISO 9, GOST 7.79-B, BGN/PCGN, ICAO 9303, scholarly, German, Polish,
+  French, English usage), ``ё`` written ``е``, the Cyrillic in a file whose PatientName is
+  in Latin letters; a Japanese patient (``Yamada^Tarou=山田^太郎=やまだ^たろう``) with
+  romaji in Hepburn and Kunrei and every way of writing long vowels (``ou oo oh ō ô o``),
+  katakana and half-width katakana for the hiragana reading, and the kanji;
 * a patient named like a DICOM defined term (HEAD, KNEE...), imaged where that term is the
   body part and an SCT code meaning;
 * IDs with and without separators and leading zeros; the birth date as ``14-Mar-1952``,
@@ -20,8 +27,11 @@ What it plants, each class in several places and spellings chosen by the seed:
   SH, UT, UR...);
 * pixel payloads: overlay bits embedded above BitsStored, Exif/APPn and COM segments in
   JPEG, JPEG lossless and JPEG-LS frames;
-* object kinds: CT, enhanced multi-frame MR with functional groups, Comprehensive SR (with
-  "Subject Birth Date" and an age over 89), GSPS, RT Structure Set, encapsulated PDF;
+* object kinds: CT (with a Real World Value Mapping whose LUTLabel may name the patient,
+  and a ResponsiblePerson with its role), enhanced multi-frame MR with functional groups,
+  Comprehensive SR (with "Subject Name", "Subject ID", "Subject Birth Date" and an age over
+  89), GSPS (a ContentLabel and GraphicLayer that may hold the name), RT Structure Set,
+  encapsulated PDF;
 * encodings: explicit and implicit VR, big endian, deflate, a file with no preamble and no
   file meta, a public sequence stored as UN, private blocks and private sequences.
 
@@ -31,6 +41,7 @@ Never imported by production code (``pacsman/testing``).
 from __future__ import annotations
 
 import random
+import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -76,6 +87,23 @@ _FAMILIES = (
 _SHORT = ("Li", "Ng", "Wu", "Xu", "Yu", "Hu")
 _TERMS = ("HEAD", "KNEE", "HAND", "CHEST", "FOOT")
 _GIVEN = ("Zoë", "José", "Anaïs", "Jürgen", "Søren", "Thérèse", "Radomír", "Ingrid", "Mateo")
+_RELATIVES = ("Hildegard", "Marguerite", "Wojciech", "Ottokar")
+#: Russian patients (family, given): each written in every romanization below.
+_CYRILLIC_PEOPLE = (
+    ("Ковалёва", "Дарья"),
+    ("Щербакова", "Юлия"),
+    ("Хрущёв", "Евгений"),
+    ("Жуков", "Алексей"),
+    ("Соловьёва", "Наталья"),
+    ("Цветков", "Илья"),
+)
+#: Japanese patients: romaji (as PatientName's first group), kanji, hiragana.
+_JAPANESE_PEOPLE = (
+    ("Yamada", "Tarou", "山田", "太郎", "やまだ", "たろう"),
+    ("Satou", "Yuuko", "佐藤", "優子", "さとう", "ゆうこ"),
+    ("Kondou", "Shouhei", "近藤", "翔平", "こんどう", "しょうへい"),
+    ("Itou", "Kyouko", "伊藤", "京子", "いとう", "きょうこ"),
+)
 _INSTITUTIONS = (
     "Sint-Elisabeth Ziekenhuis",
     "Hôpital Saint-Éloi",
@@ -133,11 +161,16 @@ class Person:
 
     family: str
     given: str
+    ideographic: str = ""  # Japanese: the kanji group, Family^Given
+    phonetic: str = ""  # Japanese: the kana group
 
     @property
     def pn(self) -> str:
-        """``Family^Given``."""
-        return f"{self.family}^{self.given}"
+        """``Family^Given``, with the ideographic and phonetic groups when there are any."""
+        alphabetic = f"{self.family}^{self.given}"
+        if not self.ideographic and not self.phonetic:
+            return alphabetic
+        return f"{alphabetic}={self.ideographic}={self.phonetic}"
 
 
 @dataclass(frozen=True)
@@ -155,11 +188,22 @@ class Patient:
     subject: str  # XNAT labels for the de-identified study
     session: str
     defined_term: str | None = None  # the surname, when it is a DICOM defined term
+    relative: Person | None = None  # the ResponsiblePerson
+    forms: tuple[str, ...] = ()  # the name in other scripts and romanizations, as planted
+    latin_pn: str = ""  # PatientName where the file's character set is Latin-1
 
     @property
     def names(self) -> tuple[str, ...]:
         """Every personal name planted for this study (patient and staff), as PN."""
-        return (self.person.pn, self.operator.pn, *_STAFF)
+        relative = (self.relative.pn,) if self.relative else ()
+        return (self.person.pn, self.operator.pn, *relative, *_STAFF)
+
+    @property
+    def ascii_name(self) -> str:
+        """The family name in ASCII letters (for CS, UR and AE values)."""
+        latin = [f for f in self.forms if f.isascii() and f.isalpha()]
+        plain = _plain(self.person.family).encode("ascii", "ignore").decode()
+        return latin[0] if latin else re.findall(r"[A-Za-z]+", plain)[0]
 
 
 @dataclass(frozen=True)
@@ -210,19 +254,29 @@ class _Study:
 
     def spelled(self, person: Person) -> str:
         """One way of writing a person's name in free text."""
+        if person == self.patient.person and self.patient.forms and self.rng.random() < 0.7:
+            return self.other_script()
         family, given = person.family, person.given
         first_part = family.replace("-", " ").split()[0]
         ascii_family = _plain(family)
         forms = [
             family.upper(),
             f"{family}{self.rng.randint(1, 9)}",
-            f"{given.replace(' ', '')}{ascii_family.replace('-', '').replace(' ', '')}",
+            _camel(given) + _camel(ascii_family),  # ZoeDvorak: a case change between
             first_part,
             _german(family),
             unicodedata.normalize("NFD", f"{given} {family}"),
             f"{ascii_family.lower()}, {given[0]}.",
         ]
         return self.rng.choice(forms)
+
+    def other_script(self) -> str:
+        """The patient's name in another script or romanization, as text may hold it:
+        alone, in capitals, glued to a digit, after a lower-case prefix (``axDarja``)."""
+        form = self.rng.choice(self.patient.forms)
+        decorated = [form, form.upper(), f"{form}{self.rng.randint(2, 9)}", f"T1_{form}"]
+        decorated.append(f"ax{form}" if form[:1].isupper() else f"ax {form}")
+        return self.rng.choice(decorated)
 
     def birth_text(self) -> str:
         date = self.patient.birth_date
@@ -278,7 +332,7 @@ class _Study:
         ds.SeriesDescription = f"{modality} {self.free_text()}"
         ds.PatientBirthDateInAlternativeCalendar = _hijri_like(p.birth_date)
         ds.PatientAlternativeCalendar = "I"
-        ds.RetrieveURL = f"https://pacs.example.org/wado?patient={_plain(p.person.family)}"
+        ds.RetrieveURL = f"https://pacs.example.org/wado?patient={p.ascii_name}"
         self._codes(ds)
         self._private(ds)
         return sop_uid
@@ -371,9 +425,152 @@ def _plain(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+def _camel(text: str) -> str:
+    """``text`` without separators, each word capitalized (``van den Broeck``: ``VanDenBroeck``)."""
+    return "".join(w if not w.isupper() else w.capitalize() for w in re.split(r"[\s\-]+", text))
+
+
 def _german(text: str) -> str:
     table = {"ü": "ue", "ö": "oe", "ä": "ae", "Ü": "Ue", "Ö": "Oe", "Ä": "Ae", "ß": "ss"}
     return _plain("".join(table.get(c, c) for c in text))
+
+
+_RU_COMMON = dict(zip("абвгдзиклмнопрстуф", "abvgdziklmnoprstuf", strict=True))
+#: Russian in Latin letters, system by system: letter -> spelling (the generator's own
+#: tables; letters not listed are _RU_COMMON's).  "e*" is ye/je at the start of a word
+#: and after a vowel or a sign.
+_RU_SYSTEMS: dict[str, dict[str, str]] = {
+    "ISO 9": dict(zip("ёжйхцчшщъыьэюяе", "ëžjhcčšŝʺyʹèûâe", strict=True)),
+    "GOST 7.79-B": {"ё": "yo", "ж": "zh", "й": "j", "х": "x", "ц": "cz", "ч": "ch", "ш": "sh"}
+    | {"щ": "shh", "ъ": "``", "ы": "y`", "ь": "`", "э": "e`", "ю": "yu", "я": "ya", "е": "e"},
+    "BGN/PCGN": {"ё": "ë", "ж": "zh", "й": "y", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh"}
+    | {"щ": "shch", "ъ": '"', "ы": "y", "ь": "'", "э": "e", "ю": "yu", "я": "ya", "е": "e*"},
+    "ICAO 9303": {"ё": "e", "ж": "zh", "й": "i", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh"}
+    | {"щ": "shch", "ъ": "ie", "ы": "y", "ь": "", "э": "e", "ю": "iu", "я": "ia", "е": "e"},
+    "scholarly": dict(zip("ёжйхцчшъыьэюяе", "ëžjxcčšʺyʹèüäe", strict=True))
+    | {"щ": "šč", "ю": "ju", "я": "ja"},
+    "German": {"ё": "jo", "ж": "sch", "з": "s", "в": "w", "й": "i", "х": "ch", "ц": "z"}
+    | {"ч": "tsch", "ш": "sch", "щ": "schtsch", "ъ": "", "ы": "y", "ь": "", "э": "e"}
+    | {"ю": "ju", "я": "ja", "е": "e*"},
+    "Polish": {"ё": "io", "ж": "ż", "в": "w", "й": "j", "х": "ch", "ц": "c", "ч": "cz"}
+    | {"ш": "sz", "щ": "szcz", "ъ": "", "ы": "y", "ь": "", "э": "e", "ю": "ju", "я": "ja"}
+    | {"е": "e*"},
+    "French": {"ё": "io", "ж": "j", "й": "ï", "х": "kh", "ц": "ts", "ч": "tch", "ш": "ch"}
+    | {"щ": "chtch", "ъ": "", "ы": "y", "ь": "", "э": "e", "ю": "iou", "я": "ia", "у": "ou"}
+    | {"е": "e"},
+    "English": {"ё": "yo", "ж": "zh", "й": "y", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh"}
+    | {"щ": "shch", "ъ": "", "ы": "y", "ь": "", "э": "e", "ю": "yu", "я": "ya", "е": "e"},
+}
+
+
+def _romanized(word: str, system: str) -> str:
+    """A Russian word in one system's Latin letters, capitalized."""
+    table, out, previous = _RU_SYSTEMS[system], [], ""
+    for letter in word.lower():
+        spelled = table.get(letter, _RU_COMMON.get(letter, letter))
+        if spelled == "e*":
+            spelled = "je" if system in ("German", "Polish") else "ye"
+            spelled = spelled if not previous or previous in "аеёиоуыэюяьъ" else "e"
+        if system == "Polish" and letter == "ё" and previous in "лжчшщ":
+            spelled = "o"  # Королёв: Korolow
+        out.append(spelled)
+        previous = letter
+    text = "".join(out)
+    return text[:1].upper() + text[1:]
+
+
+def _cyrillic_forms(family: str, given: str) -> tuple[str, ...]:
+    """Every way the corpus writes a Russian name: each system, ``ё`` as ``е``."""
+    forms = {family, given, family.replace("ё", "е"), given.replace("ё", "е")}
+    for system in _RU_SYSTEMS:
+        forms |= {_romanized(family, system), _romanized(given, system)}
+    return tuple(sorted(forms))
+
+
+#: hiragana -> (Hepburn, Kunrei) for the syllables of the Japanese names above.
+_KANA_ROMAJI = {
+    "や": "ya",
+    "ま": "ma",
+    "だ": "da",
+    "た": "ta",
+    "ろ": "ro",
+    "う": "u",
+    "さ": "sa",
+    "と": "to",
+    "ゆ": "yu",
+    "こ": "ko",
+    "ん": "n",
+    "ど": "do",
+    "へ": "he",
+    "い": "i",
+    "しょ": "sho syo",
+    "きょ": "kyo",
+}
+_LONG_O = ("ou", "oo", "oh", "ō", "ô", "o")
+_LONG_U = ("uu", "ū", "u")
+
+
+def _romaji_forms(kana: str) -> set[str]:
+    """Every romanization of ``kana`` the corpus writes: Hepburn and Kunrei, each long
+    vowel in every style (``ou oo oh ō ô o``; ``uu ū u``)."""
+    syllables: list[list[str]] = []
+    index = 0
+    while index < len(kana):
+        pair = kana[index : index + 2]
+        key = pair if pair in _KANA_ROMAJI else kana[index]
+        spelled = _KANA_ROMAJI[key].split()
+        if key == "う" and syllables and syllables[-1][0].endswith(("o", "u")):
+            vowel = syllables[-1][0][-1]
+            syllables[-1] = [
+                s[:-1] + long
+                for s in syllables[-1]
+                for long in (_LONG_O if vowel == "o" else _LONG_U)
+            ]
+        else:
+            syllables.append(spelled)
+        index += len(key)
+    forms = {""}
+    for options in syllables:
+        forms = {f + o for f in forms for o in options}
+    return {f[:1].upper() + f[1:] for f in forms}
+
+
+#: ウ after an o- or u-row katakana: a long vowel, written ー in katakana names.
+_PROLONGED = re.compile("(?<=[オコソトノホモヨロヲゴゾドボポョウクスツヌフムユルグズヅブプュ])ウ")
+
+
+def _katakana(hiragana: str) -> str:
+    return "".join(chr(ord(c) + 0x60) if "ぁ" <= c <= "ゖ" else c for c in hiragana)
+
+
+def _halfwidth(katakana: str) -> str:
+    """Katakana in half-width forms (voiced marks as separate half-width marks)."""
+    narrow = {unicodedata.normalize("NFKC", chr(code)): chr(code) for code in range(0xFF66, 0xFF9E)}
+    out = []
+    for char in unicodedata.normalize("NFD", katakana):
+        if char == "\u3099":
+            out.append("\uff9e")
+        elif char == "\u309a":
+            out.append("\uff9f")
+        else:
+            out.append(narrow.get(char, char))
+    return "".join(out)
+
+
+def _japanese_forms(kanji: tuple[str, str], kana: tuple[str, str]) -> tuple[str, ...]:
+    """Every way the corpus writes a Japanese name: romaji, kana in both scripts and
+    widths, kanji."""
+    forms: set[str] = set(kanji)
+    for reading in kana:
+        forms |= _romaji_forms(reading) | {reading, _katakana(reading)}
+        forms.add(_halfwidth(_katakana(reading)))
+        forms.add(_PROLONGED.sub("ー", _katakana(reading)))  # タロー for たろう
+    return tuple(sorted(forms))
+
+
+def _mojibake(text: str) -> str:
+    """``text`` as UTF-8 bytes read as Latin-1 (what a Latin-1 file holds then)."""
+    return text.encode("utf-8").decode("latin-1")
 
 
 def _hijri_like(date: str) -> str:
@@ -430,13 +627,17 @@ def _encapsulated(frames: list[bytes]) -> bytes:
 # -- the objects ------------------------------------------------------------------------
 
 
-def _ct(study: _Study, syntax: str, *, overlay: bool) -> None:
+def _ct(study: _Study, syntax: str, *, overlay: bool, relative: bool = False) -> None:
     ds = Dataset()
     sop = study.common(ds, CTImageStorage, "CT", "ct")
     study.anatomy(ds)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.KVP, ds.AcquisitionNumber = 120, 1
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+    _real_world_values(study, ds)
+    if relative and study.patient.relative is not None:  # Type 1C role with its person
+        ds.ResponsiblePerson = study.patient.relative.pn
+        ds.ResponsiblePersonRole = study.rng.choice(["MOTHER", "FATHER", "GUARDIAN"])
     ds.ConvolutionKernel, ds.BurnedInAnnotation = "B30f", "NO"
     ds.AcquisitionProtocolName = f"protocol {study.spelled(study.patient.person)}"
     ds.ImageComments = study.free_text()
@@ -446,6 +647,56 @@ def _ct(study: _Study, syntax: str, *, overlay: bool) -> None:
         _un_sequence(ds)
     study.images.append((CTImageStorage, sop))
     study.save(ds, "ct", syntax)
+
+
+def _real_world_values(study: _Study, ds: Dataset) -> None:
+    """A Real World Value Mapping item: its LUTLabel (SH, Type 1) may name the patient."""
+    mapping = Dataset()
+    name = study.patient.ascii_name.upper()
+    labels = [label for label in (f"HU_{name}", f"{name}_HU") if len(label) <= 16]
+    mapping.LUTLabel = study.rng.choice(["HU_MAP", *labels])
+    mapping.LUTExplanation = "Hounsfield units"
+    mapping.MeasurementUnitsCodeSequence = [_code("[hnsf'U]", "UCUM", "Hounsfield unit")]
+    mapping.RealWorldValueFirstValueMapped, mapping.RealWorldValueLastValueMapped = 0, 4095
+    mapping.RealWorldValueIntercept, mapping.RealWorldValueSlope = -1024, 1
+    ds.RealWorldValueMappingSequence = [mapping]
+
+
+def _latin1_ct(study: _Study) -> None:
+    """A CT whose file declares ISO_IR 100 but whose text holds UTF-8 bytes: PatientName
+    in Latin letters, the name in another script (or with its accents) in descriptions."""
+    p = study.patient
+    ds = Dataset()
+    sop = study.common(ds, CTImageStorage, "CT", "ct")
+    study.anatomy(ds)
+    ds.ImageType, ds.BurnedInAnnotation = ["ORIGINAL", "PRIMARY", "AXIAL"], "NO"
+    study.image_plane(ds)
+    study.pixels(ds)
+    foreign = [f for f in p.forms if not _in_latin1(f) and not _is_kanji(f)]
+    foreign = foreign or [p.person.family]  # kanji cannot be told from a Latin name
+    ds.SeriesDescription = f"CT {study.rng.choice(foreign)} {study.birth_text()}"
+    ds.ImageComments = f"{study.rng.choice(foreign)} {study.id_text()}"
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = ds.OtherPatientNames = p.latin_pn
+    for element in ds.iterall():
+        if isinstance(element.value, str) and not _in_latin1(element.value):
+            element.value = _mojibake(element.value)
+        elif element.VR == "PN" and not _in_latin1(str(element.value)):
+            element.value = _mojibake(str(element.value))
+    study.images.append((CTImageStorage, sop))
+    study.save(ds, "ct-latin1", ExplicitVRLittleEndian)
+
+
+def _is_kanji(text: str) -> bool:
+    return all("\u4e00" <= c <= "\u9fff" for c in text)
+
+
+def _in_latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _un_sequence(ds: Dataset) -> None:
@@ -640,7 +891,9 @@ def _gsps(study: _Study, syntax: str) -> None:
     p = study.patient
     ds = Dataset()
     study.common(ds, "1.2.840.10008.5.1.4.1.1.11.1", "PR", "pr")
-    layer = study.rng.choice(["LAYER1", f"{_plain(p.person.family).upper()[:6]}_NOTES"])
+    name = p.ascii_name.upper()
+    layers = [label for label in (f"{name}_NOTES", f"{name}_REVIEW", name) if len(label) <= 16]
+    layer = study.rng.choice(["LAYER1", *layers])
     ds.ContentLabel = "".join(c for c in layer if c.isalnum() or c == "_")[:16]
     ds.ContentDescription = f"annotations for {study.spelled(p.person)}"
     ds.ContentCreatorName = p.operator.pn
@@ -747,16 +1000,33 @@ _SYNTAXES += (DeflatedExplicitVRLittleEndian,)
 Builder = Callable[[_Study, str], None]
 
 
-def _patient(rng: random.Random, index: int, kind: str) -> Patient:
+def _person(rng: random.Random, kind: str) -> tuple[Person, tuple[str, ...], str]:
+    """The patient's name, its other spellings, and its form in a Latin-1 file."""
+    if kind == "cyrillic":
+        family, given = rng.choice(_CYRILLIC_PEOPLE)
+        forms = _cyrillic_forms(family, given)
+        system = rng.choice(["ICAO 9303", "German", "English"])
+        latin = Person(_romanized(family, system).upper(), _romanized(given, system).upper())
+        person = latin if rng.random() < 0.5 else Person(family, given)  # PN in Latin, or not
+        return person, forms, latin.pn
+    if kind == "japanese":
+        family, given, *kanji_kana = rng.choice(_JAPANESE_PEOPLE)
+        kanji, kana = tuple(kanji_kana[:2]), tuple(kanji_kana[2:])
+        person = Person(family, given, "^".join(kanji), "^".join(kana))
+        forms = _japanese_forms((kanji[0], kanji[1]), (kana[0], kana[1]))
+        return person, forms, f"{family}^{given}"
     pool = {"term": _TERMS, "short": _SHORT}.get(kind, _FAMILIES)
-    family = rng.choice(pool)
-    term = family if kind == "term" else None
-    given = rng.choice(_GIVEN)
-    digits = f"{rng.randrange(10**7):07d}"
+    person = Person(rng.choice(pool), rng.choice(_GIVEN))
+    return person, (), _plain(person.pn)
+
+
+def _patient(rng: random.Random, index: int, kind: str) -> Patient:
+    person, forms, latin_pn = _person(rng, kind)
+    digits = f"{rng.randrange(10**6, 10**7):07d}"  # 6+ digits without the leading zeros
     year, month, day = rng.randrange(1925, 1934), rng.randrange(1, 13), rng.randrange(1, 29)
     operator_family, operator_given = rng.choice(_STAFF).split("^")
     return Patient(
-        person=Person(family, given),
+        person=person,
         patient_id=f"00-{digits[:3]}-{digits[3:]}",
         birth_date=f"{year:04d}{month:02d}{day:02d}",
         accession=f"ACC{rng.randrange(10**8):08d}",
@@ -766,22 +1036,28 @@ def _patient(rng: random.Random, index: int, kind: str) -> Patient:
         employee_number=f"E{rng.randrange(10**6):06d}",
         subject=f"SUBJ{index + 1:02d}",
         session=f"SUBJ{index + 1:02d}_E1",
-        defined_term=term,
+        defined_term=person.family if kind == "term" else None,
+        relative=Person(person.family, rng.choice(_RELATIVES)),
+        forms=forms,
+        latin_pn=latin_pn,
     )
 
 
 def build_corpus(root: Path, seed: int) -> Corpus:
-    """Write the corpus for ``seed`` under ``root``; one folder per study (three studies)."""
+    """Write the corpus for ``seed`` under ``root``; one folder per study (five studies:
+    patients named like a defined term, with a two-letter surname, with a long Latin name,
+    a Russian and a Japanese one)."""
     rng = random.Random(seed)
     studies: dict[str, Patient] = {}
     files: list[SourceFile] = []
     uids: set[str] = set()
-    for index, kind in enumerate(("term", "short", "long")):
+    for index, kind in enumerate(("term", "short", "long", "cyrillic", "japanese")):
         patient = _patient(rng, index, kind)
         study = _Study(rng, root, index, patient)
         syntax = rng.choice(_SYNTAXES)
-        _ct(study, ExplicitVRLittleEndian, overlay=True)
+        _ct(study, ExplicitVRLittleEndian, overlay=True, relative=True)
         _ct(study, syntax, overlay=rng.random() < 0.5)
+        _latin1_ct(study)
         _jpeg(study, rng.choice([JPEGBaseline8Bit, JPEGLosslessSV1, JPEGLSLossless]))
         _enhanced_mr(study, rng.choice(_SYNTAXES))
         _private_implicit(study)
