@@ -46,8 +46,8 @@ from pathlib import Path
 
 import structlog
 
-from pacsman import __version__
 from pacsman.config import DEFAULT_SEARCH, Config, load_config
+from pacsman.config.options import add_common_options
 from pacsman.dicom import client
 from pacsman.dicom.client import DicomPeer
 from pacsman.errors import (
@@ -100,20 +100,6 @@ _STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "runs": ("pacsman.pipeline.status", "runs_main"),
     "report": ("pacsman.pipeline.export", "report_main"),
 }
-
-
-_LOG_LEVELS = ("debug", "info", "warning", "error")
-_CONFIG_HELP = (
-    "config YAML (default: the first of $PACSMAN_CONFIG, ./config/pacsman.yaml, "
-    "/etc/pacsman/pacsman.yaml)"
-)
-_LOG_LEVEL_HELP = "debug, info, warning or error (default: log.level from the config, else info)"
-
-
-def _common(parser: argparse.ArgumentParser, *, config_help: str = _CONFIG_HELP) -> None:
-    parser.add_argument("--config", type=Path, metavar="PATH", help=config_help)
-    parser.add_argument("--log-level", choices=_LOG_LEVELS, metavar="LEVEL", help=_LOG_LEVEL_HELP)
-    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
 
 
 _RUN_DESCRIPTION = """\
@@ -228,7 +214,7 @@ def _run_parser() -> argparse.ArgumentParser:
         help="with --save or --push: start a new run on purpose (the job store's run for this "
         "query file is retired) and retrieve every series again",
     )
-    _common(parser)
+    add_common_options(parser)
     return parser
 
 
@@ -255,7 +241,7 @@ def _sub_parser(command: str) -> argparse.ArgumentParser:
             "It does not prove that the PACS can send to pacsman (the move destination): "
             "'pacsman check' tests that."
         )
-    _common(parser)
+    add_common_options(parser)
     return parser
 
 
@@ -272,7 +258,7 @@ def _init_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"where to write it (default: {DEFAULT_SEARCH[0]}, the first place pacsman looks)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing PATH")
-    _common(parser, config_help="the same as PATH")
+    add_common_options(parser, config="the same as PATH")
     return parser
 
 

@@ -26,6 +26,7 @@ from pacsman.anonymize.locations import default_key_path, default_mapping_path
 from pacsman.anonymize.mapping import MappingTable, export_mapping
 from pacsman.anonymize.profile import Profile, load_profile
 from pacsman.config import ENV_VAR, Config, find_config, load_config
+from pacsman.config.options import add_common_options, config_help
 from pacsman.errors import EXIT_OK, ConfigError, InputError, ItemFailed
 
 __all__ = ["anonymize_main", "mapping_main"]
@@ -92,21 +93,7 @@ def _state_arguments(parser: argparse.ArgumentParser, *, key: bool = True) -> No
         type=Path,
         help="mapping table (default: ~/.config/pacsman/PROJECT.mapping.sqlite)",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="PATH",
-        help="pacsman config YAML (default: the first of $PACSMAN_CONFIG, "
-        "./config/pacsman.yaml, /etc/pacsman/pacsman.yaml; none is needed)",
-    )
-    # Read by pacsman.cli before this parser runs; here so that --help shows it.
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        metavar="LEVEL",
-        help="debug, info, warning or error (default: log.level from the config, else info)",
-    )
-    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
+    add_common_options(parser, config=config_help("pacsman config YAML", "; none is needed"))
 
 
 def _config(path: Path | None) -> Config | None:

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import structlog
 
-from pacsman import __version__
 from pacsman.anonymize.keys import load_or_create_key
 from pacsman.anonymize.locations import default_key_path, default_mapping_path
 from pacsman.config import Config, load_config
+from pacsman.config.options import add_common_options
 from pacsman.dicom.client import DicomPeer
 from pacsman.errors import EXIT_OK, FatalError, InputError, PacsmanError
 from pacsman.models import QueryFile
@@ -290,20 +290,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TARGET",
         help="also check the push target: xnat (credentials, login, project)",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="PATH",
-        help="config YAML (default: the first of $PACSMAN_CONFIG, ./config/pacsman.yaml, "
-        "/etc/pacsman/pacsman.yaml)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        metavar="LEVEL",
-        help="debug, info, warning or error (default: log.level from the config, else info)",
-    )
-    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
+    add_common_options(parser)
     return parser
 
 

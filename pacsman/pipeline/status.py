@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pacsman import __version__
 from pacsman.config import Config, load_config
+from pacsman.config.options import add_common_options, config_help
 from pacsman.errors import EXIT_OK, ConfigError, InputError, QueryFileError
 from pacsman.jobstore import JobStore, Run, RunRecord
 from pacsman.pipeline._runstatus import (
@@ -167,20 +167,7 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the job store to read (default: 'jobstore' in the config)",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="PATH",
-        help="config YAML, read only for its 'jobstore' (default: the first of "
-        "$PACSMAN_CONFIG, ./config/pacsman.yaml, /etc/pacsman/pacsman.yaml)",
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        metavar="LEVEL",
-        help="debug, info, warning or error (default: log.level from the config, else info)",
-    )
-    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
+    add_common_options(parser, config=config_help("config YAML, read only for its 'jobstore'"))
 
 
 def add_run_choice(parser: argparse.ArgumentParser) -> None:

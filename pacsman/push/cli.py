@@ -22,6 +22,7 @@ from typing import Any
 from pacsman import __version__
 from pacsman.anonymize import check_label
 from pacsman.config import Config, load_config
+from pacsman.config.options import add_common_options
 from pacsman.errors import EXIT_OK, InputError, ItemFailed
 from pacsman.push._download import DownloadRequest, download_sessions
 from pacsman.push._local import LocalFolder, prepare_upload
@@ -34,24 +35,6 @@ from pacsman.push.targets import open_target
 from pacsman.throttle import RetryPolicy
 
 __all__ = ["upload_main", "xnat_main"]
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="PATH",
-        help="config YAML (default: the first of $PACSMAN_CONFIG, ./config/pacsman.yaml, "
-        "/etc/pacsman/pacsman.yaml)",
-    )
-    # Read by pacsman.cli before this parser runs; here so that --help shows it.
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        metavar="LEVEL",
-        help="debug, info, warning or error (default: log.level from the config, else info)",
-    )
-    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
 
 
 def _date(text: str) -> date:
@@ -133,7 +116,7 @@ def _xnat_parser() -> argparse.ArgumentParser:
     get.add_argument("--out", type=Path, required=True, help="folder for zips and manifest")
     get.add_argument("--extract", action="store_true", help="unzip each session")
     for sub in (put, get):
-        _common(sub)
+        add_common_options(sub)
     return parser
 
 
@@ -167,7 +150,7 @@ def _upload_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--key", type=Path, help="project key file (default: the pipeline's)")
     parser.add_argument("--mapping", type=Path, help="mapping table (default: the pipeline's)")
-    _common(parser)
+    add_common_options(parser)
     return parser
 
 

@@ -1,0 +1,38 @@
+"""The options every pacsman command shares: ``--config``, ``--log-level``, ``--version``.
+
+One place, so every command's help says the same (the search order comes from
+:data:`pacsman.config.DEFAULT_SEARCH`).  ``pacsman.cli`` reads ``--config`` and
+``--log-level`` before a stage command's own parser runs; the stage parsers take them too, so
+that their ``--help`` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pacsman import __version__
+from pacsman.config import DEFAULT_SEARCH, ENV_VAR
+
+__all__ = ["LOG_LEVELS", "add_common_options", "config_help"]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_LEVEL_HELP = "debug, info, warning or error (default: log.level from the config, else info)"
+
+
+def config_help(what: str = "config YAML", note: str = "") -> str:
+    """``config YAML (default: the first of $PACSMAN_CONFIG, ./config/...)`` plus ``note``."""
+    places = ", ".join([f"${ENV_VAR}", *(_shown(p) for p in DEFAULT_SEARCH)])
+    return f"{what} (default: the first of {places}{note})"
+
+
+def _shown(path: Path) -> str:
+    return str(path) if path.is_absolute() else f"./{path}"
+
+
+def add_common_options(parser: argparse.ArgumentParser, *, config: str | None = None) -> None:
+    """Add ``--config PATH`` (help ``config``, else :func:`config_help`), ``--log-level`` and
+    ``--version`` to ``parser``."""
+    parser.add_argument("--config", type=Path, metavar="PATH", help=config or config_help())
+    parser.add_argument("--log-level", choices=LOG_LEVELS, metavar="LEVEL", help=_LOG_LEVEL_HELP)
+    parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
