@@ -80,6 +80,13 @@ COMMANDS: dict[str, str] = {
     "upload": "de-identify a local folder of DICOM files and push it (XNAT, DICOM, folder)",
     "xnat": "XNAT side tools: upload-resource (derived files), download (sessions)",
     "init": "write the commented example config to PATH (default config/pacsman.yaml)",
+    "serve": "run the service: job queue, Storage SCP, scheduler, inbox, web page and API",
+    "submit": "queue a query file as a job of the service (validated first; sends nothing)",
+    "jobs": "list the service's jobs: state, priority, options, node, progress",
+    "cancel": "cancel a job (a running one stops at the next series)",
+    "pause": "pause a job (a running one pauses at the next series)",
+    "resume": "queue a paused job again",
+    "retry-failed": "queue a failed job again: its failed rows and series are tried again",
 }
 
 _SUBCOMMANDS = ("validate", "echo", "init")
@@ -99,6 +106,13 @@ _STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("pacsman.pipeline.status", "status_main"),
     "runs": ("pacsman.pipeline.status", "runs_main"),
     "report": ("pacsman.pipeline.export", "report_main"),
+    "serve": ("pacsman.service.cli", "serve_main"),
+    "submit": ("pacsman.service.cli", "submit_main"),
+    "jobs": ("pacsman.service.cli", "jobs_main"),
+    "cancel": ("pacsman.service.cli", "cancel_main"),
+    "pause": ("pacsman.service.cli", "pause_main"),
+    "resume": ("pacsman.service.cli", "resume_main"),
+    "retry-failed": ("pacsman.service.cli", "retry_failed_main"),
 }
 
 

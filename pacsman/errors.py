@@ -29,6 +29,7 @@ __all__ = [
     "AssociationRejected",
     "ConfigError",
     "FatalError",
+    "Halted",
     "InputError",
     "ItemFailed",
     "JobStoreError",
@@ -84,6 +85,16 @@ class PacsmanError(Exception):
     """Base class. ``exit_code`` is what the CLI returns when this ends the run."""
 
     exit_code = EXIT_FATAL
+
+
+class Halted(PacsmanError):
+    """A service job was asked to stop (cancel, pause, or the service draining): work stops
+    at the next unit, leaving every series in a state the next start resumes.  ``deadline``
+    (a :func:`time.monotonic` time) is how long a drain lets work in flight go on."""
+
+    def __init__(self, message: str, *, deadline: float | None = None) -> None:
+        super().__init__(message)
+        self.deadline = deadline
 
 
 class InputError(PacsmanError):

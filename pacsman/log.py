@@ -17,6 +17,8 @@
 * An event may carry its own human text (``_human``): the human console prints it instead
   of the fields, or leaves the event out when it is empty (the command prints it itself);
   JSON lines and ``log.file`` keep the fields.
+* Observers (:func:`add_observer`; the service's metrics) are handed every event, forwarded
+  ones too, before it is redacted or rendered, and the events they name even below the level.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,12 +43,14 @@ __all__ = [
     "HUMAN",
     "PHI_KEYS",
     "LogSettings",
+    "add_observer",
     "bind_process",
     "configure_logging",
     "current_settings",
     "demoted",
     "forward",
     "log_failure",
+    "remove_observer",
 ]
 
 #: Event keys that may carry patient data; redacted at info level and above.
@@ -187,6 +191,9 @@ class _JsonFile:
 #: What :func:`configure_logging` set up last: the level, the ``log.file`` writer, and the
 #: :class:`LogSettings`.
 _current: dict[str, Any] = {"level": logging.INFO, "file": None, "settings": LogSettings()}
+#: (observer, event names it wants below the level) (:func:`add_observer`); a tuple,
+#: replaced whole (thread-safe).
+_current["observers"] = ()
 
 
 class _Stderr:
@@ -237,6 +244,8 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         _merge_process_context,
         structlog.processors.add_log_level,
+        _observe,
+        _level_gate,
         _demote,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _redact,
@@ -252,7 +261,7 @@ def configure_logging(
         processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        wrapper_class=_wrapper_class(),
         # One write per event (line and newline together): the lines of the later-stages
         # process, which shares stderr, never cut into ours, even when stderr is unbuffered.
         logger_factory=structlog.WriteLoggerFactory(stream),
@@ -265,6 +274,67 @@ def current_settings() -> LogSettings:
     """What the last :func:`configure_logging` set up (the defaults before any)."""
     settings: LogSettings = _current["settings"]
     return settings
+
+
+def add_observer(
+    observer: Callable[[Mapping[str, Any]], None], *, events: Iterable[str] = ()
+) -> None:
+    """Hand ``observer`` every event the log takes from now on, and ``events`` (names) even
+    below the log's level: the service's metrics count from them.
+
+    It is called in the thread that logs, with the event's fields: the process context
+    merged and ``level`` set, not yet redacted or rendered; forwarded events too.  It must be
+    quick and must not keep or change the mapping; what it raises is ignored.  It may also be
+    handed events another observer named; other events below the level stay as cheap as
+    without an observer.
+    """
+    _current["observers"] = (*_current["observers"], (observer, frozenset(events)))
+    _set_wrapper()
+
+
+def remove_observer(observer: Callable[[Mapping[str, Any]], None]) -> None:
+    """Stop handing events to ``observer`` (nothing happens when it was not added)."""
+    _current["observers"] = tuple(o for o in _current["observers"] if o[0] is not observer)
+    _set_wrapper()
+
+
+def _observe(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for observer, _events in _current["observers"]:
+        with suppress(Exception):  # an observer never costs the log an event
+            observer(event)
+    return event
+
+
+def _level_gate(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Drop what is below the level: events observers asked for get this far."""
+    if _LEVELS.get(event.get("level", ""), logging.CRITICAL) < _current["level"]:
+        raise structlog.DropEvent
+    return event
+
+
+def _wrapper_class() -> type[Any]:
+    """Loggers that filter at the configured level, but let the events observers named
+    through (to :func:`_observe`, then :func:`_level_gate`)."""
+    level = _current["level"]
+    named = frozenset().union(*(events for _, events in _current["observers"]))
+    if not named or level <= logging.DEBUG:
+        return structlog.make_filtering_bound_logger(level)
+    every = structlog.make_filtering_bound_logger(logging.DEBUG)
+
+    def only_named(method: Callable[..., Any]) -> Callable[..., Any]:
+        def log(self: Any, event: str, *args: Any, **kw: Any) -> Any:
+            return method(self, event, *args, **kw) if event in named else None
+
+        return log
+
+    below = {name: only_named(getattr(every, name)) for name, n in _LEVELS.items() if n < level}
+    return type("ObservedBoundLogger", (every,), below)
+
+
+def _set_wrapper() -> None:
+    """Apply :func:`_wrapper_class` when :func:`configure_logging` set up the processors."""
+    if _level_gate in structlog.get_config()["processors"]:
+        structlog.configure(wrapper_class=_wrapper_class())
 
 
 _METHODS = frozenset({"debug", "info", "warning", "error", "critical"})

@@ -4,23 +4,47 @@
   :class:`~pacsman.errors.TransientError` is retried; everything else goes straight up.
 * :class:`Courtesy` paces retrieve starts towards one PACS: a minimum interval, an optional
   daily time window, and a capped pause after congestion that the next answer ends.
+* :class:`AssociationSlots` caps the associations open to one PACS at ``max_associations``
+  for the whole process, whichever job opens them, and hands free slots out fairly: higher
+  priority first, then round-robin between jobs.
+* A :class:`Ticket` says on whose behalf a thread works (a service job, or the one-shot
+  run); :func:`working_for` sets it, and :func:`check_halt` stops a job that was asked to.
+
+In ``pacsman serve``, courtesy and slots are per PACS node for the whole process
+(:class:`SharedCourtesy`, carried by each job's ticket): every job shares them, so the PACS
+sees one polite client however many jobs are queued.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 import tenacity
 
-from pacsman.errors import TransientError
+from pacsman.errors import Halted, TransientError
 
-__all__ = ["Courtesy", "RetryPolicy", "seconds_until_window"]
+__all__ = [
+    "AssociationSlots",
+    "Courtesy",
+    "Halt",
+    "RetryPolicy",
+    "SharedCourtesy",
+    "Ticket",
+    "check_halt",
+    "current_ticket",
+    "give_way",
+    "in_context",
+    "seconds_until_window",
+    "working_for",
+]
 
 T = TypeVar("T")
 _log = structlog.get_logger("pacsman.throttle")
@@ -136,21 +160,42 @@ class Courtesy:
         return float(min(self.max_backoff, 2.0 ** (self._streak - 1)))
 
     def wait_turn(self, **context: object) -> None:
-        """Block until this PACS may get the next retrieve; return at once if stopped."""
+        """Block until this PACS may get the next retrieve; return at once if stopped.
+
+        Raises:
+            Halted: the job this thread works for was asked to stop meanwhile.
+        """
+        opens_in = seconds_until_window(self.window, self._now())
+        if opens_in > 0:  # waited outside the lock: a job stopped meanwhile must not queue
+            _log.info("waiting_for_window", window=self.window, wait_s=round(opens_in), **context)
+            self._wait(opens_in)
         with self._lock:
-            opens_in = seconds_until_window(self.window, self._now())
-            if opens_in > 0:
-                _log.info(
-                    "waiting_for_window", window=self.window, wait_s=round(opens_in), **context
-                )
-                self.stop.wait(opens_in)
             start = self._paused_until
             if self._last_start is not None:
                 start = max(start, self._last_start + self.minimum)
             remaining = start - self._clock()
             if remaining > 0:
-                self.stop.wait(remaining)
+                self._wait(remaining)
             self._last_start = self._clock()
+
+    def configure(self, *, interval: float, window: str | None) -> None:
+        """New settings (the service's SIGHUP); the next start follows them."""
+        with self._lock:
+            self.minimum, self.window = interval, window
+
+    def _wait(self, seconds: float) -> None:
+        """Wait ``seconds``, or until stopped or the thread's job is halted."""
+        halt = current_ticket().halt
+        deadline = self._clock() + seconds
+        while not self.stop.is_set():
+            left = deadline - self._clock()
+            if left <= 0:
+                return
+            if halt is None:
+                self.stop.wait(left)
+                continue
+            if halt.wait(min(left, 1.0)):
+                check_halt()
 
     def congested(self) -> None:
         """The PACS pushed back: pause the node's next start (see the class docstring)."""
@@ -163,3 +208,229 @@ class Courtesy:
         with self._lock:
             self._streak = 0
             self._paused_until = 0.0
+
+
+class Halt:
+    """The request that a service job stop: why, and for a drain, until when in-flight
+    work may go on (a :func:`time.monotonic` deadline)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+        self.deadline: float | None = None
+
+    def set(self, reason: str, *, deadline: float | None = None) -> None:
+        self.reason, self.deadline = reason, deadline
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """On whose behalf a thread talks to a PACS: a job (its key and priority), and the
+    :class:`Halt` that is set when the job must stop (``None`` for the one-shot command)."""
+
+    job: str = "run"
+    priority: int = 0
+    halt: Halt | None = field(default=None, compare=False)
+    #: The service's courtesy shared by every job; None for the one-shot command.
+    shared: SharedCourtesy | None = field(default=None, compare=False)
+
+
+_TICKET: contextvars.ContextVar[Ticket | None] = contextvars.ContextVar(
+    "pacsman_ticket", default=None
+)
+_ONE_SHOT = Ticket()
+
+
+def current_ticket() -> Ticket:
+    """The ticket of the calling thread (threads started with :func:`in_context` inherit it)."""
+    return _TICKET.get() or _ONE_SHOT
+
+
+@contextmanager
+def working_for(ticket: Ticket) -> Iterator[Ticket]:
+    """Within the block, this thread works for ``ticket``'s job."""
+    token = _TICKET.set(ticket)
+    try:
+        yield ticket
+    finally:
+        _TICKET.reset(token)
+
+
+def check_halt() -> None:
+    """Raises: Halted: the job this thread works for was asked to stop."""
+    halt = current_ticket().halt
+    if halt is not None and halt.is_set():
+        raise Halted(
+            f"job {current_ticket().job}: {halt.reason or 'stop requested'}; "
+            "its series stay resumable",
+            deadline=halt.deadline,
+        )
+
+
+def give_way(node: str, limit: int) -> bool:
+    """Whether a thread that just finished a unit of work with PACS ``node`` should release
+    its association: another job of the service waits for one (round-robin between jobs).
+    Always False for the one-shot command."""
+    shared = current_ticket().shared
+    return shared is not None and shared.slots(node, limit).others_waiting()
+
+
+def in_context(target: Callable[[], Any]) -> Callable[[], Any]:
+    """``target`` bound to a copy of the calling thread's context (ticket, log binding), for
+    a new thread: ``threading.Thread(target=in_context(work))``."""
+    context = contextvars.copy_context()
+    return lambda: context.run(target)
+
+
+@dataclass
+class _Waiter:
+    ticket: Ticket
+    order: int
+
+
+class AssociationSlots:
+    """At most ``limit`` associations open to one PACS at once, for the whole process.
+
+    :meth:`acquire` blocks until a slot is free *and* the caller is next in line: the
+    waiting job with the highest priority, then the one holding the fewest slots, then
+    the one served longest ago (round-robin between jobs), then the first to ask.  A
+    worker that finishes a unit while another job waits gives its slot up
+    (:meth:`others_waiting`), so jobs share a PACS by turns.  A halted job's wait ends with
+    :class:`~pacsman.errors.Halted`.  Open associations are registered, so a service
+    that must stop now can abort them (:meth:`abort_all`).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._cond = threading.Condition()
+        self._in_use = 0
+        self._held: dict[str, int] = {}
+        self._served: dict[str, int] = {}
+        self._waiting: list[_Waiter] = []
+        self._orders = 0
+        self._open: set[Any] = set()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    def set_limit(self, limit: int) -> None:
+        """A new ``max_associations`` (SIGHUP): more slots free up at once, fewer as they
+        are given back."""
+        with self._cond:
+            self.limit = max(1, limit)
+            self._cond.notify_all()
+
+    def acquire(self) -> None:
+        """Take a slot for the calling thread's job (:func:`current_ticket`).
+
+        Raises:
+            Halted: the job was asked to stop while it waited.
+        """
+        ticket = current_ticket()
+        with self._cond:
+            self._orders += 1
+            waiter = _Waiter(ticket, self._orders)
+            self._waiting.append(waiter)
+            try:
+                while not (self._in_use < self.limit and self._next() is waiter):
+                    check_halt()
+                    self._cond.wait(0.5 if ticket.halt is not None else None)
+                check_halt()
+            finally:
+                self._waiting.remove(waiter)
+                self._cond.notify_all()
+            self._in_use += 1
+            self._held[ticket.job] = self._held.get(ticket.job, 0) + 1
+            self._orders += 1
+            self._served[ticket.job] = self._orders
+
+    def release(self) -> None:
+        """Give the calling thread's job's slot back."""
+        ticket = current_ticket()
+        with self._cond:
+            self._in_use = max(0, self._in_use - 1)
+            self._held[ticket.job] = max(0, self._held.get(ticket.job, 0) - 1)
+            self._cond.notify_all()
+
+    def others_waiting(self) -> bool:
+        """Whether another job, at the caller's priority or higher, waits for a slot."""
+        ticket = current_ticket()
+        with self._cond:
+            return any(
+                w.ticket.job != ticket.job and w.ticket.priority >= ticket.priority
+                for w in self._waiting
+            )
+
+    def opened(self, association: Any) -> None:
+        with self._cond:
+            self._open.add(association)
+
+    def closed(self, association: Any) -> None:
+        with self._cond:
+            self._open.discard(association)
+
+    def abort_all(self) -> int:
+        """Abort every open association (the service's drain deadline); return how many."""
+        with self._cond:
+            found = list(self._open)
+        for association in found:
+            association.abort()
+        return len(found)
+
+    def _next(self) -> _Waiter:
+        def rank(w: _Waiter) -> tuple[int, int, int, int]:
+            job = w.ticket.job
+            return (-w.ticket.priority, self._held.get(job, 0), self._served.get(job, 0), w.order)
+
+        return min(self._waiting, key=rank)
+
+
+class SharedCourtesy:
+    """One process's courtesy towards every PACS node, shared by all its jobs (the
+    service's): a :class:`Courtesy` and :class:`AssociationSlots` per node.  The one-shot
+    command has none: its workers are its only associations."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slots: dict[str, AssociationSlots] = {}
+        self._courtesy: dict[str, Courtesy] = {}
+
+    def slots(self, node: str, limit: int) -> AssociationSlots:
+        """The slots towards PACS node ``node`` (created with ``limit`` on first use)."""
+        with self._lock:
+            if node not in self._slots:
+                self._slots[node] = AssociationSlots(limit)
+            return self._slots[node]
+
+    def courtesy(self, node: str, *, interval: float, window: str | None) -> Courtesy:
+        """The :class:`Courtesy` towards PACS node ``node``."""
+        with self._lock:
+            if node not in self._courtesy:
+                self._courtesy[node] = Courtesy(interval=interval, window=window)
+            return self._courtesy[node]
+
+    def reconfigure(self, node: str, *, limit: int, interval: float, window: str | None) -> None:
+        """New courtesy settings for ``node`` (SIGHUP); work in flight keeps going."""
+        self.slots(node, limit).set_limit(limit)
+        self.courtesy(node, interval=interval, window=window).configure(
+            interval=interval, window=window
+        )
+
+    def in_use(self) -> dict[str, int]:
+        """Associations open now, per PACS node."""
+        with self._lock:
+            return {name: slots.in_use for name, slots in self._slots.items()}
+
+    def abort_all(self) -> int:
+        """Abort every open association to every PACS; return how many."""
+        with self._lock:
+            every = list(self._slots.values())
+        return sum(slots.abort_all() for slots in every)

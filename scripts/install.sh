@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what pacsman needs on a fresh Debian machine: Orthanc and DCMTK (real peers for the
-# tests, the demo and the benchmarks) and systemd-analyze (unit checks) from apt, and pacsman
-# itself (editable, with test extras).
+# tests, the demo and the benchmarks), systemd-analyze (unit checks) and chromium with its
+# driver (the service page's browser test) from apt, and pacsman itself (editable, with test
+# extras).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,10 @@ need_apt=()
 [ -x /usr/bin/findscu ] || need_apt+=(dcmtk)
 # systemd-analyze checks the systemd units pacsman ships (tests/test_systemd_units.py).
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+# Debian's chromium and its driver: the browser test of the service's page (Selenium is
+# pointed at both, so nothing downloads a browser).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -36,6 +36,13 @@ EVERY_COMMAND = (
     "upload",
     "xnat",
     "init",
+    "serve",
+    "submit",
+    "jobs",
+    "cancel",
+    "pause",
+    "resume",
+    "retry-failed",
 )
 #: The argv that reaches each command's own parser (commands with subcommands: each one).
 LEAVES = [

@@ -192,5 +192,5 @@ def test_top_level_shows_the_stages() -> None:
     entries = sorted(
         p.name for p in PACKAGE.iterdir() if p.name not in {"__pycache__", "py.typed", "data"}
     )
-    assert len(entries) <= 20, entries
+    assert len(entries) <= 21, entries  # service/ (issue 13) is the 21st
     assert not [name for name in entries if name.startswith("_") and not name.startswith("__")]

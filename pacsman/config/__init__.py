@@ -25,6 +25,7 @@ from pacsman.config import _values as v
 from pacsman.config._reader import Problems, Section, scan_tree
 from pacsman.config._yaml import load_yaml, not_a_regular_file, read_config_text
 from pacsman.config.push import DicomTarget, PushConfig, XnatConfig, parse_push, parse_xnat
+from pacsman.config.serve import ServeConfig, parse_serve
 from pacsman.config.tls import TlsConfig, parse_tls
 from pacsman.errors import ConfigError, Problem
 
@@ -37,6 +38,7 @@ __all__ = [
     "LogConfig",
     "PacsNode",
     "PushConfig",
+    "ServeConfig",
     "Timeouts",
     "TlsConfig",
     "XnatConfig",
@@ -165,6 +167,7 @@ class Config:
     xnat: XnatConfig = XnatConfig()  # noqa: RUF009 - a frozen dataclass (_config_push)
     anonymization: AnonymizationConfig = AnonymizationConfig()
     push: PushConfig = PushConfig()  # noqa: RUF009 - a frozen dataclass (_config_push)
+    serve: ServeConfig = ServeConfig()  # noqa: RUF009 - a frozen dataclass (config/serve.py)
     source: Path | None = None
     #: Settings that work but need a look (e.g. ``bind_host: 0.0.0.0``), in file order.
     warnings: tuple[Problem, ...] = ()
@@ -298,6 +301,7 @@ def _parse_root(root: Section, source: str) -> Config | None:
     xnat = parse_xnat(root.section("xnat"))
     anonymization = _parse_anonymization(root.section("anonymization"))
     push = parse_push(root.section("push"))
+    serve = parse_serve(root.section("serve"))
     root.finish()
     if root.problems.found or default is None or None in nodes.values():
         return None
@@ -311,6 +315,7 @@ def _parse_root(root: Section, source: str) -> Config | None:
         xnat=xnat,
         anonymization=anonymization,
         push=push,
+        serve=serve,
         source=Path(source),
     )
 

@@ -40,6 +40,7 @@ from pacsman.dicom.hooks import NoDelayAE, guard_reactor
 from pacsman.dicom.statuses import CONGESTION, REJECT_ADVICE, STATUS_NAMES, status_name
 from pacsman.dicom.tls import handshake_problem, tls_args
 from pacsman.errors import AssociationRejected, FatalError, ItemFailed, TransientError
+from pacsman.throttle import AssociationSlots, current_ticket
 
 __all__ = [
     "FIND_MODELS",
@@ -199,7 +200,6 @@ def associate(
         AssociationRejected: transient reject, refused connection, abort or timeout.
         FatalError: permanent reject (unknown AE titles) or no accepted context.
     """
-    node = peer.node
     ae = _make_ae(peer, abstract_syntaxes)
     proposed = list(ae.requested_contexts)
     roles: list[Any] = []
@@ -209,6 +209,37 @@ def associate(
         storage_contexts, roles = storage.propose(plan or storage.ladder(room=room)[0])
         proposed += storage_contexts
         handlers = [(evt.EVT_C_STORE, storage.handle_store)]
+    slots = _slots(peer)
+    if slots is None:
+        yield from _associate(peer, ae, proposed, roles, handlers, storage)
+        return
+    slots.acquire()  # the service's global max_associations, shared fairly between jobs
+    try:
+        yield from _associate(peer, ae, proposed, roles, handlers, storage, slots=slots)
+    finally:
+        slots.release()
+
+
+def _slots(peer: DicomPeer) -> AssociationSlots | None:
+    """The service's slots towards this PACS node; None for the one-shot command and for
+    push targets (the push queue paces those)."""
+    shared = current_ticket().shared
+    if shared is None or peer.config_key.startswith("push."):
+        return None
+    return shared.slots(peer.node.name, peer.node.max_associations)
+
+
+def _associate(
+    peer: DicomPeer,
+    ae: AE,
+    proposed: list[Any],
+    roles: list[Any],
+    handlers: list[Any],
+    storage: StorageRole | None,
+    *,
+    slots: AssociationSlots | None = None,
+) -> Iterator[Association]:
+    node = peer.node
     connected = threading.Event()
     handlers.append((evt.EVT_CONN_OPEN, lambda _event: connected.set()))
     started = time.monotonic()
@@ -232,9 +263,13 @@ def associate(
     guard_reactor(assoc)
     if storage is not None and storage.on_established is not None:
         storage.on_established(assoc)
+    if slots is not None:
+        slots.opened(assoc)
     try:
         yield assoc
     finally:
+        if slots is not None:
+            slots.closed(assoc)
         if assoc.is_established:
             assoc.release()
         ae.shutdown()

@@ -63,6 +63,7 @@ from pacsman.jobstore._schema import (
     recorded_directory,
 )
 from pacsman.jobstore._views import OperatorViews, _count, _state
+from pacsman.jobstore.jobs import JobQueue
 from pacsman.layout import open_private, private_directory
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
 
@@ -95,7 +96,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class JobStore(OperatorViews):
+class JobStore(OperatorViews, JobQueue):
     """SQLite-backed state.  Use as a context manager; one per process, shared by its threads."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
@@ -329,16 +330,18 @@ class JobStore(OperatorViews):
         *,
         default_pacs: str = "",
         new_run: bool = False,
+        job_id: int | None = None,
     ) -> Run:
         """Find the run for these rows and this config, or create it.
 
         The run key comes from the rows' values (each row's PACS node is its own, else
         ``default_pacs``): see :mod:`pacsman.jobstore._keys`.  A run recorded by a release
         before keys, for the same file bytes, is found and given its key.  With ``new_run``,
-        a run found is retired (kept, never resumed) and a new one starts.
+        a run found is retired (kept, never resumed) and a new one starts.  A service job
+        (``job_id``) has a run of its own: the same file submitted twice is two jobs.
         """
         pairs = [(row, row.pacs or default_pacs) for row in queryfile.rows]
-        key = run_key(row_keys(pairs))
+        key = run_key(row_keys(pairs)) + ("" if job_id is None else f"@job-{job_id}")
         with self._tx() as db:
             found = db.execute(
                 "SELECT id, queryfile, created_at FROM runs WHERE config_sha256 = ? "

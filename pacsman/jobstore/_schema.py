@@ -145,6 +145,44 @@ _VERSION_7 = (
     "CREATE INDEX IF NOT EXISTS transitions_by_run ON transitions(run_id, kind, at)",
 )
 
+_VERSION_8 = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    options_json TEXT NOT NULL,
+    queryfile_name TEXT NOT NULL,
+    queryfile BLOB NOT NULL,
+    source TEXT NOT NULL,
+    submitted_at TEXT NOT NULL,
+    started_at TEXT NOT NULL DEFAULT '',
+    finished_at TEXT NOT NULL DEFAULT '',
+    owner_node TEXT NOT NULL DEFAULT '',
+    run_id INTEGER,
+    requested TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT ''
+)""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, priority, id)",
+    """CREATE TABLE IF NOT EXISTS job_transitions (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    at TEXT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS service_nodes (
+    node_name TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    http_url TEXT NOT NULL DEFAULT '',
+    started_at TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL,
+    stopped_at TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT ''
+)""",
+)
+
 #: Every schema change, oldest first.  Append only: a released migration never changes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, query rows, studies, series and the transition log", _VERSION_1),
@@ -152,6 +190,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "each series' raw and de-identified directory", _VERSION_5),
     Migration(6, "run and row keys from the normalized rows; retired runs", _VERSION_6),
     Migration(7, "heartbeat, process and outcome of runs; each row's Pacs cell", _VERSION_7),
+    Migration(8, "jobs (the service's queue), their transitions, and service nodes", _VERSION_8),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

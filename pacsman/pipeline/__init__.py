@@ -48,6 +48,7 @@ from pacsman.pipeline.background import SUPERSEDED, DeidentifyPushProcess, Reque
 from pacsman.pipeline.check import check_push_target
 from pacsman.pipeline.progress import Stage, Tracker, reporting
 from pacsman.pipeline.query import query_pending
+from pacsman.pipeline.reception import Reception
 from pacsman.pipeline.report import info_path, write_info_csv
 from pacsman.pipeline.retrieve import retrieve_pending
 from pacsman.pipeline.status import start_heartbeat
@@ -57,7 +58,15 @@ from pacsman.push.targets import TargetKind
 from pacsman.queryfile import load_queryfile
 from pacsman.throttle import RetryPolicy
 
-__all__ = ["INTERRUPTED", "RunOptions", "RunSummary", "config_sha256", "run_queryfile"]
+__all__ = [
+    "INTERRUPTED",
+    "RunOptions",
+    "RunSummary",
+    "ServiceJob",
+    "config_sha256",
+    "run_job",
+    "run_queryfile",
+]
 
 _log = structlog.get_logger("pacsman.pipeline")
 
@@ -129,6 +138,39 @@ def run_queryfile(
         FatalError: a PACS or the target rejects pacsman for good, or the de-identify/push
             process stopped; the run stops, state is kept.
     """
+    queryfile = _load(options, config)
+    with interruptible(), JobStore(config.jobstore) as store:
+        return _run(store, queryfile, options, config, retry_for, job=None)
+
+
+@dataclass(frozen=True)
+class ServiceJob:
+    """What ``pacsman serve`` adds to a run: the job it belongs to, and the service's one
+    Storage SCP behind ``reception``."""
+
+    job_id: int
+    reception: Reception
+    on_run: Callable[[Run], None] = lambda run: None
+
+
+def run_job(options: RunOptions, config: Config, job: ServiceJob) -> RunSummary:
+    """One job of ``pacsman serve``, through the same steps as :func:`run_queryfile`.
+
+    The caller's thread works for the job's :class:`~pacsman.throttle.Ticket` (courtesy
+    shared with every other job, and the halt event).  The job has a run of its own, found
+    again when the job is resumed; it opens its own connection to the job store.
+
+    Raises:
+        as :func:`run_queryfile`, and Halted: the job was asked to stop; its series stay
+        resumable.
+    """
+    queryfile = _load(options, config)
+    with JobStore(config.jobstore) as store:
+        return _run(store, queryfile, options, config, _retry_for, job=job)
+
+
+def _load(options: RunOptions, config: Config) -> QueryFile:
+    """The query file, validated; the options checked against the config; XNAT ready."""
     default_node = config.node(options.pacs).name
     queryfile = load_queryfile(
         options.queryfile,
@@ -139,29 +181,51 @@ def run_queryfile(
     )
     _check_deidentification(config, options)
     check_push_target(config, options.push, queryfile)  # XNAT ready? before any C-FIND
-    with interruptible(), JobStore(config.jobstore) as store:
-        run = store.open_run(
-            queryfile, config_sha256(config), default_pacs=default_node, new_run=options.new_run
-        )
+    return queryfile
+
+
+def _run(
+    store: JobStore,
+    queryfile: QueryFile,
+    options: RunOptions,
+    config: Config,
+    retry_for: Callable[[PacsNode], RetryPolicy],
+    *,
+    job: ServiceJob | None,
+) -> RunSummary:
+    default_node = config.node(options.pacs).name
+    run = store.open_run(
+        queryfile,
+        config_sha256(config),
+        default_pacs=default_node,
+        new_run=options.new_run,
+        job_id=None if job is None else job.job_id,
+    )
+    if job is None:
         bind_process(run_id=run.id)  # every thread's events, the SCP's and workers' too
-        for warning in config.warnings:
-            _log.warning("config_warning", problem=str(warning))
-        for warning in queryfile.warnings:
-            _log.warning("queryfile_cleaned", problem=str(warning))
-        start_heartbeat(store, run, options, config)  # until the store is left
-        store.add_rows(run, [(row, row.pacs or default_node) for row in queryfile.rows])
-        tracker = _tracker(store, run, queryfile, options)
-        interval = config.log.progress_interval
-        try:
-            with demoted(*SUPERSEDED), reporting(tracker, run_id=run.id, interval=interval):
-                done_now = _work(store, run, queryfile, config, options, retry_for, tracker)
-        except KeyboardInterrupt:
-            _log.warning("run_interrupted", next=INTERRUPTED, **{HUMAN: ""})
-            end_soon()  # a DICOM library thread waiting on a busy peer must not hold the exit
-            raise
-        summary = _finish(store, run, queryfile, config, options, tracker, done_now)
-        _log.info("run_finished", **summary.event(), **{HUMAN: ""})  # the CLI prints it
-        return summary
+    else:
+        structlog.contextvars.bind_contextvars(job_id=job.job_id, run_id=run.id)
+        job.on_run(run)
+    for warning in config.warnings:
+        _log.warning("config_warning", problem=str(warning))
+    for warning in queryfile.warnings:
+        _log.warning("queryfile_cleaned", problem=str(warning))
+    start_heartbeat(store, run, options, config)  # until the store is left
+    store.add_rows(run, [(row, row.pacs or default_node) for row in queryfile.rows])
+    tracker = _tracker(store, run, queryfile, options)
+    interval = config.log.progress_interval
+    reception = None if job is None else job.reception
+    try:
+        shown = reporting(tracker, run_id=run.id, interval=interval, live=job is None)
+        with demoted(*SUPERSEDED), shown:
+            done_now = _work(store, run, queryfile, config, options, retry_for, tracker, reception)
+    except KeyboardInterrupt:
+        _log.warning("run_interrupted", next=INTERRUPTED, **{HUMAN: ""})
+        end_soon()  # a DICOM library thread waiting on a busy peer must not hold the exit
+        raise
+    summary = _finish(store, run, queryfile, config, options, tracker, done_now)
+    _log.info("run_finished", **summary.event(), **{HUMAN: ""})  # the CLI prints it
+    return summary
 
 
 def _work(
@@ -172,6 +236,7 @@ def _work(
     options: RunOptions,
     retry_for: Callable[[PacsNode], RetryPolicy],
     tracker: Tracker,
+    reception: Reception | None = None,
 ) -> tuple[int, int, int]:
     """Query, retrieve, de-identify and push; return how many rows were queried, items
     worked on, and series adopted from disk."""
@@ -194,6 +259,7 @@ def _work(
                 retry_for,
                 on_study_complete=None if background is None else background.study_complete,
                 counts=tracker,
+                reception=reception,
             )
     worked = retrieved + (0 if background is None else background.worked)
     return queried, worked, adopted

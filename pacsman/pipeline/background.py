@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ from typing import IO, Any
 import structlog
 
 from pacsman.config import Config
-from pacsman.errors import FatalError
+from pacsman.errors import FatalError, Halted
 from pacsman.log import forward
 from pacsman.pipeline.progress import Tracker, apply
 from pacsman.push.targets import TargetKind
@@ -160,12 +161,15 @@ class DeidentifyPushProcess:
         child = self._child
         assert child is not None
         assert child.stdin is not None
-        if not isinstance(exc, KeyboardInterrupt):
+        draining = isinstance(exc, Halted) and exc.deadline is not None
+        if not isinstance(exc, KeyboardInterrupt | Halted) or draining:
             self._write(b"done\n")  # the cue for its last pass
         with self._lock, suppress(BrokenPipeError):
-            child.stdin.close()
-        if isinstance(exc, KeyboardInterrupt):
+            child.stdin.close()  # without "done": the child ends at once
+        if isinstance(exc, KeyboardInterrupt) or (isinstance(exc, Halted) and not draining):
             status = _stop(child)
+        elif isinstance(exc, Halted) and exc.deadline is not None:
+            status = _wait_until(child, exc.deadline)  # a drain: pushes in flight may finish
         else:
             try:
                 status = child.wait()  # its last pass
@@ -217,6 +221,14 @@ def _json_object(line: str) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return None
     return found if isinstance(found, dict) else None
+
+
+def _wait_until(child: subprocess.Popen[bytes], deadline: float) -> int:
+    """Let the child finish its last pass until ``deadline`` (monotonic), then stop it."""
+    try:
+        return child.wait(max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return _stop(child)
 
 
 def _stop(child: subprocess.Popen[bytes]) -> int:

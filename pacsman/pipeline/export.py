@@ -31,7 +31,13 @@ from pacsman.jobstore import RunRecord
 from pacsman.layout import csv_cell, open_private, private_directory, write_private_csv
 from pacsman.pipeline._runstatus import RunStatus, run_status
 from pacsman.pipeline._runview import RowView, options_of, resume_command
-from pacsman.pipeline.status import add_run_choice, add_store_options, find_run, open_jobstore
+from pacsman.pipeline.status import (
+    add_run_choice,
+    add_store_options,
+    check_run_choice,
+    find_run,
+    open_jobstore,
+)
 from pacsman.queryfile import KNOWN_COLUMNS, column_number
 
 __all__ = ["REPORT_COLUMNS", "query_columns", "report_main", "write_report"]
@@ -236,10 +242,9 @@ def report_main(argv: Sequence[str]) -> int:
         OSError: the report cannot be written.
     """
     args = _parser().parse_args(list(argv))
-    if args.queryfile is not None and args.run_id is not None:
-        raise InputError("give a query file or --run ID, not both")
+    check_run_choice(args)
     with open_jobstore(args.jobstore, args.config) as store:
-        status = run_status(store, find_run(store, args.queryfile, args.run_id))
+        status = run_status(store, find_run(store, args.queryfile, args.run_id, job_id=args.job_id))
     out = args.out or default_path(status.record, fmt=args.fmt, failed_only=args.failed_only)
     _check_out(out, status.record)
     if args.failed_only and not status.attention:

@@ -367,14 +367,17 @@ def apply(tracker: Tracker, message: Mapping[str, Any]) -> None:
 
 
 @contextmanager
-def reporting(tracker: Tracker, *, run_id: int, interval: float) -> Iterator[None]:
+def reporting(
+    tracker: Tracker, *, run_id: int, interval: float, live: bool = True
+) -> Iterator[None]:
     """Show ``tracker`` while the block runs: live on a terminal, else ``progress`` events.
 
     Events go out at most every ``interval`` seconds; with the live display they go to
-    ``log.file`` only (none without one).
+    ``log.file`` only (none without one).  ``live=False`` (a job of the service, one of
+    several at once) always logs events.
     """
     settings = current_settings()
-    live = settings.console == "human" and settings.terminal
+    live = live and settings.console == "human" and settings.terminal
     events = None if live and settings.file is None else _Events(tracker, interval, quiet=live)
     if events is not None:
         events.start()

@@ -28,7 +28,7 @@ from pacsman.pipeline._interrupt import closed
 from pacsman.pipeline.progress import Counts, Stage
 from pacsman.query import FindAssociation, query_row
 from pacsman.queryfile import column_number, sendable_problem
-from pacsman.throttle import RetryPolicy
+from pacsman.throttle import RetryPolicy, check_halt, give_way
 
 __all__ = ["query_pending"]
 
@@ -74,9 +74,12 @@ def query_pending(
         _log.info("pacs_ready", pacs=name, rows=len(rows))
         with closed(FindAssociation(peer, retry=retry)) as association:
             for row in rows:
+                check_halt()  # a service job asked to stop queries no further row
                 found = _query_one(store, run, association, row, queryfile.path)
                 if counts is not None:
                     counts.add(Stage.QUERY, units=int(found), failed=int(not found))
+                if give_way(name, node.max_associations):
+                    association.close()  # reopened, in turn, for the next row
     return len(pending)
 
 

@@ -34,12 +34,20 @@ from pacsman.jobstore import JobStore, RetrieveSeries, Run, recorded_directory
 from pacsman.models import ItemState
 from pacsman.pipeline._interrupt import closed
 from pacsman.pipeline.progress import Counts, Stage
+from pacsman.pipeline.reception import Reception
 from pacsman.query import FindAssociation
 from pacsman.retrieve import FetchResult, Level, RetrieveAssociation, SeriesRequest
-from pacsman.throttle import Courtesy, RetryPolicy
+from pacsman.throttle import (
+    Courtesy,
+    RetryPolicy,
+    check_halt,
+    current_ticket,
+    give_way,
+    in_context,
+)
 from pacsman.verify import verify_series
 
-__all__ = ["RETRIEVABLE", "retrieve_pending"]
+__all__ = ["RETRIEVABLE", "retrieve_pending", "storage_scp"]
 
 _log = structlog.get_logger("pacsman.pipeline")
 
@@ -57,19 +65,28 @@ class _Node:
     peer: DicomPeer
     retry: RetryPolicy
     courtesy: Courtesy
-    writer: InstanceWriter
+    reception: Reception
     move_destination: str | None
     storage: StorageRole | None
 
     def association(self, *, retry: RetryPolicy | None = None) -> RetrieveAssociation:
         return RetrieveAssociation(
             self.peer,
-            receiver=self.writer,
+            receiver=self.reception.writer,
             retry=retry or self.retry,
             courtesy=self.courtesy,
             move_destination=self.move_destination,
             storage=self.storage,
         )
+
+    def give_way(self) -> bool:
+        """Whether a worker that finished a unit should give its association up: another
+        job of the service waits for one towards this PACS (round-robin between jobs)."""
+        return give_way(self.node.name, self.node.max_associations)
+
+
+def _ignore(_: StoredInstance) -> None:
+    """The pre-flight's one instance is counted by the series' verdict, not as it arrives."""
 
 
 class StudyTracker:
@@ -152,7 +169,7 @@ def _allowed_callers(config: Config) -> tuple[str, ...]:
 
 
 @contextmanager
-def _storage_scp(config: Config, writer: InstanceWriter, needed: bool) -> Iterator[None]:
+def storage_scp(config: Config, writer: InstanceWriter, needed: bool) -> Iterator[None]:
     if not needed:
         yield
         return
@@ -187,12 +204,14 @@ def retrieve_pending(
     *,
     on_study_complete: Callable[[str], None] | None = None,
     counts: Counts | None = None,
+    reception: Reception | None = None,
 ) -> int:
     """Retrieve and verify every unsettled series of ``run``; return how many were worked on.
 
     ``on_study_complete(StudyInstanceUID)`` is called (from a worker thread) as soon as every
     selected series of a study is COMPLETE, so its de-identification can start.  ``counts``
-    gets every new instance as it arrives, and every verdict.
+    gets every new instance as it arrives, and every verdict.  ``reception`` is the
+    service's, behind its one Storage SCP; without it, this run starts its own SCP.
 
     Raises:
         FatalError: a PACS refuses pacsman for good (pre-flight or mid-run); state is kept.
@@ -203,18 +222,15 @@ def retrieve_pending(
         _log.info("nothing_to_retrieve", series=len(every))
         return 0
     tracker = StudyTracker(every, on_study_complete, counts)
-    writer = InstanceWriter(
-        unrouted_directory=out_directory / "_unrouted",
-        unsolicited=config.local.unsolicited,
-        unsolicited_quota=config.local.unsolicited_quota_mb << 20,
-        on_stored=tracker.stored,
-    )
     methods = {config.node(t.pacs).retrieve_method for t in pending}
-    with _storage_scp(config, writer, needed="move" in methods):
+    own = reception is None
+    if reception is None:
+        reception = Reception(config, out_directory / "_unrouted")
+    with storage_scp(config, reception.writer, needed=own and "move" in methods):
         if counts is not None:
             counts.start(Stage.RETRIEVE)
         for pacs in dict.fromkeys(t.pacs for t in pending):
-            node = _node(config, pacs, writer, retry_for)
+            node = _node(config, pacs, reception, retry_for)
             series = [t for t in pending if t.pacs == pacs]
             _preflight(node, series[0])
             left = _passes(store, run, node, series, tracker)
@@ -226,10 +242,11 @@ def retrieve_pending(
 def _node(
     config: Config,
     pacs: str,
-    writer: InstanceWriter,
+    reception: Reception,
     retry_for: Callable[[PacsNode], RetryPolicy],
 ) -> _Node:
     node = config.node(pacs)
+    writer = reception.writer
     move = node.retrieve_method == "move"
     storage = None
     if not move:
@@ -243,11 +260,19 @@ def _node(
         node=node,
         peer=DicomPeer(node, config.local.ae_title, config.local.port),
         retry=retry_for(node),
-        courtesy=Courtesy(interval=node.move_interval, window=node.retrieve_window),
-        writer=writer,
+        courtesy=_courtesy(node),
+        reception=reception,
         move_destination=config.local.ae_title if move else None,
         storage=storage,
     )
+
+
+def _courtesy(node: PacsNode) -> Courtesy:
+    """The service's courtesy towards ``node``, shared by every job; else this run's own."""
+    shared = current_ticket().shared
+    if shared is None:
+        return Courtesy(interval=node.move_interval, window=node.retrieve_window)
+    return shared.courtesy(node.name, interval=node.move_interval, window=node.retrieve_window)
 
 
 def _preflight(node: _Node, series: RetrieveSeries) -> None:
@@ -263,8 +288,9 @@ def _preflight(node: _Node, series: RetrieveSeries) -> None:
     if not uids:
         return
     request = _request(series)
+    holding = node.reception.holding([series.series_instance_uid], series.pacs, _ignore)
     try:
-        with closed(node.association(retry=quick)) as association:
+        with holding, closed(node.association(retry=quick)) as association:
             fetched = association.fetch(
                 [request], level="IMAGE", sop_instance_uids=uids[:1], rounds=1
             )
@@ -324,7 +350,10 @@ def _passes(
             units,
             workers=node.node.max_associations,
             open_association=node.association,
-            work=lambda association, unit: _fetch_unit(store, run, association, unit, tracker),
+            work=lambda association, unit: _fetch_unit(
+                store, run, association, unit, tracker, node.reception
+            ),
+            give_way=node.give_way,
         )
         pending = [
             t for t in pending if verdicts.get(t.series_instance_uid) is ItemState.INCOMPLETE
@@ -350,12 +379,15 @@ def _fetch_unit(
     association: RetrieveAssociation,
     unit: list[RetrieveSeries],
     tracker: StudyTracker,
+    reception: Reception,
 ) -> dict[str, ItemState]:
     for series in unit:
         store.update_series(run, series, ItemState.RETRIEVING)
     level: Level = "STUDY" if len(unit) > 1 else "SERIES"
+    uids = [t.series_instance_uid for t in unit]
     try:
-        fetched = association.fetch([_request(t) for t in unit], level=level)
+        with reception.holding(uids, unit[0].pacs, tracker.stored):
+            fetched = association.fetch([_request(t) for t in unit], level=level)
     except (ItemFailed, TransientError) as exc:
         for series in unit:
             store.update_series(run, series, ItemState.FAILED, detail=str(exc), new_pass=True)
@@ -409,8 +441,14 @@ def _run_workers(
     workers: int,
     open_association: Callable[[], RetrieveAssociation],
     work: Callable[[RetrieveAssociation, list[RetrieveSeries]], dict[str, ItemState]],
+    give_way: Callable[[], bool] = lambda: False,
 ) -> dict[str, ItemState]:
     """Run ``work`` over ``units`` on ``workers`` threads, one association each.
+
+    A worker that finishes a unit while another job of the service waits for an association
+    to this PACS (``give_way``) releases its association and queues for one again, so jobs
+    take turns.  A job asked to stop (cancel, pause, drain) starts no new unit: the units in
+    flight finish, and :class:`~pacsman.errors.Halted` is raised here.
 
     A FatalError (or any unexpected error, opening the association included) in one worker
     stops the others after their current unit and is raised here.  Ctrl-C here does the
@@ -424,24 +462,32 @@ def _run_workers(
     errors: list[BaseException] = []
     stop = threading.Event()
 
-    def units_left(association: RetrieveAssociation) -> None:
+    def units_left(association: RetrieveAssociation) -> bool:
+        """Work until no unit is left (True) or it is another job's turn (False)."""
         while not stop.is_set():
+            check_halt()
             try:
                 unit = todo.get_nowait()
             except queue.Empty:
-                return
+                return True
             results.update(work(association, unit))
+            if give_way() and not todo.empty():
+                return False
+        return True
 
     def worker() -> None:
         try:
-            with open_association() as association:
-                units_left(association)
+            finished = False
+            while not finished and not stop.is_set() and not todo.empty():
+                with open_association() as association:
+                    finished = units_left(association)
         except BaseException as exc:  # re-raised in the calling thread below, never printed
             if not stop.is_set():
                 errors.append(exc)
             stop.set()
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, workers))]
+    count = max(1, workers)
+    threads = [threading.Thread(target=in_context(worker), daemon=True) for _ in range(count)]
     try:
         for thread in threads:
             thread.start()
@@ -452,4 +498,5 @@ def _run_workers(
         raise
     if errors:
         raise errors[0]
+    check_halt()
     return results

@@ -26,8 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 from pacsman.config import Config, load_config
 from pacsman.config.options import add_common_options, config_help
-from pacsman.errors import EXIT_OK, ConfigError, InputError, QueryFileError
+from pacsman.errors import (
+    EXIT_OK,
+    EXIT_RUNNING,
+    EXIT_SOME_FAILED,
+    ConfigError,
+    InputError,
+    QueryFileError,
+)
 from pacsman.jobstore import JobStore, Run, RunRecord
+from pacsman.jobstore.jobs import Job, JobState
 from pacsman.pipeline._runstatus import (
     run_line_json,
     run_status,
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "add_run_choice",
     "add_store_options",
+    "check_run_choice",
     "find_run",
     "open_jobstore",
     "run_options",
@@ -102,14 +111,19 @@ def open_jobstore(jobstore: Path | None, config: Path | None) -> JobStore:
     return JobStore(jobstore, read_only=True)
 
 
-def find_run(store: JobStore, queryfile: Path | None, run_id: int | None) -> RunRecord:
-    """The run asked for: ``run_id``, else the newest run of ``queryfile``'s rows, else the
-    run worked on last.
+def find_run(
+    store: JobStore, queryfile: Path | None, run_id: int | None, *, job_id: int | None = None
+) -> RunRecord:
+    """The run asked for: service job ``job_id``'s, else ``run_id``, else the newest run of
+    ``queryfile``'s rows, else the run worked on last.
 
     Raises:
-        InputError: no such run (the message says how to list them).
+        InputError: no such run or job, or the job has not started (the message says how
+            to list them).
     """
     listed = f"'pacsman runs --jobstore {store.path}' lists the runs it holds"
+    if job_id is not None:
+        run_id = _job_run_id(store, job_id)
     if run_id is not None:
         try:
             return store.run_record(run_id)
@@ -126,6 +140,26 @@ def find_run(store: JobStore, queryfile: Path | None, run_id: int | None) -> Run
     if not runs:
         raise InputError(f"the job store {store.path} holds no run yet")
     return max(runs, key=lambda r: (r.started_at or r.created_at, r.id))
+
+
+def _job_run_id(store: JobStore, job_id: int) -> int:
+    """Raises: InputError: no such job, or it has no run yet."""
+    job = store.job(job_id)
+    if job.run_id is None:
+        raise InputError(
+            f"job {job.id} is {job.state.value}, not started yet: it has no rows to show; "
+            "ask again once it runs ('pacsman jobs' lists the queue)"
+        )
+    return job.run_id
+
+
+def _not_started(job: Job, *, as_json: bool) -> int:
+    """``pacsman status --job N`` before job N has a run: 4 while QUEUED, else 1."""
+    if as_json:
+        print(json.dumps({"job": job.id, "state": job.state.value, "run": None}, indent=2))
+    else:
+        print(f"job {job.id} is {job.state.value}, not started yet")
+    return EXIT_RUNNING if job.state is JobState.QUEUED else EXIT_SOME_FAILED
 
 
 def _runs_of_file(store: JobStore, queryfile: Path) -> list[RunRecord]:
@@ -176,6 +210,15 @@ def add_run_choice(parser: argparse.ArgumentParser) -> None:
         "queryfile", nargs="?", type=Path, help="the query file of the run (default: the last run)"
     )
     parser.add_argument("--run", type=int, dest="run_id", metavar="ID", help="the run's number")
+    parser.add_argument(
+        "--job", type=int, dest="job_id", metavar="N", help="the run of service job N"
+    )
+
+
+def check_run_choice(args: argparse.Namespace) -> None:
+    """Raises: InputError: more than one of QUERYFILE, --run and --job."""
+    if sum(x is not None for x in (args.queryfile, args.run_id, args.job_id)) > 1:
+        raise InputError("give one of a query file, --run ID or --job N")
 
 
 def status_main(argv: Sequence[str]) -> int:
@@ -193,10 +236,11 @@ def status_main(argv: Sequence[str]) -> int:
     )
     add_run_choice(parser)
     args = parser.parse_args(list(argv))
-    if args.queryfile is not None and args.run_id is not None:
-        raise InputError("give a query file or --run ID, not both")
+    check_run_choice(args)
     with open_jobstore(args.jobstore, args.config) as store:
-        status = run_status(store, find_run(store, args.queryfile, args.run_id))
+        if args.job_id is not None and store.job(args.job_id).run_id is None:
+            return _not_started(store.job(args.job_id), as_json=args.json)
+        status = run_status(store, find_run(store, args.queryfile, args.run_id, job_id=args.job_id))
     if args.json:
         print(json.dumps(status_json(status), indent=2))
     else:

@@ -187,6 +187,9 @@ class FakePacs(Started):
         self._stopping = threading.Event()
         self._network_timeout = network_timeout
         self._ae: AE | None = None
+        self._open: set[int] = set()
+        #: The most associations that were open at once (pacsman's courtesy tests).
+        self.peak_associations = 0
 
     @classmethod
     def from_specs(cls, specs: Iterable[StudySpec], **kwargs: Any) -> Self:
@@ -258,9 +261,24 @@ class FakePacs(Started):
         with self._lock:
             self._destinations[ae_title] = (host, port)
 
+    @property
+    def open_associations(self) -> int:
+        """How many associations requested of this PACS are open now."""
+        with self._lock:
+            return len(self._open)
+
     def _record(self, call: str) -> None:
         with self._lock:
             self._calls.append(call)
+
+    def _on_established(self, event: Event) -> None:
+        with self._lock:
+            self._open.add(id(event.assoc))
+            self.peak_associations = max(self.peak_associations, len(self._open))
+
+    def _on_closed(self, event: Event) -> None:
+        with self._lock:
+            self._open.discard(id(event.assoc))
 
     def _take(self, budget: str, limit: int) -> bool:
         """Consume one unit of a "first N" fault budget; False once it is spent."""
@@ -280,6 +298,10 @@ class FakePacs(Started):
         return [
             (evt.EVT_CONN_OPEN, _set_nodelay),
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_MOVE, self._on_move),

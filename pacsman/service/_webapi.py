@@ -1,0 +1,319 @@
+"""The JSON side of the service's HTTP server: health, readiness, metrics and the job API
+(private; wired by :func:`pacsman.service.http.make_app`).
+
+Endpoints that read or write the job store are plain functions: Starlette runs them in its
+thread pool, where they call the (thread-safe) :class:`~pacsman.jobstore.JobStore`.  Those
+that read a form are coroutines and hand the store's work to the thread pool themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from pacsman.errors import ConfigError, InputError, QueryFileError
+from pacsman.jobstore.jobs import MAX_QUERYFILE_BYTES, Job, JobAction, JobOptions
+from pacsman.service._webjson import ProgressCache, job_json, job_redactor, row_json
+from pacsman.service._webview import RowState, job_rows
+from pacsman.service.security import Access, Redactor
+from pacsman.service.state import ServiceView
+from pacsman.service.submit import check_options, queue_job
+
+__all__ = [
+    "FORM_FIELDS",
+    "Refused",
+    "Web",
+    "access_of",
+    "api_action",
+    "api_job",
+    "api_jobs",
+    "api_rows",
+    "api_submit",
+    "healthz",
+    "hider",
+    "job_detail",
+    "metrics",
+    "readyz",
+    "submit_form",
+]
+
+#: The fields of a submission (the multipart upload ``file`` besides), as ``pacsman submit``.
+FORM_FIELDS = ("save", "anonymize", "push", "pacs", "sheet", "encoding", "priority", "name")
+_TRUE = frozenset({"1", "true", "on", "yes"})
+_FALSE = frozenset({"", "0", "false", "off", "no"})
+_PRIORITY = range(-1000, 1001)
+
+
+@dataclass(frozen=True)
+class Web:
+    """What every endpoint needs: the service, the metrics function, the progress cache."""
+
+    view: ServiceView
+    metrics: Callable[[], tuple[bytes, str]] | None
+    cache: ProgressCache
+
+
+class Refused(Exception):
+    """A submission or action that cannot be done: HTTP ``status``, a message, and (for a
+    query file) every located problem."""
+
+    def __init__(self, status: int, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problems = problems
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"error": str(self)}
+        if self.problems:
+            body["problems"] = list(self.problems)
+        return JSONResponse(body, status_code=self.status)
+
+
+def web(request: Request) -> Web:
+    found: Web = request.app.state.web
+    return found
+
+
+def access_of(request: Request) -> Access:
+    """How the request proved itself (set by the guard in :mod:`pacsman.service.http`)."""
+    found: Access = request.state.access
+    return found
+
+
+# -- health, readiness, metrics ------------------------------------------------------------------
+
+
+def healthz(request: Request) -> Response:
+    """``GET /healthz``: the process is alive (no token needed, nothing else said)."""
+    return JSONResponse({"status": "alive"})
+
+
+def readyz(request: Request) -> Response:
+    """``GET /readyz``: 200 when every check passes, else 503 with the problems."""
+    found = web(request).view.readiness()
+    body = {
+        "ready": found.ready,
+        "claiming": found.claiming,
+        "checks": dict(found.checks),
+        "problems": list(found.problems),
+        "details": dict(found.details),
+    }
+    return JSONResponse(body, status_code=200 if found.ready else 503)
+
+
+def metrics(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text (404 when the service has no metrics)."""
+    produce = web(request).metrics
+    if produce is None:
+        return JSONResponse({"error": "this service exports no metrics"}, status_code=404)
+    body, content_type = produce()
+    return Response(body, media_type=content_type)
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+def _job_or_404(request: Request) -> Job:
+    raw = request.path_params["job_id"]
+    try:
+        return web(request).view.store.job(int(raw))
+    except InputError as exc:
+        raise Refused(404, str(exc)) from None
+
+
+def hider(request: Request, rows: Sequence[RowState]) -> Redactor | None:
+    """None for a request with the token; else what hides the job's identifiers."""
+    return None if access_of(request).identifiers else job_redactor(rows)
+
+
+def job_detail(request: Request, job: Job, hide: Redactor | None = None) -> str:
+    """The job's detail line as this request may see it (``hide``: see :func:`hider`)."""
+    if not job.detail or access_of(request).identifiers:
+        return job.detail
+    if hide is None:
+        hide = job_redactor(job_rows(web(request).view.store, job))
+    return hide(job.detail)
+
+
+def _job_summary(request: Request, job: Job) -> dict[str, Any]:
+    progress, hidden = web(request).cache.get(web(request).view.store, job)
+    detail = job.detail if access_of(request).identifiers else hidden
+    return {**job_json(job, detail=detail), **progress.json()}
+
+
+def api_jobs(request: Request) -> Response:
+    """``GET /api/jobs``: every job, newest first, with its counts per stage."""
+    jobs = web(request).view.store.jobs()
+    return JSONResponse({"jobs": [_job_summary(request, job) for job in jobs]})
+
+
+def api_job(request: Request) -> Response:
+    """``GET /api/jobs/{id}``: one job, its counts per stage and (while it runs) its ETA."""
+    try:
+        return JSONResponse(_job_summary(request, _job_or_404(request)))
+    except Refused as refused:
+        return refused.response()
+
+
+def api_rows(request: Request) -> Response:
+    """``GET /api/jobs/{id}/rows``: each row's state and reasons per stage (query values,
+    labels, studies and series found only with the token)."""
+    try:
+        job = _job_or_404(request)
+    except Refused as refused:
+        return refused.response()
+    rows = job_rows(web(request).view.store, job)
+    hide = hider(request, rows)
+    return JSONResponse(
+        {
+            "job": job.id,
+            "run_id": job.run_id,
+            "identifiers": hide is None,
+            "rows": [row_json(row, hide) for row in rows],
+        }
+    )
+
+
+def api_action(request: Request) -> Response:
+    """``POST /api/jobs/{id}/cancel|pause|resume|retry-failed``: 200 with the job; 404 for
+    an unknown job; 409 when the action does not apply to the job's state."""
+    try:
+        job = _job_or_404(request)
+        action = _action(request.path_params["action"])
+        view = web(request).view
+        try:
+            changed = view.store.request_job(job.id, action)
+        except InputError as exc:
+            raise Refused(409, str(exc)) from None
+    except Refused as refused:
+        return refused.response()
+    view.wake()
+    return JSONResponse(job_json(changed, detail=job_detail(request, changed)))
+
+
+def _action(name: str) -> JobAction:
+    try:
+        return JobAction(name)
+    except ValueError:
+        known = ", ".join(a.value for a in JobAction)
+        raise Refused(404, f"no job action {name[:40]!r}; the actions are {known}") from None
+
+
+# -- submitting a query file ---------------------------------------------------------------------
+
+
+def _flag(form: FormData, name: str) -> bool:
+    value = str(form.get(name) or "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise Refused(400, f"{name} {value[:40]!r} is not yes or no; send true or false")
+
+
+def _text(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    text = value.strip() if isinstance(value, str) else ""
+    return text or None
+
+
+def _priority(form: FormData) -> int:
+    text = _text(form, "priority") or "0"
+    try:
+        priority = int(text)
+    except ValueError:
+        priority = _PRIORITY.start - 1
+    if priority not in _PRIORITY:
+        raise Refused(
+            400,
+            f"priority {text[:40]!r} is not a whole number from -1000 to 1000; higher runs first",
+        )
+    return priority
+
+
+def _options(form: FormData) -> JobOptions:
+    return JobOptions(
+        save=_flag(form, "save"),
+        anonymize=_flag(form, "anonymize"),
+        push=_text(form, "push"),
+        pacs=_text(form, "pacs"),
+        sheet=_text(form, "sheet"),
+        encoding=_text(form, "encoding"),
+    )
+
+
+async def _upload(form: FormData) -> tuple[str, bytes]:
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        raise Refused(400, "no query file: send it as the multipart field 'file'")
+    content = await upload.read(MAX_QUERYFILE_BYTES + 1)
+    return Path(upload.filename).name, content
+
+
+def _located(exc: QueryFileError | ConfigError, filename: str) -> tuple[str, ...]:
+    """Every problem, located in the file as the user named it (not the scratch copy)."""
+    return tuple(
+        str(replace(p, source=filename)) if Path(p.source).name == filename else str(p)
+        for p in exc.problems
+    )
+
+
+def _queue(view: ServiceView, filename: str, content: bytes, form: FormData) -> Job:
+    options = _options(form)
+    priority = _priority(form)
+    try:
+        check_options(view.config, options)
+    except ConfigError as exc:
+        raise Refused(400, str(exc).splitlines()[-1], _located(exc, filename)) from None
+    except InputError as exc:
+        raise Refused(400, str(exc)) from None
+    try:
+        job = queue_job(
+            view.store,
+            view.config,
+            filename=filename,
+            content=content,
+            options=options,
+            name=_text(form, "name"),
+            priority=priority,
+            source="http",
+        )
+    except QueryFileError as exc:
+        problems = _located(exc, filename)
+        message = f"{filename}: {len(problems)} problem(s); nothing was queued"
+        raise Refused(422, message, problems) from None
+    except InputError as exc:
+        raise Refused(422, f"{exc}; nothing was queued") from None
+    view.wake()
+    return job
+
+
+async def submit_form(request: Request) -> Job:
+    """Read a submission (multipart: ``file`` plus :data:`FORM_FIELDS`) and queue it.
+
+    Raises:
+        Refused: 400 for a bad option or a missing file, 413 for a file too large, 422 for a
+            query file that fails validation (every located problem).
+    """
+    async with request.form(max_files=1, max_fields=len(FORM_FIELDS) + 4) as form:
+        filename, content = await _upload(form)
+        if len(content) > MAX_QUERYFILE_BYTES:
+            raise Refused(413, f"{filename}: more than {MAX_QUERYFILE_BYTES} bytes; split it")
+        return await run_in_threadpool(_queue, web(request).view, filename, content, form)
+
+
+async def api_submit(request: Request) -> Response:
+    """``POST /api/jobs``: 201 with the job queued; 400, 413 or 422 (nothing queued)."""
+    try:
+        job = await submit_form(request)
+    except Refused as refused:
+        return refused.response()
+    body = job_json(job, detail=job.detail)
+    return JSONResponse(body, status_code=201, headers={"Location": f"/api/jobs/{job.id}"})

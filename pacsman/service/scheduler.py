@@ -1,0 +1,483 @@
+"""``pacsman serve``: the scheduler loop of the head node's service.
+
+One process holds the job store, one Storage SCP for every job (on ``local.port``), the
+job threads, the HTTP server and the inbox.  Its main thread runs the loop below, every
+half second or when woken (a submission, a request, a job that ended):
+
+1. ping systemd's watchdog; reload the config after SIGHUP;
+2. apply operators' requests (cancel, pause) to the jobs this node runs;
+3. record how ended jobs ended, and tell whoever ``serve.notify`` names;
+4. look at the inbox when it is due;
+5. claim QUEUED jobs up to ``serve.max_jobs`` (highest priority, then oldest), unless
+   draining; each runs in its own thread (:mod:`.runner`), sharing the PACS courtesy;
+6. keep the heartbeat and systemd's STATUS= line current.
+
+SIGTERM (or Ctrl-C) drains: STOPPING=1, no new claims, in-flight units and pushes may
+finish until ``serve.drain_timeout``, then every open association is aborted and the
+process exits 0; every series is left in a state the next start resumes.  A second
+SIGTERM or SIGINT aborts at once.  SIGHUP reloads courtesy, the inbox and the limits;
+settings that need a restart are named.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from pacsman.config import Config, load_config
+from pacsman.dicom import client
+from pacsman.dicom.client import DicomPeer
+from pacsman.errors import EXIT_OK, ConfigError, PacsmanError
+from pacsman.jobstore import JobStore
+from pacsman.jobstore.jobs import JobAction, JobState
+from pacsman.layout import private_directory
+from pacsman.log import add_observer, remove_observer
+from pacsman.pipeline.reception import Reception
+from pacsman.pipeline.retrieve import storage_scp
+from pacsman.service.http import HttpServer, load_token, make_app
+from pacsman.service.inbox import Inbox
+from pacsman.service.metrics import ServiceMetrics
+from pacsman.service.notify import JobNotifier, JobSummary
+from pacsman.service.runner import JobEnd, JobThread, StopReason
+from pacsman.service.state import Readiness
+from pacsman.service.systemd import Notifier
+from pacsman.throttle import RetryPolicy, SharedCourtesy, Ticket, working_for
+
+__all__ = ["Service", "run_service"]
+
+_log = structlog.get_logger("pacsman.service")
+
+#: Seconds between two turns of the loop when nothing wakes it.
+TICK = 0.5
+#: Seconds between two heartbeats (and STATUS= lines).
+BEAT = 5.0
+#: Seconds between two C-ECHOs of an idle PACS node (readiness).
+ECHO_EVERY = 60.0
+#: Seconds a drain's abort may take before the process exits anyway.
+ABORT_GRACE = 10.0
+#: Settings a SIGHUP cannot change: they need a restart.
+_RESTART_KEYS = ("local", "jobstore", "store_root", "serve.http", "serve.node_name")
+
+
+def run_service(config: Config) -> int:
+    """Run ``pacsman serve`` until SIGTERM/SIGINT; return the exit code (0 after a drain).
+
+    Raises:
+        FatalError: the SCP port or the HTTP port cannot be bound, or the job store is
+            unusable (the message names the key and the fix).
+    """
+    return Service(config).run()
+
+
+class Service:
+    """The service: the loop, the job threads, and what HTTP and metrics read of it."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._wake = threading.Event()
+        self._ended: queue.Queue[JobThread] = queue.Queue()
+        self._running: dict[int, JobThread] = {}
+        self._shared = SharedCourtesy()
+        self._lock = threading.Lock()
+        self._term_signals = 0
+        self._reload_asked = False
+        self._echo: dict[str, tuple[bool, str]] = {}
+        self._disk_problem: str | None = None
+        self._scp_bound = False
+        self._draining = False
+        self._store: JobStore | None = None
+        self._inbox: Inbox | None = None
+        self.metrics = ServiceMetrics(self)
+        self.systemd = Notifier.from_environ()
+        self.notifier = JobNotifier(config.serve.notify)
+        self.reception = Reception(
+            config,
+            config.store_root / "_unrouted",
+            observer=lambda pacs, stored: self.metrics.retrieved(pacs, 1, stored.size),
+        )
+        self.reception.blocked = self._retrieve_blocked
+
+    # -- ServiceView ------------------------------------------------------------------------
+
+    @property
+    def store(self) -> JobStore:
+        assert self._store is not None, "the job store opens when the service runs"
+        return self._store
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def node_name(self) -> str:
+        return self._config.serve.node_name
+
+    def readiness(self) -> Readiness:
+        checks = {"jobstore": self._store is not None, "storage_scp": self._scp_bound}
+        problems: list[str] = []
+        for name, (answered, why) in sorted(self._echo.items()):
+            checks[f"pacs.{name}"] = answered
+            if not answered:
+                problems.append(f"PACS {name!r} did not answer its last C-ECHO: {why}")
+        checks["disk"] = self._disk_problem is None
+        if self._disk_problem is not None:
+            problems.append(self._disk_problem)
+        if self._draining:
+            problems.append("the service is stopping (drain): no new work is claimed")
+        claiming = not self._draining and self._disk_problem is None
+        return Readiness(checks=checks, problems=tuple(problems), claiming=claiming)
+
+    def associations_in_use(self) -> Mapping[str, int]:
+        return self._shared.in_use()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def status_line(self) -> str:
+        with self._lock:
+            running = list(self._running.values())
+        runs = [t.run_id for t in running if t.run_id is not None]
+        settled, total = self.store.series_progress(runs) if runs else (0, 0)
+        parts = [f"{len(running)} job(s) running"]
+        if total:
+            parts.append(f"{settled}/{total} series")
+        in_use = self._shared.in_use()
+        for name, node in self._config.pacs.items():
+            parts.append(f"PACS {name} {in_use.get(name, 0)}/{node.max_associations}")
+        if self._disk_problem:
+            parts.append("disk low: not retrieving")
+        if self._draining:
+            parts.append("draining")
+        return ", ".join(parts)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        config = self._config
+        with ExitStack() as stack:
+            self._store = stack.enter_context(JobStore(config.jobstore))
+            stack.callback(self._leave)
+            resumed = self.store.requeue_owned(self.node_name)
+            stack.enter_context(_signals(self))
+            needs_scp = any(n.retrieve_method == "move" for n in config.pacs.values())
+            private_directory(config.store_root)
+            stack.enter_context(storage_scp(config, self.reception.writer, needed=needs_scp))
+            self._scp_bound = True
+            http = stack.enter_context(self._http())
+            self.store.register_node(self.node_name, http_url=http.url)
+            add_observer(self.metrics.observe)
+            stack.callback(remove_observer, self.metrics.observe)
+            self._inbox = Inbox(self.store, config)
+            self._check_disk()
+            self.systemd.ready()
+            _log.info(
+                "service_ready",
+                node=self.node_name,
+                http=http.url,
+                scp_port=config.local.port if needs_scp else None,
+                resumed_jobs=resumed,
+            )
+            threading.Thread(target=self._echo_loop, name="pacsman-echo", daemon=True).start()
+            self._loop()
+        return EXIT_OK
+
+    def _http(self) -> HttpServer:
+        http = self._config.serve.http
+        app = make_app(self, token=load_token(http), metrics=self.metrics.render)
+        return HttpServer(app, http)
+
+    def _loop(self) -> None:
+        last_beat = last_inbox = 0.0
+        watchdog = self.systemd.watchdog_interval()
+        last_watchdog = 0.0
+        deadline: float | None = None
+        abort_at: float | None = None
+        while True:
+            self._wake.wait(TICK)
+            self._wake.clear()
+            now = time.monotonic()
+            if watchdog is not None and now - last_watchdog >= watchdog:
+                self.systemd.watchdog()
+                last_watchdog = now
+            if self._reload_asked:
+                self._reload_asked = False
+                self._reload()
+            self._settle_ended()
+            if self._term_signals and not self._draining:
+                deadline = self._start_drain(now)
+            if self._draining:
+                abort_at = self._drain_step(now, deadline, abort_at)
+                if abort_at is not None and (now >= abort_at or not self._running):
+                    return
+                if not self._running:
+                    return
+            else:
+                self._apply_requests()
+                if (
+                    self._inbox is not None
+                    and now - last_inbox >= self._config.serve.inbox_interval
+                ):
+                    self._scan_inbox()
+                    last_inbox = now
+                self._claim()
+            if now - last_beat >= BEAT:
+                self._beat()
+                last_beat = now
+
+    def _claim(self) -> None:
+        if self._disk_problem is not None:
+            return
+        while len(self._running) < self._config.serve.max_jobs:
+            job = self.store.claim_job(self.node_name)
+            if job is None:
+                return
+            thread = JobThread(job)
+            with self._lock:
+                self._running[job.id] = thread
+            thread.start(self.store, self._config, self.reception, self._shared, self._job_ended)
+
+    def _job_ended(self, thread: JobThread) -> None:
+        self._ended.put(thread)
+        self._wake.set()
+
+    def _settle_ended(self) -> None:
+        while True:
+            try:
+                thread = self._ended.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                self._running.pop(thread.job.id, None)
+            end = thread.end or JobEnd(JobState.FAILED, "the job's thread ended without a word")
+            self.store.settle_job(thread.job.id, end.state, end.detail)
+            _log.info("job_ended", job_id=thread.job.id, state=end.state.value, detail=end.detail)
+            if end.state in (JobState.DONE, JobState.FAILED):
+                self._notify(thread, end)
+
+    def _notify(self, thread: JobThread, end: JobEnd) -> None:
+        job = self.store.job(thread.job.id)
+        self.notifier.job_ended(JobSummary.from_job(job, node=self.node_name, counts=_counts(end)))
+
+    def _apply_requests(self) -> None:
+        for job_id, action in self.store.requests_for(self.node_name).items():
+            thread = self._running.get(job_id)
+            if thread is None or thread.halt.is_set():
+                continue
+            reason = StopReason.CANCEL if action is JobAction.CANCEL else StopReason.PAUSE
+            thread.halt.set(reason)
+            _log.info("job_stopping", job_id=job_id, reason=reason)
+
+    def _scan_inbox(self) -> None:
+        if self._inbox is None or self._inbox.folder is None:
+            return
+        try:
+            self._inbox.scan()
+        except PacsmanError as exc:  # the inbox must never stop the service
+            _log.warning("inbox_failed", problem=str(exc))
+        except OSError as exc:
+            _log.warning("inbox_failed", problem=f"{exc.strerror}: {exc.filename}")
+
+    # -- drain --------------------------------------------------------------------------------
+
+    def ask_to_stop(self) -> None:
+        """SIGTERM/SIGINT: the first drains, the second aborts at once."""
+        self._term_signals += 1
+        if self._term_signals >= 2:
+            _log.warning("service_aborting", reason="second stop signal")
+            self._shared.abort_all()
+            for thread in list(self._running.values()):
+                thread.halt.set(StopReason.DRAIN)
+        self._wake.set()
+
+    def _start_drain(self, now: float) -> float:
+        self._draining = True
+        deadline = now + self._config.serve.drain_timeout
+        self.systemd.stopping()
+        self.systemd.extend_timeout(self._config.serve.drain_timeout + ABORT_GRACE + 20)
+        _log.info(
+            "service_draining",
+            running_jobs=len(self._running),
+            drain_timeout_s=self._config.serve.drain_timeout,
+        )
+        for thread in list(self._running.values()):
+            thread.halt.set(StopReason.DRAIN, deadline=deadline)
+        return deadline
+
+    def _drain_step(
+        self, now: float, deadline: float | None, abort_at: float | None
+    ) -> float | None:
+        if abort_at is None and (
+            self._term_signals >= 2 or (deadline is not None and now >= deadline)
+        ):
+            aborted = self._shared.abort_all()
+            _log.warning("drain_deadline", aborted_associations=aborted, jobs=len(self._running))
+            return now + ABORT_GRACE
+        return abort_at
+
+    def _leave(self) -> None:
+        """Record that the service stopped; tell pending notifications to go out."""
+        self.notifier.close(timeout=5.0)
+        self.systemd.close()
+        if self._store is not None:
+            self.store.stop_node(self.node_name, "stopped")
+        _log.info("service_stopped", node=self.node_name, jobs_left=len(self._running))
+
+    # -- reload, readiness, heartbeat -----------------------------------------------------------
+
+    def ask_to_reload(self) -> None:
+        self._reload_asked = True
+        self._wake.set()
+
+    def _reload(self) -> None:
+        self.systemd.reloading()
+        try:
+            fresh = load_config(self._config.source)
+        except ConfigError as exc:
+            _log.error("reload_failed", problem=str(exc), kept="the settings in force")
+            self.systemd.ready()
+            return
+        old = self._config
+        restart = [key for key in _RESTART_KEYS if _lookup(old, key) != _lookup(fresh, key)]
+        kept = replace(
+            fresh,
+            local=old.local,
+            jobstore=old.jobstore,
+            store_root=old.store_root,
+            serve=replace(fresh.serve, http=old.serve.http, node_name=old.serve.node_name),
+        )
+        for name, node in kept.pacs.items():
+            self._shared.reconfigure(
+                name,
+                limit=node.max_associations,
+                interval=node.move_interval,
+                window=node.retrieve_window,
+            )
+        try:
+            self._inbox = Inbox(self.store, kept)  # the folder and serve.inbox_job, anew
+        except PacsmanError as exc:
+            _log.error("reload_failed", problem=str(exc), kept="the inbox in force")
+        self._config = kept
+        self._check_disk()
+        _log.info("config_reloaded", needs_restart=restart or None)
+        self.systemd.ready()
+
+    def _echo_loop(self) -> None:
+        """C-ECHO each idle PACS node every ECHO_EVERY seconds (readiness, never a start-up
+        condition: a PACS that is down at boot does not stop the service)."""
+        ticket = Ticket(job="service", priority=100, shared=self._shared)
+        while not self._draining:
+            with working_for(ticket):
+                for name, node in list(self._config.pacs.items()):
+                    self._echo_one(
+                        name, DicomPeer(node, self._config.local.ae_title, self._config.local.port)
+                    )
+            self._check_disk()
+            for _ in range(int(ECHO_EVERY / TICK)):
+                if self._draining:
+                    return
+                time.sleep(TICK)
+
+    def _echo_one(self, name: str, peer: DicomPeer) -> None:
+        if self._shared.in_use().get(name, 0) > 0:
+            self._echo[name] = (True, "in use")  # answering our retrieves right now
+            return
+        try:
+            RetryPolicy(max_attempts=1).call(
+                lambda: client.echo(peer), operation="c_echo", pacs=name
+            )
+            self._echo[name] = (True, "")
+        except PacsmanError as exc:
+            self._echo[name] = (False, str(exc))
+            _log.warning("pacs_not_answering", pacs=name, problem=str(exc))
+
+    def _check_disk(self) -> None:
+        minimum = self._config.serve.min_free_gb
+        try:
+            free = shutil.disk_usage(self._config.store_root).free
+        except OSError as exc:
+            self._disk_problem = f"store_root {self._config.store_root}: {exc.strerror}"
+            return
+        was = self._disk_problem
+        if free < minimum * 1e9:
+            self._disk_problem = (
+                f"store_root {self._config.store_root} has {free / 1e9:.1f} GB free, below "
+                f"serve.min_free_gb {minimum:g}: no new retrieve starts until space is freed"
+            )
+            if was is None:
+                _log.warning("disk_low", free_gb=round(free / 1e9, 1), min_free_gb=minimum)
+        else:
+            self._disk_problem = None
+            if was is not None:
+                _log.info("disk_ok", free_gb=round(free / 1e9, 1))
+
+    def _retrieve_blocked(self) -> str | None:
+        return self._disk_problem
+
+    def _beat(self) -> None:
+        self._check_disk()
+        line = self.status_line()
+        self.systemd.status(line)
+        try:
+            self.store.beat_node(self.node_name, line)
+        except PacsmanError as exc:
+            _log.warning("heartbeat_failed", problem=str(exc))
+
+
+def _counts(end: JobEnd) -> dict[str, int]:
+    summary = end.summary
+    if summary is None:
+        return {}
+    return {
+        "rows": summary.rows,
+        "studies": summary.studies,
+        "series": summary.series,
+        "expected_instances": summary.expected_instances,
+        "received_instances": summary.received_instances,
+        "anonymized_instances": summary.anonymized_instances,
+        "files_on_target": summary.files_on_target,
+        "failed_rows": len(summary.failed_lines),
+    }
+
+
+def _lookup(config: Config, key: str) -> object:
+    value: object = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+@contextmanager
+def _signals(service: Service) -> Iterator[None]:
+    """SIGTERM/SIGINT drain (the second aborts), SIGHUP reloads; the old handlers after."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        service.ask_to_stop()
+
+    def reload(signum: int, frame: FrameType | None) -> None:
+        service.ask_to_reload()
+
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, stop),
+        signal.SIGINT: signal.signal(signal.SIGINT, stop),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, reload),
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def config_path(config: Config) -> Path | None:
+    """Where the service's config came from (SIGHUP reads it again)."""
+    return config.source
