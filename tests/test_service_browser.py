@@ -97,9 +97,7 @@ def _no_alert(driver: WebDriver) -> bool:
     return False
 
 
-def test_the_form_queues_a_job_and_the_page_follows_it(
-    tmp_path: Path, browser: WebDriver
-) -> None:
+def test_the_form_queues_a_job_and_the_page_follows_it(tmp_path: Path, browser: WebDriver) -> None:
     """Submit through the form; the job's page shows it QUEUED, then (settled in the store,
     as the service would) DONE without a reload by hand."""
     queryfile = write_queryfile(tmp_path, "PatientID,StudyDate\nP001,20240101\n", "cohort.csv")
@@ -140,16 +138,16 @@ def test_signed_in_the_page_shows_identifiers_and_pacs_text_never_runs(
         _screenshot(browser, tmp_path / "job-page-signed-in.png")
 
 
-# -- end to end: pacsman serve with Orthanc ------------------------------------------------------
+# -- end to end: pacsman serve with Orthanc -------------------------------------------------------
 
 
 @pytest.fixture
-def service_config(tmp_path: Path, demo_orthanc: OrthancServer) -> Iterator[Path]:
+def service_config(tmp_path: Path, demo_orthanc: OrthancServer) -> Path:
     """A config for ``pacsman serve`` against the demo Orthanc (which knows its SCP)."""
     scp = free_port()
     demo_orthanc.add_modality("pacsman-browser", "PACSMAN", "127.0.0.1", scp)
     serve = f"serve:\n  node_name: browser\n  min_free_gb: 0\n  http:\n    port: {free_port()}\n"
-    yield write_config(
+    return write_config(
         tmp_path,
         port=demo_orthanc.dicom_port,
         called_ae_title=demo_orthanc.ae_title,
@@ -185,4 +183,3 @@ def test_a_file_submitted_in_the_browser_is_retrieved_by_pacsman_serve(
 def _http_port(config: Path) -> int:
     text = config.read_text(encoding="utf-8")
     return int(text.split("http:\n    port: ", 1)[1].split()[0])
-

@@ -261,6 +261,12 @@ def test_jobs_that_ended_long_ago_leave_the_per_job_metrics(
     }
 
 
+def _restore_logging() -> None:
+    """Leave logging as a test process starts: structlog's defaults, no context bound."""
+    structlog.reset_defaults()
+    pacsman.log._process_context.clear()
+
+
 @contextmanager
 def _observed(metrics: ServiceMetrics) -> Iterator[io.StringIO]:
     """JSON logging at info level into a string, with ``metrics`` observing every event."""
@@ -271,8 +277,7 @@ def _observed(metrics: ServiceMetrics) -> Iterator[io.StringIO]:
         yield stream
     finally:
         remove_observer(metrics.observe)
-        configure_logging()
-        pacsman.log._process_context.clear()
+        _restore_logging()
 
 
 _CONGESTION = (
@@ -379,7 +384,7 @@ def test_events_are_counted_whatever_the_log_level(store: JobStore) -> None:
         structlog.get_logger("pacsman.test").info("series_retrieved", pacs="main", state="COMPLETE")
     finally:
         remove_observer(metrics.observe)
-        configure_logging()
+        _restore_logging()
     samples = _samples(metrics.render()[0])
     assert 1 == _value(samples, "pacsman_series_verdicts_total", pacs="main", state="COMPLETE")
     assert "" == stream.getvalue()
@@ -453,8 +458,7 @@ def test_the_log_hook_hands_every_event_to_observers_and_survives_their_errors()
         log.info("unseen", n=3)
     finally:
         remove_observer(broken)
-        configure_logging()
-        pacsman.log._process_context.clear()
+        _restore_logging()
     assert [("quiet", "debug", 7), ("loud", "info", 7)] == [
         (e["event"], e["level"], e["run_id"]) for e in seen
     ]

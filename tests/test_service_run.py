@@ -139,7 +139,7 @@ def test_tells_systemd_ready_status_watchdog_and_stopping_in_order(
     process = service(config, watchdog_usec=1_000_000)
     process.wait_ready()
     status = process.wait_message("STATUS=", after=process.messages.index("READY=1"))
-    assert "PACS fake 0/1" in status
+    assert "PACS fake 0/1 associations" in status
     process.wait_message("WATCHDOG=1", after=process.messages.index("READY=1"))
     process.signal(signal.SIGTERM)
     assert 0 == process.wait(30)
@@ -204,7 +204,7 @@ def test_sighup_reloads_courtesy_and_names_what_needs_a_restart(
         json.loads(line) for line in process.log_text().splitlines() if "config_reloaded" in line
     ]
     assert ["local"] == reloaded[-1]["needs_restart"]
-    process.wait_message("STATUS=0 job(s) running, PACS fake 0/3", after=after, timeout=15)
+    process.wait_message("STATUS=0 job(s) running, PACS fake 0/3 associations", after=after, timeout=15)
 
 
 def test_disk_guard_claims_no_retrieve_and_readyz_says_why(
@@ -249,3 +249,50 @@ def _get(url: str) -> tuple[int, str]:
             return int(answer.status), answer.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def test_two_jobs_selecting_the_same_series_each_get_all_of_it(
+    setup: Callable[..., tuple[Path, FakePacs]], service: Callable[..., ServiceProcess]
+) -> None:
+    """The same study in two jobs at once: their retrievals of a series take turns, and each
+    job's folder ends with every instance (none routed to the other job)."""
+    specs = _studies(1, 2, series=2, instances=6)
+    config, pacs = setup(specs, serve="max_jobs: 2", node="max_associations: 2")
+    pacs.faults = Faults(pending_delay=0.02)
+    first = _submit(config, specs, "cohort-a")
+    second = _submit(config, specs, "cohort-b")
+    process = service(config)
+    process.wait_ready()
+    jobs = wait_for_jobs(config.parent / "jobs.sqlite", [first, second], FINAL_STATES)
+    assert [JobState.DONE, JobState.DONE] == [job.state for job in jobs], [j.detail for j in jobs]
+    for job in jobs:
+        folder = next((config.parent / "data" / "jobs").glob(f"{job.id:05d}-*"))
+        files = [p for p in folder.rglob("*.dcm") if "_unrouted" not in p.parts]
+        assert 2 * 2 * 6 == len(files), job.name
+    moves = [c for c in pacs.calls if c.startswith("C-MOVE SERIES")]
+    assert 2 * 2 * 2 == len(moves)  # each job retrieved each series once
+
+
+def test_a_second_sigterm_aborts_at_once(
+    setup: Callable[..., tuple[Path, FakePacs]], service: Callable[..., ServiceProcess]
+) -> None:
+    """A drain that would take long (drain_timeout 120) ends within seconds on a second
+    SIGTERM; the series in flight stay resumable."""
+    specs = _studies(1, 2, instances=30)
+    config, pacs = setup(specs, serve="drain_timeout: 120")
+    pacs.faults = Faults(pending_delay=0.2)
+    job_id = _submit(config, specs, "stuck")
+    process = service(config)
+    process.wait_ready()
+    _wait_for_move(pacs, count=1)
+    process.signal(signal.SIGTERM)
+    process.wait_message("STOPPING=1")
+    started = time.monotonic()
+    process.signal(signal.SIGTERM)
+    assert 0 == process.wait(30)
+    assert time.monotonic() - started < 15
+    with JobStore(config.parent / "jobs.sqlite", read_only=True) as store:
+        job = store.job(job_id)
+        series = store.series_for_retrieve(store.run_by_id(job.run_id or 0))
+    assert job.state in (JobState.QUEUED, JobState.RUNNING)  # the next start resumes it
+    assert {"RETRIEVING", "QUERIED", "FAILED", "INCOMPLETE"} >= {s.state.value for s in series}

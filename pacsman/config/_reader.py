@@ -25,8 +25,13 @@ _SECRET_WORDS = frozenset(
 
 
 def is_secret_key(key: str) -> bool:
-    """True for keys that would hold a credential: ``password``, ``api_key``, ``xnat_user``..."""
+    """True for keys that would hold a credential: ``password``, ``api_key``, ``xnat_user``...
+
+    A key ending in ``_file`` (``token_file``) names the file that holds one: not a secret.
+    """
     normal = key.lower().replace("-", "_")
+    if normal.endswith("_file"):
+        return False
     return "api_key" in normal or bool(_SECRET_WORDS.intersection(normal.split("_")))
 
 

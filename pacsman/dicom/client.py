@@ -452,6 +452,7 @@ def find(peer: DicomPeer, assoc: Association, identifier: Dataset, *, model: str
             matches.append(match)
             continue
         final = code
+    _log.debug("dimse_status", pacs=peer.node.name, operation="c_find", status=final)
     return _check_find_final(peer, final, matches)
 
 
@@ -524,6 +525,7 @@ def retrieve(
         FatalError: unknown move destination (0xA801), SOP class not supported, or the model
             is not accepted.
     """
+    operation = "c_get" if move_destination is None else "c_move"
     _require_context(peer, assoc, model, "this retrieve model")
     if move_destination is None:
         responses = assoc.send_c_get(identifier, model)
@@ -548,7 +550,9 @@ def retrieve(
             _failed_uids(answer),
             str(getattr(status, "ErrorComment", "") or "").strip(),
         )
+        _log.debug("dimse_status", pacs=peer.node.name, operation=operation, status=code)
         return _check_retrieve_final(peer, result, destination=move_destination)
+    _log.debug("dimse_status", pacs=peer.node.name, operation=operation, status=None)
     raise TransientError(
         f"retrieve from PACS {peer.describe()} ended without a final status after "
         f"{last.completed or 0} completed sub-operation(s) (association aborted or timed out)"

@@ -42,6 +42,7 @@ from pacsman.errors import EXIT_INTERRUPTED, InputError, JobStoreError, PacsmanE
 from pacsman.jobstore._errors import folder_error, raise_for_file, store_error
 from pacsman.jobstore._heartbeat import Heartbeat
 from pacsman.jobstore._keys import row_keys, run_key
+from pacsman.jobstore._metrics_views import MetricsViews
 from pacsman.jobstore._schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -96,7 +97,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class JobStore(OperatorViews, JobQueue):
+class JobStore(OperatorViews, JobQueue, MetricsViews):
     """SQLite-backed state.  Use as a context manager; one per process, shared by its threads."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:

@@ -357,17 +357,18 @@ class JobQueue:
             )
         }
 
-    def series_progress(self, run_ids: Sequence[int]) -> tuple[int, int]:
-        """``(settled, total)`` series of these runs (COMPLETE or FAILED count as settled)."""
+    def series_progress(self, run_ids: Sequence[int]) -> tuple[int, int, int]:
+        """``(settled, total, retrying)`` series of these runs: COMPLETE or FAILED count as
+        settled; INCOMPLETE ones are asked for again."""
         if not run_ids:
-            return 0, 0
+            return 0, 0, 0
         marks = ",".join("?" * len(run_ids))
         found = self._read(
-            "SELECT COUNT(*), COALESCE(SUM(state IN ('COMPLETE', 'FAILED')), 0) FROM series "
-            f"WHERE run_id IN ({marks})",
+            "SELECT COUNT(*), COALESCE(SUM(state IN ('COMPLETE', 'FAILED')), 0), "
+            f"COALESCE(SUM(state = 'INCOMPLETE'), 0) FROM series WHERE run_id IN ({marks})",
             list(run_ids),
         )
-        return int(found[0][1]), int(found[0][0])
+        return int(found[0][1]), int(found[0][0]), int(found[0][2])
 
     # -- service nodes ----------------------------------------------------------------------
 

@@ -391,7 +391,9 @@ def _fetch_unit(
     except (ItemFailed, TransientError) as exc:
         for series in unit:
             store.update_series(run, series, ItemState.FAILED, detail=str(exc), new_pass=True)
-        _log.error("series_failed", pacs=unit[0].pacs, row=unit[0].line, reason=str(exc))
+        _log.error(
+            "series_failed", pacs=unit[0].pacs, row=unit[0].line, series=len(unit), reason=str(exc)
+        )
         failed = {t.series_instance_uid: ItemState.FAILED for t in unit}
         tracker.update(unit, failed)
         return failed

@@ -140,6 +140,8 @@ class PushOutcome:
     files_on_target: int
     detail: str
     attempts: int = 0
+    #: Seconds from the push's start (its courtesy waits and retries included) to this end.
+    elapsed_s: float = 0.0
 
 
 @dataclass(frozen=True)

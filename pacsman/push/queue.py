@@ -10,6 +10,7 @@ lets the pushes under way finish, starts no new one, and is raised at the end.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -123,16 +124,21 @@ def _push_one(
         return target.push(upload)
 
     _log.info("push_started", target=target.name, session=upload.describe())
+    started = time.monotonic()
+
+    def took() -> float:
+        return round(time.monotonic() - started, 3)
+
     try:
         outcome = retry.call(attempt, operation="push", session=upload.describe())
     except FatalError:
         raise
     except TransientError as exc:
         detail = f"gave up after {attempts} attempt(s): {exc}"
-        return PushOutcome(upload, "FAILED", None, 0, detail, attempts)
+        return PushOutcome(upload, "FAILED", None, 0, detail, attempts, took())
     except PacsmanError as exc:  # ItemFailed, InputError: this session only
-        return PushOutcome(upload, "FAILED", None, 0, str(exc), attempts)
-    return replace(outcome, attempts=attempts)
+        return PushOutcome(upload, "FAILED", None, 0, str(exc), attempts, took())
+    return replace(outcome, attempts=attempts, elapsed_s=took())
 
 
 def _finished(outcome: PushOutcome, on_done: OnDone | None) -> None:
@@ -144,8 +150,11 @@ def _finished(outcome: PushOutcome, on_done: OnDone | None) -> None:
             uri=outcome.uri,
             files=outcome.files_on_target,
             attempts=outcome.attempts,
+            elapsed_s=outcome.elapsed_s,
         )
     else:
-        _log.warning("push_failed", session=session, reason=outcome.detail)
+        _log.warning(
+            "push_failed", session=session, reason=outcome.detail, elapsed_s=outcome.elapsed_s
+        )
     if on_done is not None:
         on_done(outcome)

@@ -8,7 +8,8 @@ that read a form are coroutines and hand the store's work to the thread pool the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pacsman.errors import ConfigError, InputError, QueryFileError
+from pacsman.jobstore import JobStore
 from pacsman.jobstore.jobs import MAX_QUERYFILE_BYTES, Job, JobAction, JobOptions
 from pacsman.service._webjson import ProgressCache, job_json, job_redactor, row_json
 from pacsman.service._webview import RowState, job_rows
@@ -40,6 +42,7 @@ __all__ = [
     "hider",
     "job_detail",
     "metrics",
+    "read_rows",
     "readyz",
     "submit_form",
 ]
@@ -58,6 +61,13 @@ class Web:
     view: ServiceView
     metrics: Callable[[], tuple[bytes, str]] | None
     cache: ProgressCache
+
+    @contextmanager
+    def reading(self) -> Iterator[JobStore]:
+        """The job store, read through a connection of its own: a large job's page never
+        holds the lock the service's writers take (WAL lets readers and a writer go on)."""
+        with JobStore(self.view.store.path, read_only=True) as store:
+            yield store
 
 
 class Refused(Exception):
@@ -120,12 +130,17 @@ def metrics(request: Request) -> Response:
 # -- jobs ----------------------------------------------------------------------------------------
 
 
-def _job_or_404(request: Request) -> Job:
-    raw = request.path_params["job_id"]
+def _job_or_404(request: Request, store: JobStore) -> Job:
     try:
-        return web(request).view.store.job(int(raw))
+        return store.job(int(request.path_params["job_id"]))
     except InputError as exc:
         raise Refused(404, str(exc)) from None
+
+
+def read_rows(store: JobStore, job: Job) -> list[RowState]:
+    """The job's rows, read in one snapshot of the store."""
+    with store.snapshot():
+        return job_rows(store, job)
 
 
 def hider(request: Request, rows: Sequence[RowState]) -> Redactor | None:
@@ -138,38 +153,42 @@ def job_detail(request: Request, job: Job, hide: Redactor | None = None) -> str:
     if not job.detail or access_of(request).identifiers:
         return job.detail
     if hide is None:
-        hide = job_redactor(job_rows(web(request).view.store, job))
+        with web(request).reading() as store:
+            hide = job_redactor(read_rows(store, job))
     return hide(job.detail)
 
 
-def _job_summary(request: Request, job: Job) -> dict[str, Any]:
-    progress, hidden = web(request).cache.get(web(request).view.store, job)
+def _job_summary(request: Request, store: JobStore, job: Job) -> dict[str, Any]:
+    progress, hidden = web(request).cache.get(store, job)
     detail = job.detail if access_of(request).identifiers else hidden
     return {**job_json(job, detail=detail), **progress.json()}
 
 
 def api_jobs(request: Request) -> Response:
     """``GET /api/jobs``: every job, newest first, with its counts per stage."""
-    jobs = web(request).view.store.jobs()
-    return JSONResponse({"jobs": [_job_summary(request, job) for job in jobs]})
+    with web(request).reading() as store:
+        jobs = [_job_summary(request, store, job) for job in store.jobs()]
+    return JSONResponse({"jobs": jobs})
 
 
 def api_job(request: Request) -> Response:
     """``GET /api/jobs/{id}``: one job, its counts per stage and (while it runs) its ETA."""
-    try:
-        return JSONResponse(_job_summary(request, _job_or_404(request)))
-    except Refused as refused:
-        return refused.response()
+    with web(request).reading() as store:
+        try:
+            return JSONResponse(_job_summary(request, store, _job_or_404(request, store)))
+        except Refused as refused:
+            return refused.response()
 
 
 def api_rows(request: Request) -> Response:
     """``GET /api/jobs/{id}/rows``: each row's state and reasons per stage (query values,
     labels, studies and series found only with the token)."""
-    try:
-        job = _job_or_404(request)
-    except Refused as refused:
-        return refused.response()
-    rows = job_rows(web(request).view.store, job)
+    with web(request).reading() as store:
+        try:
+            job = _job_or_404(request, store)
+        except Refused as refused:
+            return refused.response()
+        rows = read_rows(store, job)
     hide = hider(request, rows)
     return JSONResponse(
         {
@@ -184,10 +203,10 @@ def api_rows(request: Request) -> Response:
 def api_action(request: Request) -> Response:
     """``POST /api/jobs/{id}/cancel|pause|resume|retry-failed``: 200 with the job; 404 for
     an unknown job; 409 when the action does not apply to the job's state."""
+    view = web(request).view
     try:
-        job = _job_or_404(request)
+        job = _job_or_404(request, view.store)
         action = _action(request.path_params["action"])
-        view = web(request).view
         try:
             changed = view.store.request_job(job.id, action)
         except InputError as exc:

@@ -157,8 +157,9 @@ class ProgressCache:
         fresh = kept is not None and (job.state in FINAL_STATES or now - kept[1] < self._ttl)
         if kept is not None and fresh and kept[0] == key:
             return kept[2], kept[3]
-        rows = job_rows(store, job)
-        progress = job_progress(store, job, rows)
+        with store.snapshot():
+            rows = job_rows(store, job)
+            progress = job_progress(store, job, rows)
         detail = job_redactor(rows)(job.detail) if job.detail else ""
         with self._lock:
             self._kept[job.id] = (key, now, progress, detail)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
@@ -29,7 +28,7 @@ from pacsman.errors import InputError
 from pacsman.service._webapi import Refused, hider, job_detail, submit_form, web
 from pacsman.service._webjson import row_json
 from pacsman.service._webview import job_progress, job_rows
-from pacsman.service.security import SESSION_COOKIE, Access, session_value
+from pacsman.service.security import SESSION_COOKIE, Access, same_secret, session_value
 
 __all__ = ["Page", "form_submit", "index", "job_page", "login", "login_page", "logout"]
 
@@ -37,6 +36,8 @@ TEMPLATES = Path(__file__).with_name("templates")
 #: Jobs listed on the front page, and rows on a job's page (the API has them all).
 _JOBS_SHOWN = 100
 _ROWS_SHOWN = 1000
+#: The pages a sign-in may lead back to.
+_PAGES = re.compile(r"/(?:jobs/[0-9]{1,12})?")
 _STAGE_KEYS = {"retrieve": "retrieve", "de-identify": "deidentify", "push": "push"}
 
 
@@ -112,11 +113,13 @@ def page(request: Request) -> Page:
 
 def _index_values(request: Request) -> dict[str, Any]:
     view = web(request).view
-    jobs = view.store.jobs()
     items = []
-    for job in jobs[:_JOBS_SHOWN]:
-        progress, _ = web(request).cache.get(view.store, job)
-        items.append({"job": job, "progress": progress, "eta": _duration(progress.eta_seconds)})
+    with web(request).reading() as store:
+        jobs = store.jobs()
+        for job in jobs[:_JOBS_SHOWN]:
+            progress, _ = web(request).cache.get(store, job)
+            eta = _duration(progress.eta_seconds)
+            items.append({"job": job, "progress": progress, "eta": eta})
     config = view.config
     return {
         "title": "jobs",
@@ -138,15 +141,15 @@ def index(request: Request) -> Response:
 
 def job_page(request: Request) -> Response:
     """``GET /jobs/{id}``: one job, its progress, each row's states and reasons."""
-    view = web(request).view
-    try:
-        job = view.store.job(int(request.path_params["job_id"]))
-    except InputError as exc:
-        return page(request).render(
-            request, "message.html", 404, title="no such job", text=str(exc)
-        )
-    rows = job_rows(view.store, job)
-    progress = job_progress(view.store, job, rows)
+    with web(request).reading() as store:
+        try:
+            job = store.job(int(request.path_params["job_id"]))
+        except InputError as exc:
+            shown = page(request)
+            return shown.render(request, "message.html", 404, title="no such job", text=str(exc))
+        with store.snapshot():
+            rows = job_rows(store, job)
+            progress = job_progress(store, job, rows)
     hide = hider(request, rows)
     stages = [stage.name for stage in progress.stages[1:]]  # the query state has its column
     return page(request).render(
@@ -182,11 +185,8 @@ async def form_submit(request: Request) -> Response:
 
 
 def _next(target: str) -> str:
-    """Where to go after signing in: a path on this service, nothing else."""
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
-        return "/"
-    return target
+    """Where to go after signing in: one of this service's pages, nothing else."""
+    return target if _PAGES.fullmatch(target) else "/"
 
 
 def login_page(request: Request, *, status: int = 200, error: str = "") -> Response:
@@ -212,7 +212,7 @@ async def login(request: Request) -> Response:
     async with request.form(max_files=0, max_fields=4) as form:
         given = str(form.get("token") or "").strip()
         target = _next(str(form.get("next") or "/"))
-    if token is None or not hmac.compare_digest(given, token):
+    if token is None or not same_secret(given, token):
         return login_page(request, status=401, error="That is not the service's API token.")
     answer = RedirectResponse(target, status_code=303)
     answer.set_cookie(

@@ -204,11 +204,15 @@ class _Guard:
             problem = security.cross_site_problem(headers)
             if problem is not None:
                 return _refuse(request, 403, problem), access
-        if int(headers.get("content-length") or 0) > MAX_BODY_BYTES:
+        if _length(headers.get("content-length", "")) > MAX_BODY_BYTES:
             return _refuse(
                 request, 413, f"the request is larger than {MAX_BODY_BYTES} bytes"
             ), access
         return None, access
+
+
+def _length(text: str) -> int:
+    return int(text) if text.strip().isdigit() else 0
 
 
 def _limited(receive: Receive) -> Receive:

@@ -21,6 +21,7 @@ settings that need a restart are named.
 
 from __future__ import annotations
 
+import os
 import queue
 import shutil
 import signal
@@ -95,6 +96,8 @@ class Service:
         self._disk_problem: str | None = None
         self._scp_bound = False
         self._draining = False
+        #: Whether the drain ended by aborting what was left.
+        self.aborted = False
         self._store: JobStore | None = None
         self._inbox: Inbox | None = None
         self.metrics = ServiceMetrics(self)
@@ -147,13 +150,16 @@ class Service:
         with self._lock:
             running = list(self._running.values())
         runs = [t.run_id for t in running if t.run_id is not None]
-        settled, total = self.store.series_progress(runs) if runs else (0, 0)
+        settled, total, retrying = self.store.series_progress(runs)
         parts = [f"{len(running)} job(s) running"]
         if total:
             parts.append(f"{settled}/{total} series")
+        if retrying:
+            parts.append(f"{retrying} retrying")
         in_use = self._shared.in_use()
         for name, node in self._config.pacs.items():
-            parts.append(f"PACS {name} {in_use.get(name, 0)}/{node.max_associations}")
+            used = in_use.get(name, 0)
+            parts.append(f"PACS {name} {used}/{node.max_associations} associations")
         if self._disk_problem:
             parts.append("disk low: not retrieving")
         if self._draining:
@@ -175,7 +181,7 @@ class Service:
             self._scp_bound = True
             http = stack.enter_context(self._http())
             self.store.register_node(self.node_name, http_url=http.url)
-            add_observer(self.metrics.observe)
+            add_observer(self.metrics.observe, events=self.metrics.events)
             stack.callback(remove_observer, self.metrics.observe)
             self._inbox = Inbox(self.store, config)
             self._check_disk()
@@ -189,6 +195,8 @@ class Service:
             )
             threading.Thread(target=self._echo_loop, name="pacsman-echo", daemon=True).start()
             self._loop()
+            if self.aborted:  # a peer thread that does not let go must not hold the exit
+                _exit_later(ABORT_GRACE)
         return EXIT_OK
 
     def _http(self) -> HttpServer:
@@ -291,12 +299,7 @@ class Service:
 
     def ask_to_stop(self) -> None:
         """SIGTERM/SIGINT: the first drains, the second aborts at once."""
-        self._term_signals += 1
-        if self._term_signals >= 2:
-            _log.warning("service_aborting", reason="second stop signal")
-            self._shared.abort_all()
-            for thread in list(self._running.values()):
-                thread.halt.set(StopReason.DRAIN)
+        self._term_signals += 1  # the loop acts on it: a signal handler only takes note
         self._wake.set()
 
     def _start_drain(self, now: float) -> float:
@@ -316,11 +319,15 @@ class Service:
     def _drain_step(
         self, now: float, deadline: float | None, abort_at: float | None
     ) -> float | None:
-        if abort_at is None and (
-            self._term_signals >= 2 or (deadline is not None and now >= deadline)
-        ):
-            aborted = self._shared.abort_all()
-            _log.warning("drain_deadline", aborted_associations=aborted, jobs=len(self._running))
+        late = deadline is not None and now >= deadline
+        if abort_at is None and (self._term_signals >= 2 or late):
+            why = "drain_timeout passed" if late else "a second stop signal"
+            _log.warning("service_aborting", reason=why, jobs=len(self._running))
+            for thread in list(self._running.values()):
+                thread.halt.set(StopReason.DRAIN)  # no deadline: the children stop now
+            # Aborting waits for each association's thread: never in the loop itself.
+            threading.Thread(target=self._shared.abort_all, daemon=True).start()
+            self.aborted = True
             return now + ABORT_GRACE
         return abort_at
 
@@ -431,6 +438,19 @@ class Service:
             self.store.beat_node(self.node_name, line)
         except PacsmanError as exc:
             _log.warning("heartbeat_failed", problem=str(exc))
+
+
+def _exit_later(seconds: float) -> None:
+    """End the process (exit 0: every series is resumable) in ``seconds``, should closing the
+    SCP, HTTP or the job store still be waiting on a peer then."""
+
+    def leave() -> None:
+        _log.warning("service_exit_forced", after_s=seconds)
+        os._exit(EXIT_OK)
+
+    timer = threading.Timer(seconds, leave)
+    timer.daemon = True
+    timer.start()
 
 
 def _counts(end: JobEnd) -> dict[str, int]:

@@ -44,6 +44,7 @@ __all__ = [
     "cross_site_problem",
     "host_problem",
     "load_token",
+    "same_secret",
     "session_value",
     "token_required",
 ]
@@ -102,7 +103,7 @@ def _read_token(path: Path, key: str) -> str:
     if mode & 0o077:
         raise InputError(
             f"{key} {path}: mode {mode:04o} lets group or others read the API token; "
-            f"it must be 0600: chmod 600 {path}"
+            f"only its owner may read it: chmod 600 {path}"
         )
     if len(text) < _TOKEN_MIN or any(ch.isspace() for ch in text):
         raise InputError(
@@ -150,11 +151,16 @@ def authenticate(
         scheme, _, value = given.partition(" ")
         if token is None or scheme.lower() != "bearer":
             return None
-        return Access.TOKEN if hmac.compare_digest(value.strip(), token) else None
+        return Access.TOKEN if same_secret(value.strip(), token) else None
     cookie = cookies.get(SESSION_COOKIE, "")
-    if token is not None and cookie and hmac.compare_digest(cookie, session_value(token)):
+    if token is not None and cookie and same_secret(cookie, session_value(token)):
         return Access.SESSION
     return Access.ANONYMOUS
+
+
+def same_secret(given: str, expected: str) -> bool:
+    """``given == expected`` in constant time (any text: compared as UTF-8 bytes)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 # -- where a request comes from -------------------------------------------------------------------
