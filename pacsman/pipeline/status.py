@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +154,17 @@ def _job_run_id(store: JobStore, job_id: int) -> int:
     return job.run_id
 
 
+def _job_next_step(job: Job) -> str:
+    """What resumes or retries a service job (not the one-shot command)."""
+    steps = {
+        "QUEUED": f"nothing: job {job.id} is queued, and the service resumes it",
+        "RUNNING": f"nothing: job {job.id} is running on {job.owner_node or 'the service'}",
+        "PAUSED": f"pacsman resume {job.id}",
+        "CANCELLED": "pacsman submit the query file again (a cancelled job stays cancelled)",
+    }
+    return steps.get(job.state.value, f"pacsman retry-failed {job.id}")
+
+
 def _not_started(job: Job, *, as_json: bool) -> int:
     """``pacsman status --job N`` before job N has a run: 4 while QUEUED, else 1."""
     if as_json:
@@ -241,6 +253,8 @@ def status_main(argv: Sequence[str]) -> int:
         if args.job_id is not None and store.job(args.job_id).run_id is None:
             return _not_started(store.job(args.job_id), as_json=args.json)
         status = run_status(store, find_run(store, args.queryfile, args.run_id, job_id=args.job_id))
+        if args.job_id is not None:  # a service job is resumed through the service
+            status = replace(status, resume=_job_next_step(store.job(args.job_id)))
     if args.json:
         print(json.dumps(status_json(status), indent=2))
     else:

@@ -184,6 +184,7 @@ class Service:
             add_observer(self.metrics.observe, events=self.metrics.events)
             stack.callback(remove_observer, self.metrics.observe)
             self._inbox = Inbox(self.store, config)
+            self._scan_inbox()  # makes its folders before READY; takes up a crash's files
             self._check_disk()
             self.systemd.ready()
             _log.info(
@@ -370,7 +371,8 @@ class Service:
                 window=node.retrieve_window,
             )
         try:
-            self._inbox = Inbox(self.store, kept)  # the folder and serve.inbox_job, anew
+            if self._inbox is not None:
+                self._inbox.reload(kept)  # the folder and serve.inbox_job
         except PacsmanError as exc:
             _log.error("reload_failed", problem=str(exc), kept="the inbox in force")
         self._config = kept
