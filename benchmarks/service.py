@@ -47,6 +47,7 @@ import argparse
 import functools
 import json
 import os
+import random
 import re
 import resource
 import secrets
@@ -723,7 +724,8 @@ def latency(base: Path, repeat: int) -> list[str]:
 def _one_latency(
     pacs: FakePacs, service: ServiceProcess, setup: Setup, query: Path, via: str
 ) -> Latency:
-    time.sleep(2.0)  # idle: whatever the previous job's end started has settled
+    # idle: the previous job's end has settled; a random phase against the service's loop
+    time.sleep(2.0 + random.random())
     before = sum(c.startswith("C-FIND") for c in pacs.calls)
     process, started, wall = start_submit(setup, query, via)
     try:

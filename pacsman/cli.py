@@ -47,7 +47,7 @@ from pathlib import Path
 import structlog
 
 from pacsman.config import DEFAULT_SEARCH, Config, load_config
-from pacsman.config.options import add_common_options
+from pacsman.config.options import add_common_options, add_push_option, add_queryfile_options
 from pacsman.dicom import client
 from pacsman.dicom.client import DicomPeer
 from pacsman.errors import (
@@ -135,21 +135,6 @@ def _commands_epilog() -> str:
     return "\n".join(["commands ('pacsman COMMAND --help' for each):", *lines, "", _EXIT_CODES])
 
 
-def _queryfile_arguments(parser: argparse.ArgumentParser) -> None:
-    """--sheet and --encoding: how the query file is read (queryfiles/README.md)."""
-    parser.add_argument(
-        "--sheet",
-        metavar="NAME",
-        help="the sheet of an .xlsx query file to read (default: the first sheet)",
-    )
-    parser.add_argument(
-        "--encoding",
-        metavar="NAME",
-        help="the encoding of a CSV query file, e.g. cp1252 or cp1250 (default: UTF-8, "
-        "else Windows-1252 with a warning)",
-    )
-
-
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pacsman",
@@ -162,7 +147,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--queryfile", "-q", type=Path, required=True, help="query file (queryfiles/README.md)"
     )
-    _queryfile_arguments(parser)
+    add_queryfile_options(parser)
     parser.add_argument(
         "--info",
         action="store_true",
@@ -189,16 +174,7 @@ def _run_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="de-identification worker processes, 1-64 (default: 1)",
     )
-    parser.add_argument(
-        "--push",
-        nargs="?",
-        const="xnat",
-        choices=("xnat", "dicom", "folder"),
-        metavar="TARGET",
-        help="push every complete, de-identified session to TARGET and verify it there: xnat "
-        "(the default; xnat: in the config), dicom (push.dicom) or folder (push.folder). "
-        "Implies --save and --anonymize",
-    )
+    add_push_option(parser)
     parser.add_argument(
         "--out_directory",
         "--out-directory",
@@ -240,7 +216,7 @@ def _sub_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument(
             "queryfile", type=Path, metavar="QUERYFILE", help="query file (queryfiles/README.md)"
         )
-        _queryfile_arguments(parser)
+        add_queryfile_options(parser)
         parser.description = (
             "Check a query file (CSV or .xlsx) and send nothing: every problem as "
             "file:line:column (in a workbook file:sheet:B7). "

@@ -15,10 +15,13 @@ import csv
 import io
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
+
+from pacsman.errors import InputError
 
 __all__ = [
     "ANONYMIZED_DIRECTORY",
@@ -35,6 +38,7 @@ __all__ = [
     "private_directory",
     "private_tree",
     "raw_series_directories",
+    "read_private",
     "safe_component",
     "series_directory",
     "uncsv_cell",
@@ -284,6 +288,27 @@ def private_directory(path: str | os.PathLike[str]) -> Path:
             raise
         os.chmod(folder, PRIVATE_DIRECTORY_MODE)
     return target
+
+
+def read_private(path: Path, *, key: str, fix: str = "check the path") -> str:
+    """The text of a file that holds a secret (a password, a token, a key): the one rule that
+    only its owner may read it.  ``key`` names where it is configured (``xnat.credentials_file``).
+
+    Raises:
+        InputError: it cannot be read (with ``fix``), or group or others may read it.
+    """
+    where = f"{key} {path}"
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise InputError(f"{where}: cannot read it ({why}); {fix}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InputError(
+            f"{where}: mode is {stat.filemode(mode)}, readable by others; run 'chmod 600 {path}'"
+        )
+    return text
 
 
 def open_private(

@@ -43,7 +43,7 @@ def test_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "PROJ.key"
     load_or_create_key(path)
     path.chmod(0o644)
-    with pytest.raises(InputError, match=r"PROJ.key: key file mode is -rw-r--r--.*chmod 600"):
+    with pytest.raises(InputError, match=r"key file .*PROJ.key: mode is -rw-r--r--.*chmod 600"):
         load_or_create_key(path)
 
 

@@ -593,7 +593,7 @@ def test_the_token_file_must_be_0600(tmp_path: Path, monkeypatch: pytest.MonkeyP
     path.chmod(0o640)
     config = make_config(tmp_path, token_file=path)
     with pytest.raises(
-        InputError, match=rf"mode 0640 lets group or others read .*chmod 600 {path}"
+        InputError, match=rf"mode is -rw-r-----, readable by others; run 'chmod 600 {path}'"
     ) as caught:
         load_token(config.serve.http)
     assert caught.value.exit_code == EXIT_BAD_INPUT
@@ -603,7 +603,7 @@ def test_the_token_file_must_be_0600(tmp_path: Path, monkeypatch: pytest.MonkeyP
     path.write_text("short")
     with pytest.raises(InputError, match="at least 16 characters; make one with"):
         load_token(config.serve.http)
-    with pytest.raises(InputError, match="no-such-file: cannot read the API token"):
+    with pytest.raises(InputError, match="no-such-file: cannot read it"):
         load_token(make_config(tmp_path, token_file=tmp_path / "no-such-file").serve.http)
 
 

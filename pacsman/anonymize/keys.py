@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 from pathlib import Path
 
 import structlog
 
 from pacsman.errors import InputError
+from pacsman.layout import read_private
 
 __all__ = ["KEY_BYTES", "load_or_create_key"]
 
@@ -23,13 +23,7 @@ _log = structlog.get_logger(__name__)
 
 
 def _read(path: Path) -> bytes:
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InputError(
-            f"{path}: key file mode is {stat.filemode(mode)}, readable by others; "
-            f"run 'chmod 600 {path}'"
-        )
-    text = path.read_text(encoding="ascii").strip()
+    text = read_private(path, key="key file").strip()
     try:
         key = bytes.fromhex(text)
     except ValueError:

@@ -14,7 +14,13 @@ from pathlib import Path
 from pacsman import __version__
 from pacsman.config import DEFAULT_SEARCH, ENV_VAR
 
-__all__ = ["LOG_LEVELS", "add_common_options", "config_help"]
+__all__ = [
+    "LOG_LEVELS",
+    "add_common_options",
+    "add_push_option",
+    "add_queryfile_options",
+    "config_help",
+]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_LEVEL_HELP = "debug, info, warning or error (default: log.level from the config, else info)"
@@ -36,3 +42,32 @@ def add_common_options(parser: argparse.ArgumentParser, *, config: str | None = 
     parser.add_argument("--config", type=Path, metavar="PATH", help=config or config_help())
     parser.add_argument("--log-level", choices=LOG_LEVELS, metavar="LEVEL", help=_LOG_LEVEL_HELP)
     parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
+
+
+def add_queryfile_options(parser: argparse.ArgumentParser) -> None:
+    """--sheet and --encoding: how the query file is read (queryfiles/README.md)."""
+    parser.add_argument(
+        "--sheet",
+        metavar="NAME",
+        help="the sheet of an .xlsx query file to read (default: the first sheet)",
+    )
+    parser.add_argument(
+        "--encoding",
+        metavar="NAME",
+        help="the encoding of a CSV query file, e.g. cp1252 or cp1250 (default: UTF-8, "
+        "else Windows-1252 with a warning)",
+    )
+
+
+def add_push_option(parser: argparse.ArgumentParser) -> None:
+    """``--push [TARGET]``: the one-shot command's and ``pacsman submit``'s."""
+    parser.add_argument(
+        "--push",
+        nargs="?",
+        const="xnat",
+        choices=("xnat", "dicom", "folder"),
+        metavar="TARGET",
+        help="push every complete, de-identified session to TARGET and verify it there: xnat "
+        "(the default; xnat: in the config), dicom (push.dicom) or folder (push.folder). "
+        "Implies --save and --anonymize",
+    )

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import netrc
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pacsman.errors import InputError
+from pacsman.layout import read_private
 
-__all__ = ["Credentials", "resolve_credentials"]
+__all__ = ["Credentials", "read_login", "resolve_credentials"]
 
 _FIX = (
     "set XNAT_USER and XNAT_PASS, add a 'machine {host} login ... password ...' line to "
@@ -71,21 +71,15 @@ def resolve_credentials(
     raise InputError(f"no XNAT credentials found for {host}; " + _FIX.format(host=host))
 
 
-def _private(path: Path, mode: int, where: str) -> None:
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InputError(
-            f"{where}: mode is {stat.filemode(mode)}, readable by others; run 'chmod 600 {path}'"
-        )
+def read_login(path: Path, *, key: str) -> tuple[str, str]:
+    """``(user, password)`` from a credentials file: ``user:password`` on one line, or the
+    user and the password on two lines; only its owner may read it.
 
-
-def _from_file(path: Path) -> Credentials:
-    where = f"xnat.credentials_file {path}"
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{where}: cannot read it ({exc.strerror}); check the path") from None
-    _private(path, mode, where)
+    Raises:
+        InputError: it cannot be read, others may read it, or it holds no login.
+    """
+    where = f"{key} {path}"
+    text = read_private(path, key=key)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) >= 2:
         user, password = lines[0], lines[1]
@@ -98,14 +92,20 @@ def _from_file(path: Path) -> Credentials:
             f"{where}: expected 'user:password' on one line, or the user and the password "
             "on two lines"
         )
-    return Credentials(user, password, where)
+    return user, password
+
+
+def _from_file(path: Path) -> Credentials:
+    key = "xnat.credentials_file"
+    user, password = read_login(path, key=key)
+    return Credentials(user, password, f"{key} {path}")
 
 
 def _from_netrc(url: str, env: dict[str, str]) -> Credentials | None:
     path = Path(env["NETRC"]) if env.get("NETRC") else Path.home() / ".netrc"
     if not path.is_file():
         return None
-    _private(path, path.stat().st_mode, str(path))
+    read_private(path, key="netrc")  # only its owner may read it
     try:
         entries = netrc.netrc(str(path))
     except netrc.NetrcParseError as exc:  # its text may quote a token: name the line only

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pacsman.config import Config, load_config
-from pacsman.config.options import add_common_options
+from pacsman.config.options import add_common_options, add_push_option, add_queryfile_options
 from pacsman.errors import EXIT_OK, ConfigError, InputError, QueryFileError
 from pacsman.jobstore import JobStore
 from pacsman.jobstore.jobs import Job, JobAction, JobOptions, JobState, ServiceNode
@@ -68,30 +68,14 @@ def _submit_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--anonymize", action="store_true", help="de-identify every COMPLETE series (PS3.15)"
     )
-    parser.add_argument(
-        "--push",
-        nargs="?",
-        const="xnat",
-        choices=("xnat", "dicom", "folder"),
-        metavar="TARGET",
-        help="push every complete, de-identified session to TARGET and verify it there: xnat "
-        "(the default), dicom or folder. Implies --save and --anonymize",
-    )
+    add_push_option(parser)
     parser.add_argument(
         "--pacs",
         metavar="NAME",
         help="PACS node for rows without a Pacs column (default: default_pacs, else the "
         "first node)",
     )
-    parser.add_argument(
-        "--sheet", metavar="NAME", help="the sheet of an .xlsx query file (default: the first)"
-    )
-    parser.add_argument(
-        "--encoding",
-        metavar="NAME",
-        help="the encoding of a CSV query file, e.g. cp1252 (default: UTF-8, else "
-        "Windows-1252 with a warning)",
-    )
+    add_queryfile_options(parser)
     low, high = PRIORITY_RANGE
     parser.add_argument(
         "--priority",

@@ -33,7 +33,6 @@ import queue
 import smtplib
 import socket
 import ssl
-import stat
 import threading
 import time
 import urllib.error
@@ -52,6 +51,7 @@ from pacsman import __version__
 from pacsman.config.serve import EmailNotify, NotifyConfig
 from pacsman.errors import InputError
 from pacsman.jobstore.jobs import Job, JobState
+from pacsman.push.credentials import read_login
 
 __all__ = ["JobNotifier", "JobSummary", "SmtpLogin", "smtp_login"]
 
@@ -176,21 +176,9 @@ def smtp_login(email: EmailNotify, environ: Mapping[str, str] | None = None) -> 
 
 
 def _login_from_file(path: Path) -> SmtpLogin:
-    where = f"serve.notify.email.credentials_file {path}"
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{where}: cannot read it ({exc.strerror}); check the path") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InputError(
-            f"{where}: mode is {stat.filemode(mode)}, readable by others; run 'chmod 600 {path}'"
-        )
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    user, _, password = lines[0].partition(":") if len(lines) == 1 else ("", "", "")
-    if not user or not password:
-        raise InputError(f"{where}: expected one line 'user:password'")
-    return SmtpLogin(user, password, where)
+    key = "serve.notify.email.credentials_file"
+    user, password = read_login(path, key=key)
+    return SmtpLogin(user, password, f"{key} {path}")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ import hmac
 import ipaddress
 import os
 import re
-import stat
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -32,6 +31,7 @@ from urllib.parse import urlsplit
 
 from pacsman.config.serve import HttpConfig, is_loopback_bind
 from pacsman.errors import InputError
+from pacsman.layout import read_private
 
 __all__ = [
     "HIDDEN",
@@ -92,19 +92,8 @@ def load_token(http: HttpConfig) -> str | None:
 
 
 def _read_token(path: Path, key: str) -> str:
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise InputError(
-            f"{key} {path}: cannot read the API token ({exc.strerror or exc}); "
-            f"create it with {_MAKE_TOKEN.format(path=path)}"
-        ) from None
-    if mode & 0o077:
-        raise InputError(
-            f"{key} {path}: mode {mode:04o} lets group or others read the API token; "
-            f"only its owner may read it: chmod 600 {path}"
-        )
+    fix = f"create it with {_MAKE_TOKEN.format(path=path)}"
+    text = read_private(path, key=key, fix=fix).strip()
     if len(text) < _TOKEN_MIN or any(ch.isspace() for ch in text):
         raise InputError(
             f"{key} {path}: the API token must be one word of at least {_TOKEN_MIN} "
