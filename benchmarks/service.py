@@ -197,11 +197,12 @@ class Pacs:
 
 @dataclass(frozen=True)
 class Setup:
-    """One config: its file, the service's HTTP address and API token, its job store."""
+    """One config: its file, the service's HTTP address, a curl header file holding the API
+    token (0600, so that the token is on no command line), its job store."""
 
     config: Path
     url: str
-    token: str
+    auth_header: Path
 
     @property
     def jobstore(self) -> Path:
@@ -214,10 +215,10 @@ def write_config(
     """A config for one PACS node and the service (the one-shot command reads it too), with
     an API token file (0600) for ``POST /api/jobs``."""
     work.mkdir(parents=True, exist_ok=True)
-    token, token_file = secrets.token_hex(32), work / "http-token"
-    fd = os.open(token_file, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(token)
+    token = secrets.token_hex(32)
+    token_file, header = work / "http-token", work / "http-auth-header"
+    _private_file(token_file, token)
+    _private_file(header, f"Authorization: Bearer {token}\n")
     http_port = free_port()
     text = (
         f"local: {{ae_title: PACSMAN, bind_host: 127.0.0.1, port: {local_port}}}\n"
@@ -230,7 +231,13 @@ def write_config(
     )
     path = work / "pacsman.yaml"
     path.write_text(text, encoding="utf-8")
-    return Setup(path, f"http://127.0.0.1:{http_port}", token)
+    return Setup(path, f"http://127.0.0.1:{http_port}", header)
+
+
+def _private_file(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
 
 
 def closed_window(now: datetime | None = None) -> str:
@@ -264,7 +271,7 @@ def start_submit(
         command = [*PACSMAN, "submit", str(queryfile), "--save", "--config", str(setup.config)]
     else:
         command = ["/usr/bin/curl", "-sS", "--fail-with-body", "--max-time", "60"]
-        command += ["-H", f"Authorization: Bearer {setup.token}", "-F", f"file=@{queryfile}"]
+        command += ["-H", f"@{setup.auth_header}", "-F", f"file=@{queryfile}"]
         command += ["-F", "save=true", f"{setup.url}/api/jobs"]
     wall, started = time.time(), time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -570,6 +577,7 @@ def idle_cpu(base: Path, seconds: float, n_jobs: int) -> list[str]:
         threads1, switches1 = thread_cpu(service.pid), thread_switches(service.pid)
         states = list(job_states(setup.jobstore).values())
         echoes = sum(c.startswith("C-ECHO") for c in pacs.calls)
+        pid = service.pid
     percent = cpu / elapsed * 100
     running, queued = states.count(JobState.RUNNING), states.count(JobState.QUEUED)
     used = sorted(((threads1[t] - threads0.get(t, 0.0), t) for t in threads1), reverse=True)
@@ -580,7 +588,8 @@ def idle_cpu(base: Path, seconds: float, n_jobs: int) -> list[str]:
         f"   jobs: {running} RUNNING (each waiting for the window: {waiting} events), "
         f"{queued} QUEUED; {len(threads1)} threads, {switches:.0f} context switches/s; "
         f"{echoes} C-ECHO(s) in all",
-        "   busiest threads (CPU s): " + ", ".join(f"tid {t} {s:.2f}" for s, t in used[:4]),
+        "   busiest threads (CPU s): "
+        + ", ".join(f"{'main' if t == pid else f'tid {t}'} {s:.2f}" for s, t in used[:4]),
         f"   target <= {TARGETS['idle']:g} % of a core: {_verdict(percent, 'idle')}",
     ]
 

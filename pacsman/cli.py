@@ -43,13 +43,12 @@ import threading
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from pacsman.config import DEFAULT_SEARCH, Config, load_config
 from pacsman.config.options import add_common_options, add_push_option, add_queryfile_options
-from pacsman.dicom import client
-from pacsman.dicom.client import DicomPeer
 from pacsman.errors import (
     EXIT_BAD_INPUT,
     EXIT_FATAL,
@@ -61,8 +60,10 @@ from pacsman.errors import (
     PacsmanError,
 )
 from pacsman.log import configure_logging, log_failure
-from pacsman.pipeline import INTERRUPTED, RunOptions, RunSummary, run_queryfile
 from pacsman.queryfile import load_queryfile
+
+if TYPE_CHECKING:
+    from pacsman.pipeline import RunSummary
 
 __all__ = ["COMMANDS", "main"]
 
@@ -281,6 +282,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _echo(args: argparse.Namespace) -> int:
+    from pacsman.dicom import client
+    from pacsman.dicom.client import DicomPeer
+
     config = _load_config(args.config)
     node = config.node(args.pacs)
     peer = DicomPeer(node, config.local.ae_title, config.local.port)
@@ -343,6 +347,10 @@ def _run(args: argparse.Namespace) -> int:
     for flag, given in (("--adopt-existing", args.adopt_existing), ("--new-run", args.new_run)):
         if given and not save:
             raise InputError(f"{flag} is about retrieving: use it with --save or --push")
+    # The pipeline (DICOM, XNAT, pandas) is imported by the command that runs it only, so
+    # that validate, submit and the other commands start fast.
+    from pacsman.pipeline import RunOptions, run_queryfile
+
     config = _load_config(args.config)
     out = args.out_directory if args.out_directory is not None else config.store_root
     options = RunOptions(
@@ -461,6 +469,8 @@ def _guarded(call: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback now
+        from pacsman.pipeline import INTERRUPTED
+
         print(f"pacsman: {INTERRUPTED}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the CLI is one of the two places that catch broadly

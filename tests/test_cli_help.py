@@ -157,7 +157,7 @@ def _options_of(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> RunOptions:
         seen.append(options)
         raise InputError("stopped by the test")
 
-    monkeypatch.setattr("pacsman.cli.run_queryfile", capture)
+    monkeypatch.setattr("pacsman.pipeline.run_queryfile", capture)
     assert 2 == main(argv)
     return seen[0]
 

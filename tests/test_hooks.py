@@ -257,3 +257,12 @@ def test_c_get_receipt_falls_back_to_pynetdicom(
     assert handler.calls == sum(plain.values())
     assert _files(tmp_path / "plain") == _files(tmp_path / "fast")
     assert [e["event"] for e in logs].count(WARNING) == 1
+
+
+def test_the_character_set_table_is_pydicoms() -> None:
+    """pacsman.dicom.charsets keeps pydicom's table so light commands need no pydicom."""
+    from pydicom.charset import python_encoding
+
+    from pacsman.dicom.charsets import PYTHON_ENCODINGS
+
+    assert dict(python_encoding) == dict(PYTHON_ENCODINGS)

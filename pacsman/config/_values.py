@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from pydicom.charset import python_encoding
-
+from pacsman.dicom.charsets import PYTHON_ENCODINGS
 from pacsman.layout import is_xnat_label
 
 __all__ = [
@@ -237,8 +236,8 @@ def character_set(value: object) -> str:
     for index, term in enumerate(terms):
         if term == "" and index == 0 and len(terms) > 1:
             continue
-        if term not in python_encoding or term == "":
-            hint = suggest(term, [k for k in python_encoding if k])
+        if term not in PYTHON_ENCODINGS or term == "":
+            hint = suggest(term, [k for k in PYTHON_ENCODINGS if k])
             fix = f"did you mean {hint!r}?" if hint else "use e.g. 'ISO_IR 192' (UTF-8)"
             raise Invalid(f"{term!r} is not a DICOM character set pydicom knows; {fix}")
         if len(terms) > 1 and not term.startswith("ISO 2022"):

@@ -12,14 +12,18 @@ import argparse
 from pathlib import Path
 
 from pacsman import __version__
-from pacsman.config import DEFAULT_SEARCH, ENV_VAR
+from pacsman.config import DEFAULT_SEARCH, ENV_VAR, load_config
+from pacsman.errors import ConfigError, InputError
+from pacsman.jobstore import JobStore
 
 __all__ = [
     "LOG_LEVELS",
     "add_common_options",
     "add_push_option",
     "add_queryfile_options",
+    "add_store_options",
     "config_help",
+    "open_jobstore",
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -71,3 +75,33 @@ def add_push_option(parser: argparse.ArgumentParser) -> None:
         "(the default; xnat: in the config), dicom (push.dicom) or folder (push.folder). "
         "Implies --save and --anonymize",
     )
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """``--jobstore``, ``--config`` (read only for its ``jobstore``), ``--log-level``,
+    ``--version``: the options of the commands that read the job store only."""
+    parser.add_argument(
+        "--jobstore",
+        type=Path,
+        metavar="PATH",
+        help="the job store to read (default: 'jobstore' in the config)",
+    )
+    add_common_options(parser, config=config_help("config YAML, read only for its 'jobstore'"))
+
+
+def open_jobstore(jobstore: Path | None, config: Path | None) -> JobStore:
+    """The job store, read-only: ``jobstore``, else the config's ``jobstore``.
+
+    Raises:
+        InputError: no job store given and no config found (the message says how to give it).
+        JobStoreError: the file does not exist or cannot be read.
+    """
+    if jobstore is None:
+        try:
+            jobstore = load_config(config).jobstore
+        except ConfigError as exc:
+            raise InputError(
+                f"{exc}\nthis command reads only the job store: give it with --jobstore PATH, "
+                "or give the config that names it with --config PATH"
+            ) from None
+    return JobStore(jobstore, read_only=True)

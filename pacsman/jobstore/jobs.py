@@ -173,6 +173,7 @@ class JobQueue:
     """The job queue; mixed into :class:`~pacsman.jobstore.JobStore` (needs ``_tx``/``_read``)."""
 
     _lock: threading.RLock
+    _data_version: int
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError  # JobStore's
@@ -369,6 +370,16 @@ class JobQueue:
             list(run_ids),
         )
         return int(found[0][1]), int(found[0][0]), int(found[0][2])
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection committed to the store since the last call (SQLite's
+        ``data_version``: cheap, no disk read), e.g. ``pacsman submit`` queued a job."""
+        with self._lock:
+            found = self._read("PRAGMA data_version")
+            version = int(found[0][0]) if found else 0
+            changed = version != getattr(self, "_data_version", version)
+            self._data_version = version
+        return changed
 
     # -- service nodes ----------------------------------------------------------------------
 

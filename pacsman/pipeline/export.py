@@ -26,18 +26,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from pacsman.config.options import add_store_options, open_jobstore
 from pacsman.errors import EXIT_OK, InputError
 from pacsman.jobstore import RunRecord
 from pacsman.layout import csv_cell, open_private, private_directory, write_private_csv
 from pacsman.pipeline._runstatus import RunStatus, run_status
 from pacsman.pipeline._runview import RowView, options_of, resume_command
-from pacsman.pipeline.status import (
-    add_run_choice,
-    add_store_options,
-    check_run_choice,
-    find_run,
-    open_jobstore,
-)
+from pacsman.pipeline.status import add_run_choice, check_run_choice, find_run
 from pacsman.queryfile import KNOWN_COLUMNS, column_number
 
 __all__ = ["REPORT_COLUMNS", "query_columns", "report_main", "write_report"]

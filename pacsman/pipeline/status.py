@@ -25,13 +25,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pacsman.config import Config, load_config
-from pacsman.config.options import add_common_options, config_help
+from pacsman.config import Config
+from pacsman.config.options import add_store_options, open_jobstore
 from pacsman.errors import (
     EXIT_OK,
     EXIT_RUNNING,
     EXIT_SOME_FAILED,
-    ConfigError,
     InputError,
     QueryFileError,
 )
@@ -92,24 +91,6 @@ def start_heartbeat(store: JobStore, run: Run, options: RunOptions, config: Conf
 
 
 # -- finding the run and the store -----------------------------------------------------------
-
-
-def open_jobstore(jobstore: Path | None, config: Path | None) -> JobStore:
-    """The job store, read-only: ``jobstore``, else the config's ``jobstore``.
-
-    Raises:
-        InputError: no job store given and no config found (the message says how to give it).
-        JobStoreError: the file does not exist or cannot be read.
-    """
-    if jobstore is None:
-        try:
-            jobstore = load_config(config).jobstore
-        except ConfigError as exc:
-            raise InputError(
-                f"{exc}\nthis command reads only the job store: give it with --jobstore PATH, "
-                "or give the config that names it with --config PATH"
-            ) from None
-    return JobStore(jobstore, read_only=True)
 
 
 def find_run(
@@ -202,18 +183,6 @@ def _parser(command: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_store_options(parser)
     return parser
-
-
-def add_store_options(parser: argparse.ArgumentParser) -> None:
-    """``--jobstore``, ``--config`` (read only for its ``jobstore``), ``--log-level``,
-    ``--version``."""
-    parser.add_argument(
-        "--jobstore",
-        type=Path,
-        metavar="PATH",
-        help="the job store to read (default: 'jobstore' in the config)",
-    )
-    add_common_options(parser, config=config_help("config YAML, read only for its 'jobstore'"))
 
 
 def add_run_choice(parser: argparse.ArgumentParser) -> None:

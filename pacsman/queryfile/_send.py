@@ -11,8 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.charset import python_encoding
-
+from pacsman.dicom.charsets import PYTHON_ENCODINGS
 from pacsman.models import QueryRow
 from pacsman.queryfile._encoding import DecodeFailure, decode
 from pacsman.queryfile._text import FileRefused, clean, read_bytes, read_records, show
@@ -56,8 +55,8 @@ def _encodings(character_set: str) -> list[str]:
     for term in (t.strip() for t in character_set.split("\\")):
         if term in _DEFAULT_REPERTOIRE:
             found.append("ascii")
-        elif term in python_encoding:
-            found.append(python_encoding[term])
+        elif term in PYTHON_ENCODINGS:
+            found.append(PYTHON_ENCODINGS[term])
         else:  # not validated here: the config refuses unknown terms
             found.append("utf-8")
     return found

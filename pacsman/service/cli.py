@@ -21,12 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from pacsman.config import Config, load_config
-from pacsman.config.options import add_common_options, add_push_option, add_queryfile_options
+from pacsman.config.options import (
+    add_common_options,
+    add_push_option,
+    add_queryfile_options,
+    add_store_options,
+    open_jobstore,
+)
 from pacsman.errors import EXIT_OK, ConfigError, InputError, QueryFileError
 from pacsman.jobstore import JobStore
 from pacsman.jobstore.jobs import Job, JobAction, JobOptions, JobState, ServiceNode
 from pacsman.models import ItemState
-from pacsman.pipeline.status import add_store_options, open_jobstore
 from pacsman.service.inbox import named_after, read_queryfile
 from pacsman.service.submit import queue_job
 

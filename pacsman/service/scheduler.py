@@ -21,6 +21,7 @@ settings that need a restart are named.
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import shutil
@@ -60,6 +61,8 @@ _log = structlog.get_logger("pacsman.service")
 
 #: Seconds between two turns of the loop when nothing wakes it.
 TICK = 0.5
+#: Seconds between two glances at the job store for another process's commit (a submit).
+GLANCE = 0.1
 #: Seconds between two heartbeats (and STATUS= lines).
 BEAT = 5.0
 #: Seconds between two C-ECHOs of an idle PACS node (readiness).
@@ -195,6 +198,7 @@ class Service:
                 resumed_jobs=resumed,
             )
             threading.Thread(target=self._echo_loop, name="pacsman-echo", daemon=True).start()
+            gc.freeze()  # what start-up made lives on: the collector need not walk it again
             self._loop()
             if self.aborted:  # a peer thread that does not let go must not hold the exit
                 _exit_later(ABORT_GRACE)
@@ -211,13 +215,19 @@ class Service:
         last_watchdog = 0.0
         deadline: float | None = None
         abort_at: float | None = None
+        last_turn = 0.0
         while True:
-            self._wake.wait(TICK)
+            woken = self._wake.wait(GLANCE)
             self._wake.clear()
             now = time.monotonic()
             if watchdog is not None and now - last_watchdog >= watchdog:
                 self.systemd.watchdog()
                 last_watchdog = now
+            # A full turn every TICK, or at once when woken or when another process (pacsman
+            # submit, a job's own connection) committed to the job store: a glance is cheap.
+            if not (woken or now - last_turn >= TICK or self.store.changed_elsewhere()):
+                continue
+            last_turn = now
             if self._reload_asked:
                 self._reload_asked = False
                 self._reload()
