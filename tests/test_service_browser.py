@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
@@ -77,7 +77,11 @@ def _submit_form(driver: WebDriver, url: str, queryfile: Path, *, name: str) -> 
 
 def _wait_for_state(driver: WebDriver, state: str, timeout: float) -> None:
     """Wait (bounded) until the page, refreshing itself, shows the job ``state``."""
-    WebDriverWait(driver, timeout, poll_frequency=0.25).until(
+    # The page replaces its live parts as it refreshes: an element found may go stale.
+    waiting = WebDriverWait(
+        driver, timeout, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    waiting.until(
         lambda d: d.find_element(By.ID, "job-state").text == state,
         message=f"the page did not show {state} within {timeout} s",
     )

@@ -651,6 +651,7 @@ def test_a_port_in_use_is_named_and_the_server_stops_quickly(tmp_path: Path) -> 
 
 def test_requests_are_logged_without_query_strings(served: Running) -> None:
     """``http_request`` (debug): method, path, status; never the query string."""
+    structlog.reset_defaults()  # debug events too, whatever an earlier test configured
     with structlog.testing.capture_logs() as events:
         served.get(f"/api/jobs?patient={PID}")
         # the server logs once the answer is sent: the client may have it a moment before

@@ -64,8 +64,7 @@ def _series_complete(jobstore: Path) -> dict[str, str]:
 def _retrieving_after(jobstore: Path, since: str) -> list[str]:
     with sqlite3.connect(f"file:{jobstore}?mode=ro", uri=True) as db:
         rows = db.execute(
-            "SELECT key FROM transitions WHERE kind = 'series' AND state = 'RETRIEVING' "
-            "AND at > ?",
+            "SELECT key FROM transitions WHERE kind = 'series' AND state = 'RETRIEVING' AND at > ?",
             (since,),
         ).fetchall()
     return [str(r[0]) for r in rows]

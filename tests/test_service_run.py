@@ -204,7 +204,9 @@ def test_sighup_reloads_courtesy_and_names_what_needs_a_restart(
         json.loads(line) for line in process.log_text().splitlines() if "config_reloaded" in line
     ]
     assert ["local"] == reloaded[-1]["needs_restart"]
-    process.wait_message("STATUS=0 job(s) running, PACS fake 0/3 associations", after=after, timeout=15)
+    process.wait_message(
+        "STATUS=0 job(s) running, PACS fake 0/3 associations", after=after, timeout=15
+    )
 
 
 def test_disk_guard_claims_no_retrieve_and_readyz_says_why(

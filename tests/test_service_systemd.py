@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from pacsman.service.systemd import STATUS_MAX, Notifier, credential_path
@@ -176,6 +177,7 @@ def test_children_do_not_inherit_the_socket(
 def test_send_error_is_logged_once_and_never_raised(tmp_path: Path) -> None:
     """A socket nobody listens on: the service goes on; one warning, then debug only."""
     notifier = Notifier(str(tmp_path / "gone.sock"))
+    structlog.reset_defaults()  # debug events too, whatever an earlier test configured
     with capture_logs() as logs:
         notifier.ready()
         notifier.watchdog()
