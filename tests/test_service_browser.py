@@ -149,7 +149,9 @@ def test_signed_in_the_page_shows_identifiers_and_pacs_text_never_runs(
 def service_config(tmp_path: Path, demo_orthanc: OrthancServer) -> Path:
     """A config for ``pacsman serve`` against the demo Orthanc (which knows its SCP)."""
     scp = free_port()
-    demo_orthanc.add_modality("pacsman-browser", "PACSMAN", "127.0.0.1", scp)
+    # The entry every test of the session uses for AE PACSMAN: a second entry with that AE
+    # would leave Orthanc moving to the first one, an earlier test's closed port.
+    demo_orthanc.add_modality("pacsman", "PACSMAN", "127.0.0.1", scp)
     serve = f"serve:\n  node_name: browser\n  min_free_gb: 0\n  http:\n    port: {free_port()}\n"
     return write_config(
         tmp_path,

@@ -43,7 +43,7 @@ from pacsman.errors import EXIT_OK, ConfigError, PacsmanError
 from pacsman.jobstore import JobStore
 from pacsman.jobstore.jobs import JobAction, JobState
 from pacsman.layout import private_directory
-from pacsman.log import add_observer, remove_observer
+from pacsman.log import HUMAN, add_observer, remove_observer
 from pacsman.pipeline.reception import Reception
 from pacsman.pipeline.retrieve import storage_scp
 from pacsman.service.http import HttpServer, load_token, make_app
@@ -190,12 +190,19 @@ class Service:
             self._scan_inbox()  # makes its folders before READY; takes up a crash's files
             self._check_disk()
             self.systemd.ready()
+            scp = f"Storage SCP {config.local.ae_title} on port {config.local.port}"
             _log.info(
                 "service_ready",
                 node=self.node_name,
                 http=http.url,
                 scp_port=config.local.port if needs_scp else None,
                 resumed_jobs=resumed,
+                **{
+                    HUMAN: f"node {self.node_name}: web page and API {http.url}, "
+                    f"{scp if needs_scp else 'no Storage SCP (C-GET only)'}; "
+                    f"{len(resumed)} job(s) resumed; submit with 'pacsman submit', the inbox "
+                    "or the web page"
+                },
             )
             threading.Thread(target=self._echo_loop, name="pacsman-echo", daemon=True).start()
             gc.freeze()  # what start-up made lives on: the collector need not walk it again
@@ -279,7 +286,14 @@ class Service:
                 self._running.pop(thread.job.id, None)
             end = thread.end or JobEnd(JobState.FAILED, "the job's thread ended without a word")
             self.store.settle_job(thread.job.id, end.state, end.detail)
-            _log.info("job_ended", job_id=thread.job.id, state=end.state.value, detail=end.detail)
+            job = thread.job
+            _log.info(
+                "job_ended",
+                job_id=job.id,
+                state=end.state.value,
+                detail=end.detail,
+                **{HUMAN: f"job {job.id} ({job.name}) {end.state.value}: {end.detail}"},
+            )
             if end.state in (JobState.DONE, JobState.FAILED):
                 self._notify(thread, end)
 
@@ -318,10 +332,15 @@ class Service:
         deadline = now + self._config.serve.drain_timeout
         self.systemd.stopping()
         self.systemd.extend_timeout(self._config.serve.drain_timeout + ABORT_GRACE + 20)
+        timeout = self._config.serve.drain_timeout
         _log.info(
             "service_draining",
             running_jobs=len(self._running),
-            drain_timeout_s=self._config.serve.drain_timeout,
+            drain_timeout_s=timeout,
+            **{
+                HUMAN: f"stopping: no new work; {len(self._running)} job(s) finish what is in "
+                f"flight (at most {timeout:g} s); a second Ctrl-C or SIGTERM aborts at once"
+            },
         )
         for thread in list(self._running.values()):
             thread.halt.set(StopReason.DRAIN, deadline=deadline)
@@ -348,7 +367,12 @@ class Service:
         self.systemd.close()
         if self._store is not None:
             self.store.stop_node(self.node_name, "stopped")
-        _log.info("service_stopped", node=self.node_name, jobs_left=len(self._running))
+        _log.info(
+            "service_stopped",
+            node=self.node_name,
+            jobs_left=len(self._running),
+            **{HUMAN: "stopped; the next start resumes every job that was not finished"},
+        )
 
     # -- reload, readiness, heartbeat -----------------------------------------------------------
 
