@@ -39,6 +39,7 @@ __all__ = [
     "SharedCourtesy",
     "Ticket",
     "check_halt",
+    "count_retrieve",
     "current_ticket",
     "give_way",
     "in_context",
@@ -274,6 +275,14 @@ def check_halt() -> None:
         )
 
 
+def count_retrieve(node: str, limit: int) -> None:
+    """Tell the service's slots towards ``node`` that this thread's job starts a retrieve
+    (a no-op for the one-shot command)."""
+    shared = current_ticket().shared
+    if shared is not None:
+        shared.slots(node, limit).started_retrieve()
+
+
 def give_way(node: str, limit: int) -> bool:
     """Whether a thread that just finished a unit of work with PACS ``node`` should release
     its association: another job of the service waits for one (round-robin between jobs).
@@ -299,8 +308,9 @@ class AssociationSlots:
     """At most ``limit`` associations open to one PACS at once, for the whole process.
 
     :meth:`acquire` blocks until a slot is free *and* the caller is next in line: the
-    waiting job with the highest priority, then the one holding the fewest slots, then
-    the one served longest ago (round-robin between jobs), then the first to ask.  A
+    waiting job with the highest priority, then the one holding the fewest slots, then the
+    one that started the fewest retrieves (:meth:`started_retrieve`), then the one served
+    longest ago (round-robin between jobs), then the first to ask.  A
     worker that finishes a unit while another job waits gives its slot up
     (:meth:`others_waiting`), so jobs share a PACS by turns.  A halted job's wait ends with
     :class:`~pacsman.errors.Halted`.  Open associations are registered, so a service
@@ -313,6 +323,7 @@ class AssociationSlots:
         self._in_use = 0
         self._held: dict[str, int] = {}
         self._served: dict[str, int] = {}
+        self._retrieves: dict[str, int] = {}
         self._waiting: list[_Waiter] = []
         self._orders = 0
         self._open: set[Any] = set()
@@ -385,10 +396,18 @@ class AssociationSlots:
             association.abort()
         return len(found)
 
+    def started_retrieve(self) -> None:
+        """The calling thread's job starts a C-MOVE/C-GET: a job that has started fewer gets
+        the next free slot first (fair shares of retrieves, whatever else the jobs do)."""
+        job = current_ticket().job
+        with self._cond:
+            self._retrieves[job] = self._retrieves.get(job, 0) + 1
+
     def _next(self) -> _Waiter:
-        def rank(w: _Waiter) -> tuple[int, int, int, int]:
+        def rank(w: _Waiter) -> tuple[int, int, int, int, int]:
             job = w.ticket.job
-            return (-w.ticket.priority, self._held.get(job, 0), self._served.get(job, 0), w.order)
+            held, retrieves = self._held.get(job, 0), self._retrieves.get(job, 0)
+            return (-w.ticket.priority, held, retrieves, self._served.get(job, 0), w.order)
 
         return min(self._waiting, key=rank)
 

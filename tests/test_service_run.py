@@ -108,7 +108,9 @@ def test_three_jobs_share_two_associations_fairly(
         serve="max_jobs: 3",
         node="max_associations: 2",
     )
-    pacs.faults = Faults(pending_delay=0.05)
+    # Retrieves long beside a job's start-up (claim, query file, C-ECHO, C-FIND), so that a job
+    # starting late on a loaded machine still asks for its first retrieve in time.
+    pacs.faults = Faults(pending_delay=0.15)
     ids = [_submit(config, specs, f"job{job}") for job, specs in jobs.items()]
     process = service(config)
     process.wait_ready()

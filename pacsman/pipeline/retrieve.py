@@ -41,6 +41,7 @@ from pacsman.throttle import (
     Courtesy,
     RetryPolicy,
     check_halt,
+    count_retrieve,
     current_ticket,
     give_way,
     in_context,
@@ -78,6 +79,10 @@ class _Node:
             move_destination=self.move_destination,
             storage=self.storage,
         )
+
+    def count_retrieve(self) -> None:
+        """This job starts a C-MOVE/C-GET towards the node (the service's fair shares)."""
+        count_retrieve(self.node.name, self.node.max_associations)
 
     def give_way(self) -> bool:
         """Whether a worker that finished a unit should give its association up: another
@@ -289,6 +294,7 @@ def _preflight(node: _Node, series: RetrieveSeries) -> None:
         return
     request = _request(series)
     holding = node.reception.holding([series.series_instance_uid], series.pacs, _ignore)
+    node.count_retrieve()
     try:
         with holding, closed(node.association(retry=quick)) as association:
             fetched = association.fetch(
@@ -351,7 +357,7 @@ def _passes(
             workers=node.node.max_associations,
             open_association=node.association,
             work=lambda association, unit: _fetch_unit(
-                store, run, association, unit, tracker, node.reception
+                store, run, association, unit, tracker, node
             ),
             give_way=node.give_way,
         )
@@ -379,14 +385,15 @@ def _fetch_unit(
     association: RetrieveAssociation,
     unit: list[RetrieveSeries],
     tracker: StudyTracker,
-    reception: Reception,
+    node: _Node,
 ) -> dict[str, ItemState]:
     for series in unit:
         store.update_series(run, series, ItemState.RETRIEVING)
     level: Level = "STUDY" if len(unit) > 1 else "SERIES"
     uids = [t.series_instance_uid for t in unit]
     try:
-        with reception.holding(uids, unit[0].pacs, tracker.stored):
+        with node.reception.holding(uids, unit[0].pacs, tracker.stored):
+            node.count_retrieve()
             fetched = association.fetch([_request(t) for t in unit], level=level)
     except (ItemFailed, TransientError) as exc:
         for series in unit:
