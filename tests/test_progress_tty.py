@@ -234,7 +234,7 @@ def _assert_all_gone(terminal: Terminal) -> None:
 def _assert_interrupted(terminal: Terminal, status: int) -> None:
     assert status == EXIT_INTERRUPTED, terminal.tail
     assert INTERRUPTED in terminal.output
-    assert "Traceback" not in terminal.output
+    assert "Traceback" not in terminal.output, terminal.output[terminal.output.find("Traceback") :]
     assert "KeyboardInterrupt" not in terminal.output
     _assert_all_gone(terminal)
 

@@ -22,23 +22,16 @@ settings that need a restart are named.
 from __future__ import annotations
 
 import gc
-import os
 import queue
-import shutil
-import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import replace
-from pathlib import Path
-from types import FrameType
 
 import structlog
 
 from pacsman.config import Config, load_config
-from pacsman.dicom import client
-from pacsman.dicom.client import DicomPeer
 from pacsman.errors import EXIT_OK, ConfigError, PacsmanError
 from pacsman.jobstore import JobStore
 from pacsman.jobstore.jobs import JobAction, JobState
@@ -46,6 +39,8 @@ from pacsman.layout import private_directory
 from pacsman.log import HUMAN, add_observer, remove_observer
 from pacsman.pipeline.reception import Reception
 from pacsman.pipeline.retrieve import storage_scp
+from pacsman.service._health import Health
+from pacsman.service._signals import exit_later, handling_signals
 from pacsman.service.http import HttpServer, load_token, make_app
 from pacsman.service.inbox import Inbox
 from pacsman.service.metrics import ServiceMetrics
@@ -53,7 +48,7 @@ from pacsman.service.notify import JobNotifier, JobSummary
 from pacsman.service.runner import JobEnd, JobThread, StopReason
 from pacsman.service.state import Readiness
 from pacsman.service.systemd import Notifier
-from pacsman.throttle import RetryPolicy, SharedCourtesy, Ticket, working_for
+from pacsman.throttle import SharedCourtesy
 
 __all__ = ["Service", "run_service"]
 
@@ -95,10 +90,11 @@ class Service:
         self._lock = threading.Lock()
         self._term_signals = 0
         self._reload_asked = False
-        self._echo: dict[str, tuple[bool, str]] = {}
-        self._disk_problem: str | None = None
+        self.health = Health(self._shared)
         self._scp_bound = False
         self._draining = False
+        #: Set once the drain starts: the echo loop ends.
+        self._stopped = threading.Event()
         #: Whether the drain ended by aborting what was left.
         self.aborted = False
         self._store: JobStore | None = None
@@ -111,7 +107,7 @@ class Service:
             config.store_root / "_unrouted",
             observer=lambda pacs, stored: self.metrics.retrieved(pacs, 1, stored.size),
         )
-        self.reception.blocked = self._retrieve_blocked
+        self.reception.blocked = lambda: self.health.disk_problem
 
     # -- ServiceView ------------------------------------------------------------------------
 
@@ -130,17 +126,11 @@ class Service:
 
     def readiness(self) -> Readiness:
         checks = {"jobstore": self._store is not None, "storage_scp": self._scp_bound}
-        problems: list[str] = []
-        for name, (answered, why) in sorted(self._echo.items()):
-            checks[f"pacs.{name}"] = answered
-            if not answered:
-                problems.append(f"PACS {name!r} did not answer its last C-ECHO: {why}")
-        checks["disk"] = self._disk_problem is None
-        if self._disk_problem is not None:
-            problems.append(self._disk_problem)
+        found, problems = self.health.checks()
+        checks.update(found)
         if self._draining:
             problems.append("the service is stopping (drain): no new work is claimed")
-        claiming = not self._draining and self._disk_problem is None
+        claiming = not self._draining and self.health.disk_problem is None
         return Readiness(checks=checks, problems=tuple(problems), claiming=claiming)
 
     def associations_in_use(self) -> Mapping[str, int]:
@@ -163,7 +153,7 @@ class Service:
         for name, node in self._config.pacs.items():
             used = in_use.get(name, 0)
             parts.append(f"PACS {name} {used}/{node.max_associations} associations")
-        if self._disk_problem:
+        if self.health.disk_problem:
             parts.append("disk low: not retrieving")
         if self._draining:
             parts.append("draining")
@@ -177,7 +167,7 @@ class Service:
             self._store = stack.enter_context(JobStore(config.jobstore))
             stack.callback(self._leave)
             resumed = self.store.requeue_owned(self.node_name)
-            stack.enter_context(_signals(self))
+            stack.enter_context(handling_signals(self.ask_to_stop, self.ask_to_reload))
             needs_scp = any(n.retrieve_method == "move" for n in config.pacs.values())
             private_directory(config.store_root)
             stack.enter_context(storage_scp(config, self.reception.writer, needed=needs_scp))
@@ -188,7 +178,7 @@ class Service:
             stack.callback(remove_observer, self.metrics.observe)
             self._inbox = Inbox(self.store, config)
             self._scan_inbox()  # makes its folders before READY; takes up a crash's files
-            self._check_disk()
+            self.health.check_disk(self._config)
             self.systemd.ready()
             scp = f"Storage SCP {config.local.ae_title} on port {config.local.port}"
             _log.info(
@@ -208,7 +198,7 @@ class Service:
             gc.freeze()  # what start-up made lives on: the collector need not walk it again
             self._loop()
             if self.aborted:  # a peer thread that does not let go must not hold the exit
-                _exit_later(ABORT_GRACE)
+                exit_later(ABORT_GRACE)
         return EXIT_OK
 
     def _http(self) -> HttpServer:
@@ -261,7 +251,7 @@ class Service:
                 last_beat = now
 
     def _claim(self) -> None:
-        if self._disk_problem is not None:
+        if self.health.disk_problem is not None:
             return
         while len(self._running) < self._config.serve.max_jobs:
             job = self.store.claim_job(self.node_name)
@@ -329,6 +319,7 @@ class Service:
 
     def _start_drain(self, now: float) -> float:
         self._draining = True
+        self._stopped.set()
         deadline = now + self._config.serve.drain_timeout
         self.systemd.stopping()
         self.systemd.extend_timeout(self._config.serve.drain_timeout + ABORT_GRACE + 20)
@@ -410,83 +401,25 @@ class Service:
         except PacsmanError as exc:
             _log.error("reload_failed", problem=str(exc), kept="the inbox in force")
         self._config = kept
-        self._check_disk()
+        self.health.check_disk(self._config)
         _log.info("config_reloaded", needs_restart=restart or None)
         self.systemd.ready()
 
     def _echo_loop(self) -> None:
-        """C-ECHO each idle PACS node every ECHO_EVERY seconds (readiness, never a start-up
-        condition: a PACS that is down at boot does not stop the service)."""
-        ticket = Ticket(job="service", priority=100, shared=self._shared)
+        """C-ECHO each idle PACS node and look at the disk every ECHO_EVERY seconds."""
         while not self._draining:
-            with working_for(ticket):
-                for name, node in list(self._config.pacs.items()):
-                    self._echo_one(
-                        name, DicomPeer(node, self._config.local.ae_title, self._config.local.port)
-                    )
-            self._check_disk()
-            for _ in range(int(ECHO_EVERY / TICK)):
-                if self._draining:
-                    return
-                time.sleep(TICK)
-
-    def _echo_one(self, name: str, peer: DicomPeer) -> None:
-        if self._shared.in_use().get(name, 0) > 0:
-            self._echo[name] = (True, "in use")  # answering our retrieves right now
-            return
-        try:
-            RetryPolicy(max_attempts=1).call(
-                lambda: client.echo(peer), operation="c_echo", pacs=name
-            )
-            self._echo[name] = (True, "")
-        except PacsmanError as exc:
-            self._echo[name] = (False, str(exc))
-            _log.warning("pacs_not_answering", pacs=name, problem=str(exc))
-
-    def _check_disk(self) -> None:
-        minimum = self._config.serve.min_free_gb
-        try:
-            free = shutil.disk_usage(self._config.store_root).free
-        except OSError as exc:
-            self._disk_problem = f"store_root {self._config.store_root}: {exc.strerror}"
-            return
-        was = self._disk_problem
-        if free < minimum * 1e9:
-            self._disk_problem = (
-                f"store_root {self._config.store_root} has {free / 1e9:.1f} GB free, below "
-                f"serve.min_free_gb {minimum:g}: no new retrieve starts until space is freed"
-            )
-            if was is None:
-                _log.warning("disk_low", free_gb=round(free / 1e9, 1), min_free_gb=minimum)
-        else:
-            self._disk_problem = None
-            if was is not None:
-                _log.info("disk_ok", free_gb=round(free / 1e9, 1))
-
-    def _retrieve_blocked(self) -> str | None:
-        return self._disk_problem
+            self.health.echo_all(self._config)
+            self.health.check_disk(self._config)
+            self._stopped.wait(ECHO_EVERY)
 
     def _beat(self) -> None:
-        self._check_disk()
+        self.health.check_disk(self._config)
         line = self.status_line()
         self.systemd.status(line)
         try:
             self.store.beat_node(self.node_name, line)
         except PacsmanError as exc:
             _log.warning("heartbeat_failed", problem=str(exc))
-
-
-def _exit_later(seconds: float) -> None:
-    """End the process (exit 0: every series is resumable) in ``seconds``, should closing the
-    SCP, HTTP or the job store still be waiting on a peer then."""
-
-    def leave() -> None:
-        _log.warning("service_exit_forced", after_s=seconds)
-        os._exit(EXIT_OK)
-
-    timer = threading.Timer(seconds, leave)
-    timer.daemon = True
-    timer.start()
 
 
 def _counts(end: JobEnd) -> dict[str, int]:
@@ -510,30 +443,3 @@ def _lookup(config: Config, key: str) -> object:
     for part in key.split("."):
         value = getattr(value, part)
     return value
-
-
-@contextmanager
-def _signals(service: Service) -> Iterator[None]:
-    """SIGTERM/SIGINT drain (the second aborts), SIGHUP reloads; the old handlers after."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        service.ask_to_stop()
-
-    def reload(signum: int, frame: FrameType | None) -> None:
-        service.ask_to_reload()
-
-    previous = {
-        signal.SIGTERM: signal.signal(signal.SIGTERM, stop),
-        signal.SIGINT: signal.signal(signal.SIGINT, stop),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, reload),
-    }
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def config_path(config: Config) -> Path | None:
-    """Where the service's config came from (SIGHUP reads it again)."""
-    return config.source
