@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pacsman.config import _values as v
 from pacsman.config._reader import Section
+from pacsman.jobstore.jobs import PRIORITIES
 
 __all__ = [
     "EmailNotify",
@@ -177,7 +178,9 @@ def _parse_inbox_job(section: Section) -> InboxJob:
         anonymize=section.get("anonymize", v.boolean, d.anonymize),
         push=section.get("push", v.choice(("xnat", "dicom", "folder")), d.push),
         pacs=section.get("pacs", v.name, d.pacs),
-        priority=section.get("priority", v.int_between(-1000, 1000), d.priority),
+        priority=section.get(
+            "priority", v.int_between(PRIORITIES.start, PRIORITIES.stop - 1), d.priority
+        ),
     )
     section.finish()
     return result

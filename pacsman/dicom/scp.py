@@ -43,7 +43,7 @@ from pacsman.dicom import hooks
 from pacsman.dicom._admission import Admission, AdmissionHandler, AdmissionServer
 from pacsman.dicom._store_fast import install
 from pacsman.dicom._writer import InstanceWriter, StoredInstance
-from pacsman.dicom.contexts import TRANSFER_SYNTAXES
+from pacsman.dicom.contexts import TRANSFER_SYNTAXES, StorageRole
 from pacsman.errors import FatalError
 from pacsman.layout import default_labels, safe_component, series_directory
 
@@ -59,6 +59,7 @@ __all__ = [
     "default_labels",
     "safe_component",
     "series_directory",
+    "storage_role",
 ]
 
 #: Every standard storage SOP class pynetdicom knows (PS3.4 B.5): all accepted.
@@ -269,3 +270,14 @@ def _contexts() -> list[PresentationContext]:
             (VERIFICATION, ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")),
         ]
     ]
+
+
+def storage_role(writer: InstanceWriter) -> StorageRole:
+    """The SCP role a C-GET association proposes: every storage class, written by ``writer``
+    through the same fast path as the Storage SCP."""
+    return StorageRole(
+        STORAGE_SOP_CLASSES,
+        TRANSFER_SYNTAXES,
+        writer.handle_store,
+        on_established=lambda association: accelerate(association, writer),
+    )

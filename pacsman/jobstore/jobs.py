@@ -20,7 +20,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -30,8 +30,8 @@ from typing import Any
 from pacsman.errors import InputError
 
 __all__ = [
-    "ACTIVE_STATES",
     "FINAL_STATES",
+    "PRIORITIES",
     "Job",
     "JobAction",
     "JobOptions",
@@ -63,8 +63,8 @@ class JobAction(StrEnum):
 
 #: States in which a job has nothing more to do.
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
-#: States in which a job waits for or has work.
-ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
+#: The priorities a job may have; higher is claimed first, 0 is the default.
+PRIORITIES = range(-1000, 1001)
 
 
 @dataclass(frozen=True)
@@ -461,8 +461,3 @@ def _what_applies(state: JobState) -> str:
         JobState.CANCELLED: "submit the query file again for a new job",
     }
     return applies[state]
-
-
-def iter_states() -> Iterator[JobState]:
-    """Every job state, in the order a job passes them (for views and metrics)."""
-    yield from JobState

@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 
 from pacsman.config import Config
 from pacsman.dicom import client, scp
-from pacsman.dicom.client import DicomPeer, StorageRole
+from pacsman.dicom.client import DicomPeer
 from pacsman.dicom.tls import server_context
 from pacsman.errors import (
     EXIT_BAD_INPUT,
@@ -226,14 +226,7 @@ def _retrieve(
     uids: tuple[str, ...] = (),
 ) -> FetchResult:
     move = peer.node.retrieve_method == "move"
-    storage = None
-    if not move:
-        storage = StorageRole(
-            scp.STORAGE_SOP_CLASSES,
-            scp.TRANSFER_SYNTAXES,
-            writer.handle_store,
-            on_established=lambda association: scp.accelerate(association, writer),
-        )
+    storage = None if move else scp.storage_role(writer)
     with RetrieveAssociation(
         peer,
         receiver=writer,

@@ -253,14 +253,7 @@ def _node(
     node = config.node(pacs)
     writer = reception.writer
     move = node.retrieve_method == "move"
-    storage = None
-    if not move:
-        storage = StorageRole(
-            scp.STORAGE_SOP_CLASSES,
-            scp.TRANSFER_SYNTAXES,
-            writer.handle_store,
-            on_established=lambda association: scp.accelerate(association, writer),
-        )
+    storage = None if move else scp.storage_role(writer)
     return _Node(
         node=node,
         peer=DicomPeer(node, config.local.ae_title, config.local.port),

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from pacsman.errors import ConfigError, InputError, QueryFileError
 from pacsman.jobstore import JobStore
-from pacsman.jobstore.jobs import MAX_QUERYFILE_BYTES, Job, JobAction, JobOptions
+from pacsman.jobstore.jobs import MAX_QUERYFILE_BYTES, PRIORITIES, Job, JobAction, JobOptions
 from pacsman.service._webjson import ProgressCache, job_json, job_redactor, row_json
 from pacsman.service._webview import RowState, job_rows
 from pacsman.service.security import Access, Redactor
@@ -51,7 +51,7 @@ __all__ = [
 FORM_FIELDS = ("save", "anonymize", "push", "pacs", "sheet", "encoding", "priority", "name")
 _TRUE = frozenset({"1", "true", "on", "yes"})
 _FALSE = frozenset({"", "0", "false", "off", "no"})
-_PRIORITY = range(-1000, 1001)
+_PRIORITY = PRIORITIES
 
 
 @dataclass(frozen=True)
@@ -252,7 +252,8 @@ def _priority(form: FormData) -> int:
     if priority not in _PRIORITY:
         raise Refused(
             400,
-            f"priority {text[:40]!r} is not a whole number from -1000 to 1000; higher runs first",
+            f"priority {text[:40]!r} is not a whole number from {_PRIORITY.start} to "
+            f"{_PRIORITY.stop - 1}; higher runs first",
         )
     return priority
 

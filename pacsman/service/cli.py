@@ -30,7 +30,7 @@ from pacsman.config.options import (
 )
 from pacsman.errors import EXIT_OK, ConfigError, InputError, QueryFileError
 from pacsman.jobstore import JobStore
-from pacsman.jobstore.jobs import Job, JobAction, JobOptions, JobState, ServiceNode
+from pacsman.jobstore.jobs import PRIORITIES, Job, JobAction, JobOptions, JobState, ServiceNode
 from pacsman.models import ItemState
 from pacsman.service.inbox import named_after, read_queryfile
 from pacsman.service.submit import queue_job
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: ``--priority``: higher is claimed first; 0 is the default.
-PRIORITY_RANGE = (-1000, 1000)
+PRIORITY_RANGE = (PRIORITIES.start, PRIORITIES.stop - 1)
 _RETRIEVED = frozenset({ItemState.COMPLETE, ItemState.INCOMPLETE, ItemState.FAILED})
 
 

@@ -20,7 +20,7 @@ import structlog
 
 from pacsman.config import Config
 from pacsman.errors import Halted, InputError, PacsmanError
-from pacsman.jobstore import JobStore
+from pacsman.jobstore import JobStore, Run
 from pacsman.jobstore.jobs import Job, JobState
 from pacsman.layout import private_directory
 from pacsman.pipeline import RunOptions, RunSummary, ServiceJob, run_job
@@ -117,11 +117,10 @@ class JobThread:
         detail = f"{attention} row(s) need attention: pacsman status --job {job.id}"
         return JobEnd(JobState.FAILED, detail, summary)
 
-    def _on_run(self, store: JobStore) -> Callable[[object], None]:
-        def attach(run: object) -> None:
-            run_id = int(getattr(run, "id", 0))
-            self.run_id = run_id
-            store.attach_run(self.job.id, run_id)
+    def _on_run(self, store: JobStore) -> Callable[[Run], None]:
+        def attach(run: Run) -> None:
+            self.run_id = run.id
+            store.attach_run(self.job.id, run.id)
 
         return attach
 
