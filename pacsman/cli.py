@@ -88,6 +88,7 @@ COMMANDS: dict[str, str] = {
     "pause": "pause a job (a running one pauses at the next series)",
     "resume": "queue a paused job again",
     "retry-failed": "queue a failed job again: its failed rows and series are tried again",
+    "jobstore": "job store tools: migrate a SQLite job store into PostgreSQL",
 }
 
 _SUBCOMMANDS = ("validate", "echo", "init")
@@ -114,6 +115,7 @@ _STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "pause": ("pacsman.service.cli", "pause_main"),
     "resume": ("pacsman.service.cli", "resume_main"),
     "retry-failed": ("pacsman.service.cli", "retry_failed_main"),
+    "jobstore": ("pacsman.jobstore.cli", "jobstore_main"),
 }
 
 

@@ -97,6 +97,13 @@ class Halted(PacsmanError):
         self.deadline = deadline
 
 
+class LeaseLost(PacsmanError):
+    """This head node no longer holds the lease on studies it was working on: another node
+    took them over after the lease expired (this node was stopped, cut off or too slow to
+    renew).  The work on them stops at once and nothing more is recorded or pushed for them;
+    the node that holds them now finishes them."""
+
+
 class InputError(PacsmanError):
     """The user's input (config, query file, arguments) must be fixed first."""
 

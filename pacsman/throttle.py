@@ -12,19 +12,24 @@
 
 In ``pacsman serve``, courtesy and slots are per PACS node for the whole process
 (:class:`SharedCourtesy`, carried by each job's ticket): every job shares them, so the PACS
-sees one polite client however many jobs are queued.
+sees one polite client however many jobs are queued.  With several head nodes on one
+PostgreSQL job store, a :class:`ClusterGate` (:class:`pacsman.jobstore.slots.ClusterSlots`)
+makes ``max_associations`` and ``move_interval`` hold for the whole cluster: a slot granted
+here among this node's jobs must then be won in the cluster, and each retrieve start is
+reserved in the cluster's pace.  This module never imports the database driver.
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 import tenacity
@@ -33,6 +38,7 @@ from pacsman.errors import Halted, TransientError
 
 __all__ = [
     "AssociationSlots",
+    "ClusterGate",
     "Courtesy",
     "Halt",
     "RetryPolicy",
@@ -49,6 +55,50 @@ __all__ = [
 
 T = TypeVar("T")
 _log = structlog.get_logger("pacsman.throttle")
+
+
+class HaltSignal(Protocol):
+    """What a cluster wait looks at to stop early (a :class:`Halt`, a threading.Event)."""
+
+    def is_set(self) -> bool: ...
+
+
+class ClusterGate(Protocol):
+    """Courtesy towards each PACS node shared by every head node of a cluster
+    (:class:`pacsman.jobstore.slots.ClusterSlots` on PostgreSQL)."""
+
+    def acquire(
+        self,
+        pacs: str,
+        limit: int,
+        *,
+        halt: HaltSignal | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Wait for one of the cluster's ``limit`` slots towards ``pacs``; return its index.
+
+        Raises:
+            Halted: ``halt`` was set while waiting.
+            TimeoutError: no slot came free within ``timeout`` seconds.
+            TransientError: the cluster's database cannot be reached.
+        """
+        ...
+
+    def release(self, pacs: str, slot: int) -> None:
+        """Give slot ``slot`` towards ``pacs`` back."""
+        ...
+
+    def pace(self, pacs: str, interval: float) -> float:
+        """Reserve the cluster's next retrieve start towards ``pacs``; the seconds to wait."""
+        ...
+
+    def held(self) -> dict[str, int]:
+        """Slots this node holds in the cluster, per PACS node."""
+        ...
+
+    def cluster_held(self, pacs: str) -> int:
+        """Slots towards ``pacs`` held by every node together."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -129,8 +179,10 @@ class Courtesy:
     node's *next* start waits a pause: 1 s after the first signal, doubling with each further
     signal in a row, never more than ``max_backoff``.  Any answer from the PACS -- a success,
     or the refusal of one request -- ends the streak, so the series after it wait only the
-    interval: the back-off never grows into a penalty on unrelated series.  Thread-safe: the
-    retrieve workers of one PACS share one instance.
+    interval: the back-off never grows into a penalty on unrelated series.  With a
+    ``pacer`` (a cluster's :meth:`ClusterGate.pace` for this PACS), each start also waits its
+    turn among every head node's starts.  Thread-safe: the retrieve workers of one PACS share
+    one instance.
     """
 
     def __init__(
@@ -142,8 +194,11 @@ class Courtesy:
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = datetime.now,
+        pacer: Callable[[float], float] | None = None,
     ) -> None:
         self.minimum = interval
+        #: Reserves the cluster's next start (interval -> seconds to wait); None on one node.
+        self.pacer = pacer
         self.window = window
         self.max_backoff = max_backoff
         self.stop = stop or threading.Event()
@@ -177,6 +232,8 @@ class Courtesy:
             remaining = start - self._clock()
             if remaining > 0:
                 self._wait(remaining)
+            if self.pacer is not None and self.minimum > 0:
+                self._wait(self.pacer(self.minimum))  # the other head nodes' starts too
             self._last_start = self._clock()
 
     def configure(self, *, interval: float, window: str | None) -> None:
@@ -315,10 +372,18 @@ class AssociationSlots:
     (:meth:`others_waiting`), so jobs share a PACS by turns.  A halted job's wait ends with
     :class:`~pacsman.errors.Halted`.  Open associations are registered, so a service
     that must stop now can abort them (:meth:`abort_all`).
+
+    With a ``cluster`` gate, a slot granted here must then be won among every head node's
+    (towards PACS node ``node``): the wait goes on holding the local slot, halt-aware, and
+    :meth:`release` gives the cluster slot back first.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, node: str = "", cluster: ClusterGate | None = None) -> None:
         self.limit = max(1, limit)
+        self.node = node
+        self._cluster = cluster
+        #: The cluster slots each thread holds (by thread id), last taken last.
+        self._cluster_slots: dict[int, list[int]] = {}
         self._cond = threading.Condition()
         self._in_use = 0
         self._held: dict[str, int] = {}
@@ -340,11 +405,41 @@ class AssociationSlots:
             self._cond.notify_all()
 
     def acquire(self) -> None:
-        """Take a slot for the calling thread's job (:func:`current_ticket`).
+        """Take a slot for the calling thread's job (:func:`current_ticket`), then, with a
+        cluster gate, one of the cluster's.
 
         Raises:
             Halted: the job was asked to stop while it waited.
+            TransientError: the cluster's database cannot be reached.
         """
+        self._acquire_here()
+        if self._cluster is None:
+            return
+        try:
+            slot = self._cluster.acquire(self.node, self.limit, halt=current_ticket().halt)
+        except Exception:
+            self._release_here()
+            check_halt()  # in the job's own words when it was asked to stop
+            raise
+        with self._cond:
+            self._cluster_slots.setdefault(threading.get_ident(), []).append(slot)
+
+    def release(self) -> None:
+        """Give the calling thread's job's slot back (the cluster's first)."""
+        slot = self._pop_cluster_slot()
+        if self._cluster is not None and slot is not None:
+            self._cluster.release(self.node, slot)
+        self._release_here()
+
+    def _pop_cluster_slot(self) -> int | None:
+        """The cluster slot the calling thread took last (else any this process holds)."""
+        with self._cond:
+            mine = self._cluster_slots.get(threading.get_ident())
+            if not mine:
+                mine = next((slots for slots in self._cluster_slots.values() if slots), None)
+            return mine.pop() if mine else None
+
+    def _acquire_here(self) -> None:
         ticket = current_ticket()
         with self._cond:
             self._orders += 1
@@ -363,8 +458,7 @@ class AssociationSlots:
             self._orders += 1
             self._served[ticket.job] = self._orders
 
-    def release(self) -> None:
-        """Give the calling thread's job's slot back."""
+    def _release_here(self) -> None:
         ticket = current_ticket()
         with self._cond:
             self._in_use = max(0, self._in_use - 1)
@@ -415,9 +509,14 @@ class AssociationSlots:
 class SharedCourtesy:
     """One process's courtesy towards every PACS node, shared by all its jobs (the
     service's): a :class:`Courtesy` and :class:`AssociationSlots` per node.  The one-shot
-    command has none: its workers are its only associations."""
+    command has none: its workers are its only associations.
 
-    def __init__(self) -> None:
+    With a ``cluster`` gate (several head nodes on one PostgreSQL job store), every node's
+    slots and retrieve starts are also counted in the cluster's.
+    """
+
+    def __init__(self, *, cluster: ClusterGate | None = None) -> None:
+        self.cluster = cluster
         self._lock = threading.Lock()
         self._slots: dict[str, AssociationSlots] = {}
         self._courtesy: dict[str, Courtesy] = {}
@@ -426,14 +525,17 @@ class SharedCourtesy:
         """The slots towards PACS node ``node`` (created with ``limit`` on first use)."""
         with self._lock:
             if node not in self._slots:
-                self._slots[node] = AssociationSlots(limit)
+                self._slots[node] = AssociationSlots(limit, node=node, cluster=self.cluster)
             return self._slots[node]
 
     def courtesy(self, node: str, *, interval: float, window: str | None) -> Courtesy:
         """The :class:`Courtesy` towards PACS node ``node``."""
         with self._lock:
             if node not in self._courtesy:
-                self._courtesy[node] = Courtesy(interval=interval, window=window)
+                pacer = None
+                if self.cluster is not None:
+                    pacer = functools.partial(self.cluster.pace, node)
+                self._courtesy[node] = Courtesy(interval=interval, window=window, pacer=pacer)
             return self._courtesy[node]
 
     def reconfigure(self, node: str, *, limit: int, interval: float, window: str | None) -> None:
@@ -447,6 +549,19 @@ class SharedCourtesy:
         """Associations open now, per PACS node."""
         with self._lock:
             return {name: slots.in_use for name, slots in self._slots.items()}
+
+    def cluster_in_use(self) -> dict[str, int]:
+        """Associations open now by every head node together, per PACS node this node has
+        talked to (this node's own without a cluster gate).
+
+        Raises:
+            TransientError: the cluster's database cannot be reached.
+        """
+        if self.cluster is None:
+            return self.in_use()
+        with self._lock:
+            names = list(self._slots)
+        return {name: self.cluster.cluster_held(name) for name in names}
 
     def abort_all(self) -> int:
         """Abort every open association to every PACS; return how many."""

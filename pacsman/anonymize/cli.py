@@ -2,11 +2,14 @@
 
     pacsman anonymize IN_DIR OUT_DIR --subject S --session E [--profile P] [--project NAME]
                       [--key PATH] [--mapping PATH] [--workers N] [--config PATH]
-    pacsman mapping export OUT.csv [--mapping PATH] [--project NAME] [--config PATH]
+    pacsman mapping export OUT.csv [--mapping PATH|URL] [--project NAME] [--config PATH]
 
 Everything is checked before any file is touched.  Exit codes: 0 every DICOM instance
 written; 1 some quarantined or failed (``ItemFailed``); 2 bad arguments (``InputError``).
 Nothing printed names a patient: only counts, labels, reasons and output folders.
+The mapping table is where :func:`~pacsman.anonymize.locations.mapping_location` says: the
+PostgreSQL job store's database when the config's ``jobstore`` is a ``postgresql://`` URL
+(shared by every head node), else the local file.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pacsman import __version__
 from pacsman.anonymize.batch import BatchSummary, EngineSpec, Outcome, Task, deidentify_files
 from pacsman.anonymize.engine import Encapsulated, check_label, quarantine_dir
 from pacsman.anonymize.keys import load_or_create_key
-from pacsman.anonymize.locations import default_key_path, default_mapping_path
+from pacsman.anonymize.locations import default_key_path, is_postgresql, mapping_location
 from pacsman.anonymize.mapping import MappingTable, export_mapping
 from pacsman.anonymize.profile import Profile, load_profile
 from pacsman.config import ENV_VAR, Config, find_config, load_config
@@ -46,7 +49,7 @@ class _Settings:
     project: str
     profile: Profile
     key_path: Path
-    mapping_path: Path
+    mapping: Path | str
     workers: int
     encapsulated: Encapsulated = Encapsulated.OMIT
 
@@ -90,10 +93,27 @@ def _state_arguments(parser: argparse.ArgumentParser, *, key: bool = True) -> No
         )
     parser.add_argument(
         "--mapping",
-        type=Path,
-        help="mapping table (default: ~/.config/pacsman/PROJECT.mapping.sqlite)",
+        type=_mapping_argument,
+        metavar="PATH|URL",
+        help="mapping table: a SQLite file or a postgresql:// job store (default: the "
+        "config's jobstore when it is a postgresql:// URL, shared by every head node; else "
+        "~/.config/pacsman/PROJECT.mapping.sqlite)",
     )
     add_common_options(parser, config=config_help("pacsman config YAML", "; none is needed"))
+
+
+def _mapping_argument(value: str) -> Path | str:
+    """``--mapping``: a PostgreSQL URL stays as it is (a path would lose its ``//``)."""
+    return value if is_postgresql(value) else Path(value).expanduser()
+
+
+def _mapping(args: argparse.Namespace, project: str, config: Config | None) -> Path | str:
+    """The mapping table given, else the one :func:`mapping_location` gives."""
+    given: Path | str | None = args.mapping
+    if given is not None:
+        return given
+    location = mapping_location(project, jobstore=config.jobstore if config else None)
+    return location.expanduser() if isinstance(location, Path) else location
 
 
 def _config(path: Path | None) -> Config | None:
@@ -141,7 +161,7 @@ def _settings(args: argparse.Namespace) -> _Settings:
         project=project,
         profile=load_profile(profile_path),
         key_path=(args.key or default_key_path(project)).expanduser(),
-        mapping_path=(args.mapping or default_mapping_path(project)).expanduser(),
+        mapping=_mapping(args, project, config),
         workers=args.workers,
         encapsulated=Encapsulated(config.anonymization.encapsulated if config else "omit"),
     )
@@ -190,8 +210,9 @@ def anonymize_main(argv: list[str]) -> int:
     key = load_or_create_key(settings.key_path)
     spec = EngineSpec(settings.profile, key, settings.project, settings.encapsulated)
     tasks = [Task(path, settings.subject, settings.session) for path in files]
-    mapping = MappingTable(settings.mapping_path)
+    mapping = MappingTable(settings.mapping)
     try:
+        mapping.check_key(settings.project, key)
         summary = deidentify_files(
             tasks, settings.out_dir, spec=spec, mapping=mapping, workers=settings.workers
         )
@@ -233,7 +254,7 @@ def _exit_code(summary: BatchSummary, settings: _Settings) -> int:
 def _mapping_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pacsman mapping",
-        description="The local mapping table: original PatientID, StudyInstanceUID and "
+        description="The mapping table: original PatientID, StudyInstanceUID and "
         "AccessionNumber <-> subject, session and date shift.",
     )
     parser.add_argument("--version", action="version", version=f"pacsman {__version__}")
@@ -242,7 +263,8 @@ def _mapping_parser() -> argparse.ArgumentParser:
         "export",
         help="write the table as CSV (mode 0600; holds PHI)",
         description="Write the project's mapping table as CSV, mode 0600. It holds PHI "
-        "(original PatientIDs, StudyInstanceUIDs, AccessionNumbers): keep it on this machine.",
+        "(original PatientIDs, StudyInstanceUIDs, AccessionNumbers): keep it on this machine. "
+        "With a postgresql:// job store it is the table every head node shares.",
     )
     export.add_argument("out", type=Path, metavar="OUT.csv")
     _state_arguments(export, key=False)
@@ -256,10 +278,11 @@ def mapping_main(argv: list[str]) -> int:
         InputError: there is no mapping table, or the project label is invalid.
     """
     args = _mapping_parser().parse_args(argv)
-    project = _project(args, _config(args.config) if args.project is None else None)
-    mapping_path = (args.mapping or default_mapping_path(project)).expanduser()
+    needs_config = args.project is None or args.mapping is None
+    config = _config(args.config) if needs_config else None
+    project = _project(args, config)
     out = args.out.expanduser()
-    rows = export_mapping(mapping_path, out)
+    rows = export_mapping(_mapping(args, project, config), out)
     print(f"{rows} row(s) written to {out} (mode 0600)")
     print(
         f"pacsman: warning: {out} holds PHI (original PatientIDs, StudyInstanceUIDs, "

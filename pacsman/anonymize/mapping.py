@@ -1,45 +1,67 @@
-"""The local mapping table: original <-> pseudonym for subjects, sessions and date shifts.
+"""The mapping table: original <-> pseudonym for subjects, sessions and date shifts.
 
-An SQLite file created with mode 0600 (its journal inherits the mode).  It holds PHI: it
-never goes into the output and its content is never logged.  ``export_mapping`` writes it
-as CSV (mode 0600, formulas neutralized: :func:`pacsman.layout.write_private_csv`) for the
-data manager (``pacsman mapping export``).
+Two places, one behaviour:
+
+- a local SQLite file (the default, ``<state dir>/<project>.mapping.sqlite``), created with
+  mode 0600 (its journal inherits the mode);
+- with a PostgreSQL job store (``jobstore: postgresql://...``), the job store's database, in
+  the tables ``mapping_subjects``, ``mapping_sessions``, ``mapping_labels`` and
+  ``mapping_keys`` (created on first use), shared by every head node of a cluster so that a
+  patient gets one subject label and one date shift whichever node de-identifies it.
+
+It holds PHI: it never goes into the output and its content is never logged.
+``export_mapping`` writes it as CSV (mode 0600, formulas neutralized:
+:func:`pacsman.layout.write_private_csv`) for the data manager (``pacsman mapping export``).
 
 It also numbers labels made from a naming template (``{project}_{n:04d}``): an original
-seen before gets the same label on every run.
+seen before gets the same label on every run and every node.  Concurrency: SQLite takes its
+write lock (``BEGIN IMMEDIATE``) before reading the next number; PostgreSQL takes a
+transaction-scoped advisory lock per project and kind (``pg_advisory_xact_lock``), and
+``INSERT ... ON CONFLICT DO NOTHING`` then ``SELECT`` makes two nodes recording the same
+patient at once read the same row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import sqlite3
 import string
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
-from pacsman.errors import InputError, ItemFailed
+from pacsman.anonymize.locations import is_postgresql, redacted
+from pacsman.errors import FatalError, InputError, ItemFailed, JobStoreError, PacsmanError
 from pacsman.layout import write_private_csv
 
 __all__ = ["MappingTable", "check_template", "export_mapping", "same_patient_id"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS subjects (
+#: ``{t}`` is the table prefix: none in a SQLite file, ``mapping_`` in the job store's
+#: database.  Written in SQLite's dialect; :func:`_postgresql_sql` translates.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS {t}subjects (
     project TEXT NOT NULL, subject TEXT NOT NULL, patient_id TEXT NOT NULL,
-    date_shift_days INTEGER NOT NULL, PRIMARY KEY (project, subject));
-CREATE TABLE IF NOT EXISTS sessions (
+    date_shift_days INTEGER NOT NULL, PRIMARY KEY (project, subject))""",
+    """CREATE TABLE IF NOT EXISTS {t}sessions (
     project TEXT NOT NULL, session TEXT NOT NULL, subject TEXT NOT NULL,
     study_instance_uid TEXT NOT NULL, accession_number TEXT NOT NULL,
-    PRIMARY KEY (project, session));
-CREATE TABLE IF NOT EXISTS labels (
+    PRIMARY KEY (project, session))""",
+    """CREATE TABLE IF NOT EXISTS {t}labels (
     project TEXT NOT NULL, kind TEXT NOT NULL, original TEXT NOT NULL, label TEXT NOT NULL,
-    n INTEGER NOT NULL, PRIMARY KEY (project, kind, original));
-"""
+    n INTEGER NOT NULL, PRIMARY KEY (project, kind, original){unique_n})""",
+)
+#: PostgreSQL only: which project key the shared table was written with.
+_KEYS_SCHEMA = """CREATE TABLE IF NOT EXISTS mapping_keys (
+    project TEXT NOT NULL PRIMARY KEY, key_check TEXT NOT NULL)"""
+#: Byte order (``COLLATE "C"`` on PostgreSQL, SQLite's own), so both export the same CSV.
 _EXPORT = """
 SELECT s.project, s.subject, s.patient_id, s.date_shift_days,
        e.session, e.study_instance_uid, e.accession_number
-FROM subjects s LEFT JOIN sessions e ON e.project = s.project AND e.subject = s.subject
-ORDER BY s.project, s.subject, e.session
+FROM {t}subjects s LEFT JOIN {t}sessions e ON e.project = s.project AND e.subject = s.subject
+ORDER BY s.project{c}, s.subject{c}, e.session{c} NULLS FIRST
 """
 _COLUMNS = (
     "project",
@@ -50,6 +72,10 @@ _COLUMNS = (
     "StudyInstanceUID",
     "AccessionNumber",
 )
+#: First key of the two-key advisory locks of the shared mapping ("pmap"): apart from any
+#: other user of advisory locks in the job store's database.
+_LOCK_CLASS = 0x706D6170
+_CONNECT_TIMEOUT = 10
 
 
 def _normalized_id(value: str) -> str:
@@ -80,18 +106,196 @@ def check_template(template: str) -> str | None:
     return None
 
 
-class MappingTable:
-    """The project's mapping table in an SQLite file, created 0600 on first use."""
+def key_check(key: bytes) -> str:
+    """What the shared table records of a project key: an HMAC of a fixed text, not the key."""
+    return hmac.new(key, b"pacsman mapping key check", hashlib.sha256).hexdigest()
+
+
+class _Backend(Protocol):
+    """One connection to where the table lives; SQL in SQLite's dialect with ``{t}``."""
+
+    where: str
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
+
+    def transaction(self, *, lock: str | None = None) -> contextlib.AbstractContextManager[None]:
+        """A writing transaction; ``lock`` serializes it with every other holding it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _SqliteBackend:
+    """A SQLite file: tables without prefix; ``BEGIN IMMEDIATE`` is the lock."""
 
     def __init__(self, path: Path) -> None:
         _create_private(path)
-        self.path = path
+        self.where = str(path)
         self._db = sqlite3.connect(path)
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(";\n".join(s.format(t="", unique_n="") for s in _SCHEMA) + ";")
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql.format(t="", c=""), params).fetchall()
+
+    @contextlib.contextmanager
+    def transaction(self, *, lock: str | None = None) -> Iterator[None]:
+        with self._db:
+            if lock is not None:
+                # The write lock before any read: two runs labelling the same project at
+                # once must never both take the same next number.
+                self._db.execute("BEGIN IMMEDIATE")
+            yield
 
     def close(self) -> None:
-        """Close the database."""
         self._db.close()
+
+
+def _postgresql_sql(sql: str) -> str:
+    out = sql.format(t="mapping_", c=' COLLATE "C"', unique_n=", UNIQUE (project, kind, n)")
+    out = out.replace("?", "%s")
+    if out.startswith("INSERT OR IGNORE"):
+        out = out.replace("INSERT OR IGNORE", "INSERT", 1) + " ON CONFLICT DO NOTHING"
+    return out
+
+
+class _PostgresBackend:
+    """The PostgreSQL job store's database: ``mapping_*`` tables; advisory locks."""
+
+    def __init__(self, url: str, *, create: bool) -> None:
+        import psycopg  # only a PostgreSQL job store needs it
+
+        self.where = f"the job store {redacted(url)}"
+        self._errors = (psycopg.Error,)
+        try:
+            self._db = psycopg.connect(
+                url,
+                autocommit=True,
+                connect_timeout=_CONNECT_TIMEOUT,
+                application_name="pacsman mapping",
+            )
+        except psycopg.Error as exc:
+            raise self._failed(exc) from None
+        if self._has_tables():
+            return
+        if create:
+            # Under a lock: two nodes creating the same table at once can collide.
+            with self.transaction(lock="schema"):
+                for statement in (*_SCHEMA, _KEYS_SCHEMA):
+                    self.rows(statement)
+        else:
+            self._db.close()
+            raise InputError(
+                f"{self.where}: holds no mapping table; run an anonymization first "
+                "or give the project's mapping path"
+            )
+
+    def _has_tables(self) -> bool:
+        # The last table the schema creates, in the same transaction as the others.
+        return bool(self.rows("SELECT to_regclass('mapping_keys') IS NOT NULL")[0][0])
+
+    def _failed(self, exc: Exception) -> PacsmanError:
+        """``exc`` in words.  The server's DETAIL is never passed on: it can quote a row's
+        values, a PatientID among them; the exception is raised ``from None`` for that."""
+        import psycopg
+
+        if not isinstance(exc, psycopg.OperationalError):
+            state = getattr(exc, "sqlstate", None) or "none"
+            return FatalError(
+                f"mapping table in {self.where}: PostgreSQL refused a statement "
+                f"({type(exc).__name__}, SQLSTATE {state}); this is a bug in pacsman: "
+                "report it (the server's detail is left out, it may name a patient)"
+            )
+        what = " ".join(str(exc).split()) or type(exc).__name__
+        return JobStoreError(
+            f"mapping table in {self.where}: {what}; check that PostgreSQL runs, that the "
+            "URL in 'jobstore' is right and its password is in PGPASSWORD, ~/.pgpass or "
+            "PGPASSFILE; then run again (what was recorded is kept)"
+        )
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        try:
+            cursor = self._db.execute(_postgresql_sql(sql), params)
+            return cursor.fetchall() if cursor.description is not None else []
+        except self._errors as exc:
+            raise self._failed(exc) from None
+
+    @contextlib.contextmanager
+    def transaction(self, *, lock: str | None = None) -> Iterator[None]:
+        try:
+            with self._db.transaction():
+                if lock is not None:
+                    self._db.execute(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, lock)
+                    )
+                yield
+        except self._errors as exc:
+            raise self._failed(exc) from None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _backend(location: Path | str, *, create: bool) -> _Backend:
+    if is_postgresql(location):
+        return _PostgresBackend(str(location), create=create)
+    return _SqliteBackend(Path(location))
+
+
+class MappingTable:
+    """The project's mapping table: a SQLite file (created 0600 on first use), or the
+    ``mapping_*`` tables of a PostgreSQL job store when ``location`` is its URL.
+
+    Raises:
+        JobStoreError: the PostgreSQL job store cannot be reached (the message says why).
+    """
+
+    def __init__(self, location: Path | str) -> None:
+        self._store = _backend(location, create=True)
+        self.location = location
+
+    @classmethod
+    def _existing(cls, location: Path | str) -> MappingTable:
+        table = cls.__new__(cls)
+        table._store, table.location = _backend(location, create=False), location
+        return table
+
+    @property
+    def where(self) -> str:
+        """Where the table is, for messages: the file, or the job store's URL (no password)."""
+        return self._store.where
+
+    @property
+    def shared(self) -> bool:
+        """Whether the table is the job store's, shared by every head node."""
+        return isinstance(self._store, _PostgresBackend)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._store.close()
+
+    def check_key(self, project: str, key: bytes) -> None:
+        """Make sure every node de-identifies ``project`` with the same key (shared table
+        only; a local table has one node).  The first key used is recorded as an HMAC.
+
+        Raises:
+            InputError: this node's key for ``project`` is not the one the table was
+                written with.
+        """
+        if not self.shared:
+            return
+        check = key_check(key)
+        with self._store.transaction():
+            self._store.rows("INSERT OR IGNORE INTO mapping_keys VALUES (?, ?)", (project, check))
+            ((recorded,),) = self._store.rows(
+                "SELECT key_check FROM mapping_keys WHERE project = ?", (project,)
+            )
+        if not hmac.compare_digest(recorded, check):
+            raise InputError(
+                f"project {project}: this node's key file is not the key the shared mapping "
+                f"table in {self.where} was written with, so its UIDs and date shifts would "
+                "differ from the other nodes'; copy the project's key file from the first "
+                "node to this one (the same path on every node), then run again"
+            )
 
     def record(
         self,
@@ -110,13 +314,13 @@ class MappingTable:
             ItemFailed: the subject or session label already belongs to another patient
                 or study in this project.
         """
-        with self._db:
-            self._db.execute(
-                "INSERT OR IGNORE INTO subjects VALUES (?, ?, ?, ?)",
+        with self._store.transaction():
+            self._store.rows(
+                "INSERT OR IGNORE INTO {t}subjects VALUES (?, ?, ?, ?)",
                 (project, subject, patient_id, date_shift_days),
             )
-            self._db.execute(
-                "INSERT OR IGNORE INTO sessions VALUES (?, ?, ?, ?, ?)",
+            self._store.rows(
+                "INSERT OR IGNORE INTO {t}sessions VALUES (?, ?, ?, ?, ?)",
                 (project, session, subject, study_instance_uid, accession_number),
             )
             self._check(project, subject, session, patient_id, study_instance_uid)
@@ -124,10 +328,10 @@ class MappingTable:
     def _check(
         self, project: str, subject: str, session: str, patient_id: str, study_uid: str
     ) -> None:
-        (known_patient,) = self._db.execute(
-            "SELECT patient_id FROM subjects WHERE project = ? AND subject = ?",
+        ((known_patient,),) = self._store.rows(
+            "SELECT patient_id FROM {t}subjects WHERE project = ? AND subject = ?",
             (project, subject),
-        ).fetchone()
+        )
         if not same_patient_id(known_patient, patient_id):
             raise ItemFailed(
                 f"project {project}: this file's PatientID (0010,0020) differs from the one "
@@ -135,10 +339,10 @@ class MappingTable:
                 "case, spaces, separators and leading zeros), so it is another patient; "
                 "give each patient its own Subject label"
             )
-        known_subject, known_study = self._db.execute(
-            "SELECT subject, study_instance_uid FROM sessions WHERE project = ? AND session = ?",
+        ((known_subject, known_study),) = self._store.rows(
+            "SELECT subject, study_instance_uid FROM {t}sessions WHERE project = ? AND session = ?",
             (project, session),
-        ).fetchone()
+        )
         if known_subject != subject:
             raise ItemFailed(
                 f"project {project}: session {session!r} is recorded for subject "
@@ -162,23 +366,22 @@ class MappingTable:
         problem = check_template(template)
         if problem is not None:
             raise InputError(problem)
-        with self._db:
-            # Take the write lock before reading MAX(n): two runs labelling the same project
-            # at once must never both take the same next number.
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute(
-                "SELECT label FROM labels WHERE project = ? AND kind = ? AND original = ?",
+        # Locked before reading MAX(n): two runs (or nodes) labelling the same project at
+        # once must never both take the same next number.
+        with self._store.transaction(lock=f"labels\x1f{project}\x1f{kind}"):
+            found = self._store.rows(
+                "SELECT label FROM {t}labels WHERE project = ? AND kind = ? AND original = ?",
                 (project, kind, original),
-            ).fetchone()
-            if row is not None:
-                return str(row[0])
-            (n,) = self._db.execute(
-                "SELECT COALESCE(MAX(n), 0) + 1 FROM labels WHERE project = ? AND kind = ?",
+            )
+            if found:
+                return str(found[0][0])
+            ((n,),) = self._store.rows(
+                "SELECT COALESCE(MAX(n), 0) + 1 FROM {t}labels WHERE project = ? AND kind = ?",
                 (project, kind),
-            ).fetchone()
+            )
             label = template.format(project=project, n=n)
-            self._db.execute(
-                "INSERT INTO labels VALUES (?, ?, ?, ?, ?)", (project, kind, original, label, n)
+            self._store.rows(
+                "INSERT INTO {t}labels VALUES (?, ?, ?, ?, ?)", (project, kind, original, label, n)
             )
             return label
 
@@ -188,23 +391,25 @@ class MappingTable:
         Raises:
             OSError: the file cannot be written.
         """
-        rows = self._db.execute(_EXPORT).fetchall()
+        rows = self._store.rows(_EXPORT)
         write_private_csv(out, _COLUMNS, rows)
         return len(rows)
 
 
-def export_mapping(mapping_path: Path, out: Path) -> int:
-    """Export the mapping table at ``mapping_path`` to CSV ``out``; return the row count.
+def export_mapping(location: Path | str, out: Path) -> int:
+    """Export the mapping table at ``location`` (a file or a PostgreSQL job store's URL) to
+    CSV ``out``; return the row count.
 
     Raises:
-        InputError: there is no mapping table at ``mapping_path``.
+        InputError: there is no mapping table at ``location``.
+        JobStoreError: the PostgreSQL job store cannot be reached.
     """
-    if not mapping_path.is_file():
+    if not is_postgresql(location) and not Path(location).is_file():
         raise InputError(
-            f"{mapping_path}: no mapping table here; run an anonymization first "
+            f"{location}: no mapping table here; run an anonymization first "
             "or give the project's mapping path"
         )
-    table = MappingTable(mapping_path)
+    table = MappingTable._existing(location)
     try:
         return table.export(out)
     finally:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
@@ -43,6 +44,7 @@ __all__ = [
     "TlsConfig",
     "XnatConfig",
     "find_config",
+    "jobstore_location",
     "load_config",
     "parse_config",
 ]
@@ -52,6 +54,15 @@ DEFAULT_SEARCH: tuple[Path, ...] = (Path("config/pacsman.yaml"), Path("/etc/pacs
 ENV_VAR = "PACSMAN_CONFIG"
 _COPY_EXAMPLE = "run 'pacsman init' (it writes config/pacsman.yaml) and edit it"
 _NODE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+#: The URL schemes of a PostgreSQL job store; any other ``scheme://`` is refused.
+_POSTGRESQL_SCHEMES = ("postgresql", "postgres")
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+#: Where a PostgreSQL password goes instead of the config.
+PGPASSWORD_FIX = (
+    "a password never goes in the config or on the command line: give it in PGPASSWORD, in ~/.pgpass, in the file "
+    "PGPASSFILE names, or under systemd with LoadCredential=pgpass:/etc/pacsman/pgpass and "
+    "Environment=PGPASSFILE=%d/pgpass"
+)
 
 RetrieveMethod = Literal["move", "get"]
 RetrieveLevel = Literal["series", "study"]
@@ -162,7 +173,8 @@ class Config:
     pacs: Mapping[str, PacsNode]
     default_pacs: str
     store_root: Path = Path("data")
-    jobstore: Path = Path("pacsman-jobs.sqlite")
+    #: A SQLite file, or a ``postgresql://user@host[:port]/db`` URL (never with a password).
+    jobstore: Path | str = Path("pacsman-jobs.sqlite")
     log: LogConfig = LogConfig()
     xnat: XnatConfig = XnatConfig()  # noqa: RUF009 - a frozen dataclass (_config_push)
     anonymization: AnonymizationConfig = AnonymizationConfig()
@@ -290,13 +302,60 @@ def parse_config(data: object, *, source: str) -> Config:
     raise ConfigError(problems.in_file_order())
 
 
+def jobstore_location(value: object) -> Path | str:
+    """The job store: a SQLite file path, or a ``postgresql://user@host[:port]/db`` URL.
+
+    A URL (``postgres://`` too) must name a database and must not hold a password.
+
+    Raises:
+        v.Invalid: another ``scheme://``, a URL with a password or without a database.
+    """
+    if not isinstance(value, str) or not _URL_SCHEME.match(value.strip()):
+        return v.file_path(value)
+    url = value.strip()
+    example = "postgresql://user@host[:port]/database"
+    scheme = _URL_SCHEME.match(url)
+    assert scheme is not None
+    if scheme.group(1).lower() not in _POSTGRESQL_SCHEMES:
+        shown = v.describe(_USERINFO.sub(r"\1", url))
+        raise v.Invalid(f"{shown} is not a job store; use a file path, or {example}")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        raise v.Invalid(
+            f"{v.describe(_shown_url(url))} is not a valid URL; use {example}"
+        ) from None
+    if parts.password is not None or any(k == "password" for k, _ in parse_qsl(parts.query)):
+        raise v.Invalid(
+            f"the URL {_shown_url(url)!r} holds a password; {PGPASSWORD_FIX}; then write "
+            f"the URL without it, e.g. {_shown_url(url, user_only=True)}"
+        )
+    if not parts.path.strip("/") or "/" in parts.path.strip("/"):
+        raise v.Invalid(f"{v.describe(_shown_url(url))} names no database; use {example}")
+    return url
+
+
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def _shown_url(url: str, *, user_only: bool = False) -> str:
+    """``url`` with its password as ``***`` (or dropped, ``user_only``) and no query."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    secret = "" if user_only or ":" not in userinfo else ":***"
+    netloc = f"{user}{secret}{at}{host}" if at else host
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+
+
 def _parse_root(root: Section, source: str) -> Config | None:
     local = _parse_local(root.section("local"))
     nodes = _parse_nodes(root.section("pacs"))
     _warn_connection_cap(root, local, nodes)
     default = _default_pacs(root, nodes)
     store_root = root.get("store_root", v.file_path, Config.store_root)
-    jobstore = root.get("jobstore", v.file_path, Config.jobstore)
+    jobstore = root.get("jobstore", jobstore_location, Config.jobstore)
     log = _parse_log(root.section("log"))
     xnat = parse_xnat(root.section("xnat"))
     anonymization = _parse_anonymization(root.section("anonymization"))

@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 
 from pacsman import __version__
-from pacsman.config import DEFAULT_SEARCH, ENV_VAR, load_config
+from pacsman.config import DEFAULT_SEARCH, ENV_VAR, jobstore_location, load_config
+from pacsman.config._values import Invalid
 from pacsman.errors import ConfigError, InputError
 from pacsman.jobstore import JobStore
 
@@ -23,6 +24,7 @@ __all__ = [
     "add_queryfile_options",
     "add_store_options",
     "config_help",
+    "jobstore_argument",
     "open_jobstore",
 ]
 
@@ -82,14 +84,27 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     ``--version``: the options of the commands that read the job store only."""
     parser.add_argument(
         "--jobstore",
-        type=Path,
-        metavar="PATH",
-        help="the job store to read (default: 'jobstore' in the config)",
+        type=jobstore_argument,
+        metavar="PATH|URL",
+        help="the job store to read: a SQLite file or a postgresql://user@host/db URL "
+        "(default: 'jobstore' in the config)",
     )
     add_common_options(parser, config=config_help("config YAML, read only for its 'jobstore'"))
 
 
-def open_jobstore(jobstore: Path | None, config: Path | None) -> JobStore:
+def jobstore_argument(value: str) -> Path | str:
+    """``--jobstore``: a file path or a PostgreSQL URL without a password (argparse type).
+
+    Raises:
+        argparse.ArgumentTypeError: the value breaks the rules of ``jobstore`` in the config.
+    """
+    try:
+        return jobstore_location(value)
+    except Invalid as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def open_jobstore(jobstore: Path | str | None, config: Path | None) -> JobStore:
     """The job store, read-only: ``jobstore``, else the config's ``jobstore``.
 
     Raises:
@@ -101,7 +116,7 @@ def open_jobstore(jobstore: Path | None, config: Path | None) -> JobStore:
             jobstore = load_config(config).jobstore
         except ConfigError as exc:
             raise InputError(
-                f"{exc}\nthis command reads only the job store: give it with --jobstore PATH, "
+                f"{exc}\nthis command reads only the job store: give it with --jobstore PATH|URL, "
                 "or give the config that names it with --config PATH"
             ) from None
     return JobStore(jobstore, read_only=True)

@@ -110,6 +110,9 @@ class ServeConfig:
     min_free_gb: float = 5.0
     #: Seconds SIGTERM lets in-flight retrieves and pushes finish before aborting them.
     drain_timeout: float = 60.0
+    #: Seconds a head node's claim on a job or a study lasts without renewal (renewed every
+    #: third of it): a node killed or cut off loses its work to the others after this long.
+    lease_seconds: float = 30.0
     http: HttpConfig = HttpConfig()
     notify: NotifyConfig = NotifyConfig()
 
@@ -125,11 +128,21 @@ def parse_serve(section: Section) -> ServeConfig:
         inbox_job=_parse_inbox_job(section.section("inbox_job")),
         min_free_gb=section.get("min_free_gb", _gigabytes, d.min_free_gb),
         drain_timeout=section.get("drain_timeout", v.seconds(allow_zero=True), d.drain_timeout),
+        lease_seconds=section.get("lease_seconds", _lease_seconds, d.lease_seconds),
         http=_parse_http(section.section("http")),
         notify=_parse_notify(section.section("notify")),
     )
     section.finish()
     return result
+
+
+def _lease_seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 2 <= value <= 3600:
+        raise v.Invalid(
+            f"expected seconds from 2 to 3600 (a lease is renewed every third of it), "
+            f"got {v.describe(value)}"
+        )
+    return float(value)
 
 
 def _gigabytes(value: object) -> float:

@@ -39,15 +39,24 @@ from typing import Any
 import structlog
 
 from pacsman.errors import EXIT_INTERRUPTED, InputError, JobStoreError, PacsmanError
+from pacsman.jobstore._backend import (
+    Database,
+    SqliteDatabase,
+    is_postgresql,
+    open_sqlite,
+    redacted,
+)
 from pacsman.jobstore._errors import folder_error, raise_for_file, store_error
 from pacsman.jobstore._heartbeat import Heartbeat
 from pacsman.jobstore._keys import row_keys, run_key
 from pacsman.jobstore._metrics_views import MetricsViews
+from pacsman.jobstore._pgerrors import connect_postgresql, raise_for_server
 from pacsman.jobstore._schema import (
     MIGRATIONS,
     SCHEMA_VERSION,
     AnonymizeSeries,
     InfoRecord,
+    Lease,
     Migration,
     PushRecord,
     PushSeries,
@@ -64,6 +73,7 @@ from pacsman.jobstore._schema import (
     recorded_directory,
 )
 from pacsman.jobstore._views import OperatorViews, _count, _state
+from pacsman.jobstore.claims import StudyClaims, fence, held_clause
 from pacsman.jobstore.jobs import JobQueue
 from pacsman.layout import open_private, private_directory
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
@@ -74,6 +84,7 @@ __all__ = [
     "AnonymizeSeries",
     "InfoRecord",
     "JobStore",
+    "Lease",
     "Migration",
     "PushRecord",
     "PushSeries",
@@ -97,38 +108,61 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class JobStore(OperatorViews, JobQueue, MetricsViews):
+class JobStore(OperatorViews, JobQueue, StudyClaims, MetricsViews):
     """SQLite-backed state.  Use as a context manager; one per process, shared by its threads."""
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
-        """Open (or create) the store at ``path`` and bring its schema up to date.
+    def __init__(self, location: Path | str, *, read_only: bool = False) -> None:
+        """Open (or create) the store at ``location`` and bring its schema up to date.
 
-        With ``read_only``, the file must exist and is never written: a store at an older
+        ``location`` is a SQLite file, or a ``postgresql://user@host/db`` URL (the password
+        from ``PGPASSWORD``, ``~/.pgpass`` or ``PGPASSFILE``, never the URL).  With
+        ``read_only``, a SQLite file must exist and is never written: a store at an older
         schema is read through a copy in memory, brought up to date there.
 
         Raises:
-            JobStoreError: the file cannot be used; the message says why and how to fix it.
+            JobStoreError: the store cannot be used; the message says why and how to fix it.
             InputError: the store was written by a newer pacsman.
         """
-        self.path = path
         self._lock = threading.RLock()
         self._heartbeat: tuple[Run, Heartbeat] | None = None
+        if is_postgresql(location):
+            self.path = Path()
+            self.where = redacted(str(location))
+            self._db: Database = connect_postgresql(str(location))
+            self._open_postgresql(read_only=read_only)
+            return
+        path = Path(location)
+        self.path = path
+        self.where = str(path)
         if path.is_dir():
             raise folder_error(path)
         if read_only:
-            self._db = self._open_read_only()
+            self._db = SqliteDatabase(self._open_read_only(), self.where)
             return
         try:
             private_directory(path.parent)
             if not path.exists():
                 os.close(open_private(path, os.O_CREAT | os.O_WRONLY))
-            self._db = sqlite3.connect(
-                path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
+            self._db = SqliteDatabase(open_sqlite(path), self.where)
         except (OSError, sqlite3.Error) as exc:
             raise store_error(path, exc) from exc
         try:
             self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.kind
+
+    def _open_postgresql(self, *, read_only: bool) -> None:
+        try:
+            if read_only:
+                self._check_not_newer(_schema_version(self._db))
+            else:
+                self._migrate()
         except BaseException:
             self._db.close()
             raise
@@ -158,7 +192,8 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
                     db.execute(statement)
             if todo:
                 db.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (str(SCHEMA_VERSION),),
                 )
         if todo and found and log:
@@ -168,7 +203,7 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
         """Raises: InputError: schema version ``found`` is newer than this pacsman knows."""
         if found > SCHEMA_VERSION:
             raise InputError(
-                f"job store {self.path}: schema version {found} was written by a newer "
+                f"job store {self.where}: schema version {found} was written by a newer "
                 f"pacsman (this one knows up to {SCHEMA_VERSION}); upgrade pacsman, or set "
                 "'jobstore' in the config to another file"
             )
@@ -187,10 +222,8 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
             )
         uri = f"{self.path.resolve().as_uri()}?mode=ro"
         try:
-            source = sqlite3.connect(
-                uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
-            found = _schema_version(source)
+            source = open_sqlite(uri, uri=True)
+            found = _schema_version(SqliteDatabase(source, self.where))
         except sqlite3.Error as exc:
             raise store_error(self.path, exc) from exc
         if found == SCHEMA_VERSION:
@@ -203,7 +236,7 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
             raise store_error(self.path, exc) from exc
         finally:
             source.close()
-        self._db = copy
+        self._db = SqliteDatabase(copy, self.where)
         self._migrate(log=False)
         return copy
 
@@ -271,41 +304,47 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
                     (now, now, outcome.value, detail, run.id),
                 )
                 self._transition(db, run.id, "run", str(run.id), outcome.value, detail)
-        except (PacsmanError, sqlite3.Error) as exc:
+        except (PacsmanError, self._db.errors[0]) as exc:
             _log.warning("run_outcome_not_recorded", outcome=outcome.value, problem=str(exc))
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """One SELECT, under the same lock as the writers (threads share this connection).
 
         Raises:
-            JobStoreError: the file cannot be read.
+            JobStoreError: the store cannot be read.
         """
         with self._lock:
             try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise_for_file(self.path, exc)
+                return [tuple(r) for r in self._db.execute(sql, params).fetchall()]
+            except self._db.errors as exc:
+                self._raise_for(exc)
                 raise
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; a problem with the file in it becomes a :class:`JobStoreError`."""
+    def _tx(self) -> Iterator[Database]:
+        """One transaction; a problem with the store in it becomes a :class:`JobStoreError`."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._db.begin()
                 try:
                     yield self._db
                 except BaseException:
-                    if self._db.in_transaction:  # SQLite may have rolled back already
-                        self._db.execute("ROLLBACK")
+                    self._db.rollback()  # SQLite may have rolled back already
                     raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise_for_file(self.path, exc)
+                self._db.commit()
+            except self._db.errors as exc:
+                self._raise_for(exc)
                 raise
 
+    def _raise_for(self, exc: Exception) -> None:
+        """Raise the :class:`JobStoreError` for a driver error about the store itself."""
+        if isinstance(exc, sqlite3.Error):
+            raise_for_file(self.path, exc)
+        else:
+            raise_for_server(self.where, exc)
+
     def _transition(
-        self, db: sqlite3.Connection, run_id: int, kind: str, key: str, state: str, detail: str
+        self, db: Database, run_id: int, kind: str, key: str, state: str, detail: str
     ) -> None:
         db.execute(
             "INSERT INTO transitions(run_id, kind, key, state, detail, at) VALUES (?,?,?,?,?,?)",
@@ -320,7 +359,7 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
         """
         found = self._read("SELECT id, queryfile, created_at FROM runs WHERE id = ?", (run_id,))
         if not found:
-            raise KeyError(f"run {run_id} is not in the job store {self.path}")
+            raise KeyError(f"run {run_id} is not in the job store {self.where}")
         run_id_, queryfile, created = found[0]
         return Run(int(run_id_), str(queryfile), str(created), resumed=True)
 
@@ -358,14 +397,14 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
             created = _now()
             cursor = db.execute(
                 "INSERT INTO runs(queryfile, queryfile_sha256, config_sha256, created_at) "
-                "VALUES (?,?,?,?)",
+                "VALUES (?,?,?,?) RETURNING id",
                 (str(queryfile.path), key, config_sha256, created),
             )
-            run_id = int(cursor.lastrowid or 0)
+            run_id = int(cursor.fetchone()[0])
             self._transition(db, run_id, "run", str(run_id), "CREATED", str(queryfile.path))
             return Run(run_id, str(queryfile.path), created, resumed=False)
 
-    def _retire(self, db: sqlite3.Connection, run_id: int) -> None:
+    def _retire(self, db: Database, run_id: int) -> None:
         db.execute(
             "UPDATE runs SET retired_at = ?, queryfile_sha256 = queryfile_sha256 || ? WHERE id = ?",
             (_now(), f"/retired-{run_id}", run_id),
@@ -408,9 +447,7 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
             )
             _renumber(db, run, moves)
 
-    def _insert_row(
-        self, db: sqlite3.Connection, run: Run, row: QueryRow, pacs: str, key: str
-    ) -> None:
+    def _insert_row(self, db: Database, run: Run, row: QueryRow, pacs: str, key: str) -> None:
         db.execute(
             "INSERT OR IGNORE INTO rows(run_id, line, pacs, subject, session, keys_json, "
             "state, row_key) VALUES (?,?,?,?,?,?,?,?)",
@@ -473,9 +510,7 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
             duplicate_of=tuple((owner, s.study_instance_uid) for owner, s in duplicates),
         )
 
-    def _claim(
-        self, db: sqlite3.Connection, run: Run, pacs: str, line: int, s: SeriesMatch
-    ) -> bool:
+    def _claim(self, db: Database, run: Run, pacs: str, line: int, s: SeriesMatch) -> bool:
         owner = db.execute(
             "SELECT line FROM series WHERE run_id = ? AND pacs = ? AND series_instance_uid = ?",
             (run.id, pacs, s.series_instance_uid),
@@ -501,20 +536,21 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
         )
         return True
 
-    def _owner(self, db: sqlite3.Connection, run: Run, pacs: str, study: StudyMatch) -> int:
+    def _owner(self, db: Database, run: Run, pacs: str, study: StudyMatch) -> int:
         row = db.execute(
             "SELECT MIN(line) FROM series WHERE run_id = ? AND pacs = ? AND study_instance_uid = ?",
             (run.id, pacs, study.study_instance_uid),
         ).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
-    def _store_study(
-        self, db: sqlite3.Connection, run: Run, pacs: str, line: int, study: StudyMatch
-    ) -> None:
+    def _store_study(self, db: Database, run: Run, pacs: str, line: int, study: StudyMatch) -> None:
         db.execute(
-            "INSERT OR REPLACE INTO studies(run_id, pacs, study_instance_uid, line, patient_id, "
+            "INSERT INTO studies(run_id, pacs, study_instance_uid, line, patient_id, "
             "study_date, study_time, accession_number, study_description) "
-            "VALUES (?,?,?,?,?,?,?,?,?)",
+            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (run_id, pacs, study_instance_uid, line) "
+            "DO UPDATE SET patient_id = excluded.patient_id, study_date = excluded.study_date, "
+            "study_time = excluded.study_time, accession_number = excluded.accession_number, "
+            "study_description = excluded.study_description",
             (
                 run.id,
                 pacs,
@@ -531,16 +567,18 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
     def _series(
         self, run: Run, columns: str, where: str = "", params: Sequence[object] = ()
     ) -> list[tuple[Any, ...]]:
-        """``columns`` of every series of ``run`` (aliases se, st, r), in query-file order."""
+        """``columns`` of every series of ``run`` (aliases se, st, r), in query-file order;
+        of the studies its lease holds, when it has one."""
+        held, held_params = held_clause(run, "se")
         return self._read(
             f"SELECT {columns} "
             "FROM series se JOIN studies st ON st.run_id = se.run_id AND st.pacs = se.pacs "
             "AND st.study_instance_uid = se.study_instance_uid AND st.line = se.line "
             "JOIN rows r ON r.run_id = se.run_id AND r.line = se.line "
-            f"WHERE se.run_id = ? {where} "
+            f"WHERE se.run_id = ? {where}{held} "
             "ORDER BY se.line, st.study_date, se.study_instance_uid, "
             "CAST(se.series_number AS INTEGER), se.series_instance_uid",
-            (run.id, *params),
+            (run.id, *params, *held_params),
         )
 
     def count_series(self, run: Run) -> int:
@@ -600,6 +638,7 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
         """Record series found complete on disk as COMPLETE: (series, instances, detail)."""
         with self._tx() as db:
             for series, received, detail in adopted:
+                fence(db, run, series.study_instance_uid, series.pacs)
                 db.execute(
                     "UPDATE series SET state = ?, detail = ?, received_instances = ? "
                     "WHERE run_id = ? AND pacs = ? AND series_instance_uid = ?",
@@ -696,6 +735,7 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
         with self._tx() as db:
             for column, placed in (("raw_directory", raw), ("anonymized_directory", anonymized)):
                 for series, directory in placed:
+                    fence(db, run, series.study_instance_uid, series.pacs)
                     db.execute(
                         f"UPDATE series SET {column} = ? "
                         "WHERE run_id = ? AND pacs = ? AND series_instance_uid = ?",
@@ -713,8 +753,13 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
         reported: tuple[int | None, int | None] = (None, None),
         new_pass: bool = False,
     ) -> None:
-        """Record one series' retrieve state (and counts) in one transaction."""
+        """Record one series' retrieve state (and counts) in one transaction.
+
+        Raises:
+            LeaseLost: the run's lease no longer holds the series' study.
+        """
         with self._tx() as db:
+            fence(db, run, series.study_instance_uid, series.pacs)
             db.execute(
                 "UPDATE series SET state = ?, detail = ?, "
                 "received_instances = COALESCE(?, received_instances), "
@@ -746,8 +791,13 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
         directory: Path,
     ) -> None:
         """Record one series' de-identification: outcome, XNAT subject and session labels, and
-        the directory its de-identified files are in."""
+        the directory its de-identified files are in.
+
+        Raises:
+            LeaseLost: the run's lease no longer holds the series' study.
+        """
         with self._tx() as db:
+            fence(db, run, series.study_instance_uid, series.pacs)
             db.execute(
                 "UPDATE series SET anonymization = ?, anonymized_instances = ?, "
                 "anonymization_detail = ?, xnat_subject = ?, xnat_session = ?, "
@@ -791,11 +841,20 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
         files_on_target: int = 0,
         detail: str = "",
     ) -> None:
-        """Record one experiment's push outcome (DONE or FAILED) in one transaction."""
+        """Record one experiment's push outcome (DONE or FAILED) in one transaction.
+
+        Raises:
+            LeaseLost: the run's lease no longer holds the experiment's study.
+        """
         with self._tx() as db:
+            if run.lease is not None:
+                fence(db, run, _study_of(db, run, experiment))
             db.execute(
-                "INSERT OR REPLACE INTO pushes(run_id, target, subject, session, state, uri, "
-                "files_on_target, detail) VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO pushes(run_id, target, subject, session, state, uri, "
+                "files_on_target, detail) VALUES (?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (run_id, target, subject, session) DO UPDATE SET "
+                "state = excluded.state, uri = excluded.uri, "
+                "files_on_target = excluded.files_on_target, detail = excluded.detail",
                 (run.id, target, *experiment, state.value, uri, files_on_target, detail),
             )
             self._transition(db, run.id, "push", "/".join(experiment), state.value, detail)
@@ -841,7 +900,7 @@ class JobStore(OperatorViews, JobQueue, MetricsViews):
         )
 
 
-def _renumber(db: sqlite3.Connection, run: Run, moves: dict[int, int]) -> None:
+def _renumber(db: Database, run: Run, moves: dict[int, int]) -> None:
     """Give rows (and their studies and series) their new line numbers, old -> new.
 
     Two steps (first to ``-new``, then to ``new``), so no line is held twice on the way.
@@ -857,12 +916,19 @@ def _renumber(db: sqlite3.Connection, run: Run, moves: dict[int, int]) -> None:
     _log.info("rows_renumbered", rows=len(moves))
 
 
-def _schema_version(db: sqlite3.Connection) -> int:
-    """The version a store is at: 0 for a new (empty) file."""
-    has_meta = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+def _study_of(db: Database, run: Run, experiment: tuple[str, str]) -> str:
+    """The StudyInstanceUID of an experiment (XNAT subject and session labels) of ``run``."""
+    found = db.execute(
+        "SELECT study_instance_uid FROM series WHERE run_id = ? AND xnat_subject = ? "
+        "AND xnat_session = ? LIMIT 1",
+        (run.id, *experiment),
     ).fetchone()
-    if has_meta is None:
+    return str(found[0]) if found else ""
+
+
+def _schema_version(db: Database) -> int:
+    """The version a store is at: 0 for a new (empty) store."""
+    if not db.has_table("meta"):
         return 0
     found = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return int(found[0]) if found else 0

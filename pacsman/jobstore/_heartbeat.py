@@ -8,13 +8,10 @@ heartbeat never stops the run.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 
 import structlog
-
-from pacsman.errors import PacsmanError
 
 __all__ = ["Heartbeat"]
 
@@ -45,5 +42,5 @@ class Heartbeat:
         while not self._stopped.wait(self._interval):
             try:
                 self._beat()
-            except (PacsmanError, sqlite3.Error) as exc:
+            except Exception as exc:  # a missed beat must not end the run
                 _log.warning("heartbeat_failed", problem=str(exc))

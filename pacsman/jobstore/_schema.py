@@ -17,6 +17,12 @@ Since version 7, each invocation of a run records who works on it and since when
 seconds while it works, and records how it stopped (``outcome``: FINISHED, INTERRUPTED or
 STOPPED, with ``outcome_detail``); ``rows.pacs_cell`` keeps the row's own ``Pacs`` cell
 (NULL for rows recorded before), so the rows can be written out again as a query file.
+
+Since version 9, head nodes share the work of a job by study: ``study_claims`` holds one row
+per study of a job's run, OPEN, CLAIMED by ``owner_node`` until ``lease_expires_at`` (epoch
+seconds, the database's clock) under lease ``generation``, or settled DONE or FAILED;
+``holder_node`` is the node whose disk holds its retrieved files.  ``jobs`` gains the lease of
+the node that coordinates the job and ``studies_open`` (its studies may be claimed).
 """
 
 from __future__ import annotations
@@ -183,6 +189,30 @@ _VERSION_8 = (
 )""",
 )
 
+_VERSION_9 = (
+    "ALTER TABLE jobs ADD COLUMN lease_expires_at DOUBLE PRECISION NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN studies_open INTEGER NOT NULL DEFAULT 0",
+    """CREATE TABLE IF NOT EXISTS study_claims (
+    run_id INTEGER NOT NULL,
+    pacs TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    job_id INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    owner_node TEXT NOT NULL DEFAULT '',
+    generation INTEGER NOT NULL DEFAULT 0,
+    lease_expires_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    holder_node TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    updated_at TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, pacs, study_instance_uid)
+)""",
+    "CREATE INDEX IF NOT EXISTS study_claims_by_job ON study_claims(job_id, state)",
+    "ALTER TABLE service_nodes ADD COLUMN ae_title TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE service_nodes ADD COLUMN scp_port INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE service_nodes ADD COLUMN backend TEXT NOT NULL DEFAULT ''",
+)
+
 #: Every schema change, oldest first.  Append only: a released migration never changes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, query rows, studies, series and the transition log", _VERSION_1),
@@ -191,18 +221,35 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "run and row keys from the normalized rows; retired runs", _VERSION_6),
     Migration(7, "heartbeat, process and outcome of runs; each row's Pacs cell", _VERSION_7),
     Migration(8, "jobs (the service's queue), their transitions, and service nodes", _VERSION_8),
+    Migration(9, "leases: jobs and studies claimed by head nodes, with generations", _VERSION_9),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 @dataclass(frozen=True)
+class Lease:
+    """Studies one head node claimed in one go: every claim made together shares the
+    ``generation`` (a number the store never hands out twice), which fences the node's
+    writes: once another node has taken a study over, writes under the old generation are
+    refused (:class:`~pacsman.errors.LeaseLost`)."""
+
+    node: str
+    generation: int
+    studies: int = 0
+
+
+@dataclass(frozen=True)
 class Run:
-    """One run: a query file plus a config, found again by their hashes."""
+    """One run: a query file plus a config, found again by their hashes.
+
+    With a ``lease``, the run is seen through it: only the series of the studies that lease
+    holds (still unexpired) are read, and writes to others are refused."""
 
     id: int
     queryfile: str
     created_at: str
     resumed: bool
+    lease: Lease | None = None
 
 
 class RunOutcome(StrEnum):

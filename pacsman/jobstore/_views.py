@@ -8,7 +8,6 @@ run, so that a run of 10,000 studies reads in about a second, and nothing here w
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -16,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pacsman.jobstore._errors import raise_for_file
+from pacsman.jobstore._backend import Database
 from pacsman.jobstore._keys import row_keys, run_key
 from pacsman.jobstore._schema import (
     RowOutcome,
@@ -45,10 +44,14 @@ class OperatorViews:
     """Read-only queries over runs for the operator's views; needs ``_read`` and ``_db``."""
 
     path: Path
-    _db: sqlite3.Connection
+    where: str
+    _db: Database
     _lock: threading.RLock
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError  # JobStore's
+
+    def _raise_for(self, exc: Exception) -> None:
         raise NotImplementedError  # JobStore's
 
     def run_records(self) -> list[RunRecord]:
@@ -63,7 +66,7 @@ class OperatorViews:
         """
         found = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         if not found:
-            raise KeyError(f"run {run_id} is not in the job store {self.path}")
+            raise KeyError(f"run {run_id} is not in the job store {self.where}")
         return _run_record(found[0])
 
     def runs_of(self, queryfile: QueryFile) -> list[RunRecord]:
@@ -90,15 +93,15 @@ class OperatorViews:
         """
         with self._lock:
             try:
-                self._db.execute("BEGIN")
-            except sqlite3.Error as exc:
-                raise_for_file(self.path, exc)
+                self._db.begin_snapshot()
+            except self._db.errors as exc:
+                self._raise_for(exc)
                 raise
             try:
                 yield
             finally:
                 if self._db.in_transaction:
-                    self._db.execute("COMMIT")
+                    self._db.commit()
 
     def row_queries(self, run: Run | RunRecord) -> list[RowQuery]:
         """Every row of ``run`` as the query file gave it, with its state, in line order."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -28,6 +27,7 @@ from enum import StrEnum
 from typing import Any
 
 from pacsman.errors import InputError
+from pacsman.jobstore._backend import EPOCH_NOW, Database
 
 __all__ = [
     "FINAL_STATES",
@@ -137,6 +137,8 @@ class ServiceNode:
         return (now - beat).total_seconds() <= within
 
 
+#: The channel on which a PostgreSQL job store wakes the nodes (see jobstore.claims).
+CHANNEL = "pacsman_work"
 _JOB_COLUMNS = (
     "id, name, priority, state, options_json, queryfile_name, source, submitted_at, "
     "started_at, finished_at, owner_node, run_id, requested, detail"
@@ -173,12 +175,12 @@ class JobQueue:
     """The job queue; mixed into :class:`~pacsman.jobstore.JobStore` (needs ``_tx``/``_read``)."""
 
     _lock: threading.RLock
-    _data_version: int
+    _db: Database
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError  # JobStore's
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+    def _tx(self) -> AbstractContextManager[Database]:
         raise NotImplementedError  # JobStore's
 
     # -- adding and reading ---------------------------------------------------------------
@@ -206,7 +208,7 @@ class JobQueue:
         with self._tx() as db:
             cursor = db.execute(
                 "INSERT INTO jobs(name, priority, state, options_json, queryfile_name, "
-                "queryfile, source, submitted_at) VALUES (?,?,?,?,?,?,?,?)",
+                "queryfile, source, submitted_at) VALUES (?,?,?,?,?,?,?,?) RETURNING id",
                 (
                     name,
                     priority,
@@ -218,7 +220,7 @@ class JobQueue:
                     _now(),
                 ),
             )
-            job_id = int(cursor.lastrowid or 0)
+            job_id = int(cursor.fetchone()[0])
             _job_transition(db, job_id, JobState.QUEUED, f"submitted via {source}")
         return self.job(job_id)
 
@@ -247,6 +249,14 @@ class JobQueue:
             rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs ORDER BY id DESC")
         return [_job(r) for r in rows]
 
+    def jobs_by_id(self, job_ids: Sequence[int]) -> list[Job]:
+        """The jobs with these ids (those that exist)."""
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", list(job_ids))
+        return [_job(r) for r in rows]
+
     def job_queryfile(self, job_id: int) -> bytes:
         """The bytes of the job's query file, as submitted."""
         found = self._read("SELECT queryfile FROM jobs WHERE id = ?", (job_id,))
@@ -264,44 +274,102 @@ class JobQueue:
 
     # -- claiming and settling --------------------------------------------------------------
 
-    def claim_job(self, node_name: str, *, skip: Sequence[int] = ()) -> Job | None:
-        """Claim the next QUEUED job for ``node_name``: highest priority, then oldest.
+    def claim_job(
+        self, node_name: str, *, skip: Sequence[int] = (), lease_seconds: float = 30.0
+    ) -> Job | None:
+        """Claim the next job for ``node_name``: QUEUED, or RUNNING on a node whose lease on
+        it expired (killed, stopped or cut off); highest priority, then oldest.
 
-        One transaction: a job claimed here is RUNNING and owned before any other node or
-        thread can see it QUEUED.  ``skip`` leaves out jobs the caller cannot start yet.
+        One transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
+        SQLite): a job claimed here is RUNNING and owned, under a new lease generation,
+        before any other node or thread can see it claimable.  ``skip`` leaves out jobs the
+        caller cannot start yet.
         """
         marks = ",".join("?" * len(skip))
         extra = f" AND id NOT IN ({marks})" if skip else ""
         with self._tx() as db:
             found = db.execute(
-                f"SELECT id FROM jobs WHERE state = ?{extra} ORDER BY priority DESC, id LIMIT 1",
-                [JobState.QUEUED.value, *skip],
+                "SELECT id, state, owner_node FROM jobs WHERE (state = ? OR (state = ? AND "
+                f"lease_expires_at > 0 AND lease_expires_at <= {EPOCH_NOW})){extra} "
+                "ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                [JobState.QUEUED.value, JobState.RUNNING.value, *skip],
             ).fetchone()
             if found is None:
                 return None
+            job_id, state, owner = int(found[0]), str(found[1]), str(found[2])
             db.execute(
-                "UPDATE jobs SET state = ?, owner_node = ?, requested = '', "
+                "UPDATE jobs SET state = ?, owner_node = ?, requested = CASE WHEN state = ? "
+                "THEN requested ELSE '' END, generation = generation + 1, "
+                f"lease_expires_at = {EPOCH_NOW} + ?, "
                 "started_at = CASE started_at WHEN '' THEN ? ELSE started_at END WHERE id = ?",
-                (JobState.RUNNING.value, node_name, _now(), found[0]),
+                (
+                    JobState.RUNNING.value,
+                    node_name,
+                    JobState.RUNNING.value,
+                    float(lease_seconds),
+                    _now(),
+                    job_id,
+                ),
             )
-            _job_transition(db, int(found[0]), JobState.RUNNING, f"claimed by {node_name}")
-        return self.job(int(found[0]))
+            taken = f" (taken over from {owner})" if state == JobState.RUNNING.value else ""
+            _job_transition(db, job_id, JobState.RUNNING, f"claimed by {node_name}{taken}")
+            db.notify(CHANNEL)
+        return self.job(job_id)
+
+    def joinable_jobs(self, *, skip: Sequence[int] = ()) -> list[Job]:
+        """RUNNING jobs whose studies are open to every node and not all claimed: another
+        node may join in, highest priority first."""
+        marks = ",".join("?" * len(skip))
+        extra = f" AND j.id NOT IN ({marks})" if skip else ""
+        rows = self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.state = ? AND j.studies_open = 1"
+            f"{extra} AND EXISTS (SELECT 1 FROM study_claims c WHERE c.job_id = j.id AND "
+            f"(c.state = 'OPEN' OR (c.state = 'CLAIMED' AND c.lease_expires_at <= {EPOCH_NOW})))"
+            " ORDER BY j.priority DESC, j.id",
+            [JobState.RUNNING.value, *skip],
+        )
+        return [_job(r) for r in rows]
 
     def attach_run(self, job_id: int, run_id: int) -> None:
         """Record the run a job works through (found again when the job is resumed)."""
         with self._tx() as db:
             db.execute("UPDATE jobs SET run_id = ? WHERE id = ?", (run_id, job_id))
 
-    def settle_job(self, job_id: int, state: JobState, detail: str = "") -> None:
-        """Record how a job's work ended (or that it waits again): one transition."""
+    def settle_job(
+        self, job_id: int, state: JobState, detail: str = "", *, owner: str | None = None
+    ) -> bool:
+        """Record how a job's work ended (or that it waits again): one transition.
+
+        With ``owner``, only while that node still owns the job (a node whose lease was
+        taken over settles nothing); returns whether the job was settled.
+        """
         finished = _now() if state in FINAL_STATES else ""
+        only = "" if owner is None else " AND owner_node = ? AND state = 'RUNNING'"
         with self._tx() as db:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE jobs SET state = ?, detail = ?, requested = '', finished_at = ?, "
-                "owner_node = CASE WHEN ? THEN owner_node ELSE '' END WHERE id = ?",
-                (state.value, detail, finished, state is JobState.RUNNING, job_id),
+                "owner_node = CASE WHEN ? = 1 THEN owner_node ELSE '' END, "
+                f"lease_expires_at = 0 WHERE id = ?{only}",
+                (
+                    state.value,
+                    detail,
+                    finished,
+                    int(state is JobState.RUNNING),
+                    job_id,
+                    *(() if owner is None else (owner,)),
+                ),
             )
+            if cursor.rowcount == 0:
+                return False
             _job_transition(db, job_id, state, detail)
+            if state in FINAL_STATES or state is JobState.PAUSED:  # every node lets go
+                db.execute(
+                    "UPDATE study_claims SET state = 'OPEN', owner_node = '', "
+                    "lease_expires_at = 0 WHERE job_id = ? AND state = 'CLAIMED'",
+                    (job_id,),
+                )
+            db.notify(CHANNEL)
+        return True
 
     def requeue_owned(self, node_name: str) -> list[int]:
         """At start: jobs this node held RUNNING when it stopped go back to QUEUED (or, when
@@ -316,11 +384,16 @@ class JobQueue:
                     str(requested), (JobState.QUEUED, f"{node_name} restarted: resumed")
                 )
                 db.execute(
-                    "UPDATE jobs SET state = ?, owner_node = '', requested = '', detail = ? "
-                    "WHERE id = ?",
+                    "UPDATE jobs SET state = ?, owner_node = '', requested = '', detail = ?, "
+                    "lease_expires_at = 0 WHERE id = ?",
                     (state.value, detail, job_id),
                 )
                 _job_transition(db, int(job_id), state, detail)
+            db.execute(
+                "UPDATE study_claims SET state = 'OPEN', owner_node = '', lease_expires_at = 0 "
+                "WHERE owner_node = ? AND state = 'CLAIMED'",
+                (node_name,),
+            )
         return [int(r[0]) for r in found if not r[1]]
 
     # -- operators' requests --------------------------------------------------------------
@@ -342,9 +415,16 @@ class JobQueue:
                     (state.value, detail, _now() if state in FINAL_STATES else "", job_id),
                 )
                 _job_transition(db, job_id, state, detail)
+                if action is JobAction.RETRY_FAILED:
+                    db.execute(
+                        "UPDATE study_claims SET state = 'OPEN' WHERE job_id = ? "
+                        "AND state = 'FAILED'",
+                        (job_id,),
+                    )
             else:
                 db.execute("UPDATE jobs SET requested = ? WHERE id = ?", (action.value, job_id))
                 _job_transition(db, job_id, job.state, f"{action.value} requested")
+            db.notify(CHANNEL)
         return self.job(job_id)
 
     def requests_for(self, node_name: str) -> dict[int, JobAction]:
@@ -365,32 +445,48 @@ class JobQueue:
             return 0, 0, 0
         marks = ",".join("?" * len(run_ids))
         found = self._read(
-            "SELECT COUNT(*), COALESCE(SUM(state IN ('COMPLETE', 'FAILED')), 0), "
-            f"COALESCE(SUM(state = 'INCOMPLETE'), 0) FROM series WHERE run_id IN ({marks})",
+            "SELECT COUNT(*), "
+            "COALESCE(SUM(CASE WHEN state IN ('COMPLETE', 'FAILED') THEN 1 ELSE 0 END), 0), "
+            "COALESCE(SUM(CASE WHEN state = 'INCOMPLETE' THEN 1 ELSE 0 END), 0) "
+            f"FROM series WHERE run_id IN ({marks})",
             list(run_ids),
         )
         return int(found[0][1]), int(found[0][0]), int(found[0][2])
 
     def changed_elsewhere(self) -> bool:
-        """Whether another connection committed to the store since the last call (SQLite's
-        ``data_version``: cheap, no disk read), e.g. ``pacsman submit`` queued a job."""
+        """Whether another connection changed the queue since the last call, e.g.
+        ``pacsman submit`` queued a job: SQLite's ``data_version`` (cheap, no disk read), or
+        a PostgreSQL NOTIFY on the work channel (LISTEN, no polling of the database)."""
         with self._lock:
-            found = self._read("PRAGMA data_version")
-            version = int(found[0][0]) if found else 0
-            changed = version != getattr(self, "_data_version", version)
-            self._data_version = version
-        return changed
+            return self._db.changed_elsewhere(CHANNEL)
 
     # -- service nodes ----------------------------------------------------------------------
 
-    def register_node(self, node_name: str, *, http_url: str) -> None:
-        """Record that ``pacsman serve`` runs here as ``node_name`` (replacing an old entry)."""
+    def register_node(
+        self, node_name: str, *, http_url: str, ae_title: str = "", scp_port: int = 0
+    ) -> None:
+        """Record that ``pacsman serve`` runs here as ``node_name`` (replacing an old entry),
+        with its Storage SCP's AE title and port (the PACS's move destination)."""
         now = _now()
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO service_nodes(node_name, pid, host, http_url, "
-                "started_at, heartbeat_at, stopped_at, status) VALUES (?,?,?,?,?,?,'','')",
-                (node_name, os.getpid(), socket.gethostname(), http_url, now, now),
+                "INSERT INTO service_nodes(node_name, pid, host, http_url, started_at, "
+                "heartbeat_at, stopped_at, status, ae_title, scp_port) "
+                "VALUES (?,?,?,?,?,?,'','',?,?) "
+                "ON CONFLICT (node_name) DO UPDATE SET pid = excluded.pid, host = excluded.host, "
+                "http_url = excluded.http_url, started_at = excluded.started_at, "
+                "heartbeat_at = excluded.heartbeat_at, stopped_at = '', status = '', "
+                "ae_title = excluded.ae_title, scp_port = excluded.scp_port",
+                (
+                    node_name,
+                    os.getpid(),
+                    socket.gethostname(),
+                    http_url,
+                    now,
+                    now,
+                    ae_title,
+                    scp_port,
+                ),
             )
 
     def beat_node(self, node_name: str, status: str) -> None:
@@ -422,7 +518,7 @@ _REQUEUED = {
 }
 
 
-def _job_transition(db: sqlite3.Connection, job_id: int, state: JobState, detail: str) -> None:
+def _job_transition(db: Database, job_id: int, state: JobState, detail: str) -> None:
     db.execute(
         "INSERT INTO job_transitions(job_id, state, detail, at) VALUES (?,?,?,?)",
         (job_id, state.value, detail, _now()),

@@ -52,6 +52,7 @@ from pacsman.pipeline.reception import Reception
 from pacsman.pipeline.report import info_path, write_info_csv
 from pacsman.pipeline.retrieve import retrieve_pending
 from pacsman.pipeline.status import start_heartbeat
+from pacsman.pipeline.studies import work_by_study
 from pacsman.pipeline.summary import RunSummary, StageFigures, summarize
 from pacsman.push import check_anonymization
 from pacsman.push.targets import TargetKind
@@ -151,6 +152,14 @@ class ServiceJob:
     job_id: int
     reception: Reception
     on_run: Callable[[Run], None] = lambda run: None
+    #: The head node working on it (``serve.node_name``) and how long its claims last.
+    node: str = "pacsman"
+    lease_seconds: float = 30.0
+    #: True for the node that claimed the job (it queries the rows and waits for every
+    #: study); False for a node that joins in to work on some of its studies.
+    coordinator: bool = True
+    #: The job's run when it has one already (a job resumed, or joined by another node).
+    run_id: int | None = None
 
 
 def run_job(options: RunOptions, config: Config, job: ServiceJob) -> RunSummary:
@@ -194,13 +203,16 @@ def _run(
     job: ServiceJob | None,
 ) -> RunSummary:
     default_node = config.node(options.pacs).name
-    run = store.open_run(
-        queryfile,
-        config_sha256(config),
-        default_pacs=default_node,
-        new_run=options.new_run,
-        job_id=None if job is None else job.job_id,
-    )
+    if job is not None and job.run_id is not None:
+        run = store.run_by_id(job.run_id)  # the job's own run, whichever node made it
+    else:
+        run = store.open_run(
+            queryfile,
+            config_sha256(config),
+            default_pacs=default_node,
+            new_run=options.new_run,
+            job_id=None if job is None else job.job_id,
+        )
     if job is None:
         bind_process(run_id=run.id)  # every thread's events, the SCP's and workers' too
     else:
@@ -210,15 +222,19 @@ def _run(
         _log.warning("config_warning", problem=str(warning))
     for warning in queryfile.warnings:
         _log.warning("queryfile_cleaned", problem=str(warning))
-    start_heartbeat(store, run, options, config)  # until the store is left
-    store.add_rows(run, [(row, row.pacs or default_node) for row in queryfile.rows])
+    coordinator = job is None or job.coordinator
+    if coordinator:
+        start_heartbeat(store, run, options, config)  # until the store is left
+        store.add_rows(run, [(row, row.pacs or default_node) for row in queryfile.rows])
     tracker = _tracker(store, run, queryfile, options)
     interval = config.log.progress_interval
-    reception = None if job is None else job.reception
     try:
         shown = reporting(tracker, run_id=run.id, interval=interval, live=job is None)
         with demoted(*SUPERSEDED), shown:
-            done_now = _work(store, run, queryfile, config, options, retry_for, tracker, reception)
+            if job is None:
+                done_now = _work(store, run, queryfile, config, options, retry_for, tracker)
+            else:
+                done_now = _work_job(store, run, queryfile, config, options, tracker, job)
     except KeyboardInterrupt:
         _log.warning("run_interrupted", next=INTERRUPTED, **{HUMAN: ""})
         end_soon()  # a DICOM library thread waiting on a busy peer must not hold the exit
@@ -236,7 +252,6 @@ def _work(
     options: RunOptions,
     retry_for: Callable[[PacsNode], RetryPolicy],
     tracker: Tracker,
-    reception: Reception | None = None,
 ) -> tuple[int, int, int]:
     """Query, retrieve, de-identify and push; return how many rows were queried, items
     worked on, and series adopted from disk."""
@@ -259,9 +274,59 @@ def _work(
                 retry_for,
                 on_study_complete=None if background is None else background.study_complete,
                 counts=tracker,
-                reception=reception,
             )
     worked = retrieved + (0 if background is None else background.worked)
+    return queried, worked, adopted
+
+
+def _work_job(
+    store: JobStore,
+    run: Run,
+    queryfile: QueryFile,
+    config: Config,
+    options: RunOptions,
+    tracker: Tracker,
+    job: ServiceJob,
+) -> tuple[int, int, int]:
+    """A service job: the coordinator queries its rows; then every node working on it
+    claims studies and works through them (:mod:`.studies`)."""
+    queried = 0
+    if job.coordinator:
+        default_node = config.node(options.pacs).name
+        queried = query_pending(
+            store, run, queryfile, config, default_node, _retry_for, counts=tracker
+        )
+    if not options.save:
+        return queried, 0, 0
+    _plan(tracker, store, run, options)
+    adopted = 0
+
+    def one_pass(scoped: Run) -> int:
+        nonlocal adopted
+        with _deidentify_push(scoped, config, options, tracker) as background:
+            adopted += _record_directories(store, scoped, options)
+            retrieved = retrieve_pending(
+                store,
+                scoped,
+                config,
+                options.out_directory,
+                _retry_for,
+                on_study_complete=None if background is None else background.study_complete,
+                counts=tracker,
+                reception=job.reception,
+            )
+        return retrieved + (0 if background is None else background.worked)
+
+    worked = work_by_study(
+        store,
+        run,
+        job_id=job.job_id,
+        node=job.node,
+        lease_seconds=job.lease_seconds,
+        coordinator=job.coordinator,
+        one_pass=one_pass,
+        wants=(options.deidentify, options.push),
+    )
     return queried, worked, adopted
 
 
@@ -345,6 +410,7 @@ def _deidentify_push(
     request = Request(
         config=config,
         run_id=run.id,
+        lease=run.lease,
         out_directory=options.out_directory,
         workers=options.workers,
         push=options.push,

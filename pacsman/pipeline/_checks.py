@@ -115,7 +115,7 @@ def known_series(config: Config, pacs: str) -> RetrieveSeries | None:
 
     An unusable job store gives none: the state line reports it.
     """
-    if not config.jobstore.is_file():
+    if isinstance(config.jobstore, Path) and not config.jobstore.is_file():
         return None
     try:
         with JobStore(config.jobstore, read_only=True) as store:

@@ -9,7 +9,9 @@ Labels: the query row's ``Subject``/``Session`` when it has them; otherwise stab
 pseudonyms from the project's mapping table, made from ``anonymization.subject_template`` and
 ``session_template`` (default ``<project>_S0001``, ``<project>_E00001``).
 The key and the mapping table are the ones ``pacsman anonymize`` and
-``pacsman mapping export`` use.
+``pacsman mapping export`` use (:func:`~pacsman.anonymize.locations.mapping_location`): with a
+PostgreSQL job store, the mapping table is in its database, shared by every head node, so a
+patient gets one subject label and one date shift whichever node retrieved the study.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from pacsman.anonymize import (
     Encapsulated,
     MappingTable,
     default_key_path,
-    default_mapping_path,
     load_or_create_key,
     load_profile,
 )
@@ -37,6 +38,7 @@ from pacsman.anonymize.batch import (
     Task,
     deidentify_files,
 )
+from pacsman.anonymize.locations import mapping_location
 from pacsman.config import Config
 from pacsman.jobstore import AnonymizeSeries, JobStore, Run, recorded_directory
 from pacsman.layout import anonymized_series_directory
@@ -72,8 +74,10 @@ def anonymize_complete(
     now are added.
 
     Raises:
-        InputError: the de-identification profile is invalid.
+        InputError: the de-identification profile is invalid, or this node's project key
+            is not the one the shared mapping table was written with.
         FatalError: a series' raw directory is not in the job store.
+        JobStoreError: the PostgreSQL job store holding the mapping table cannot be reached.
     """
     todo = store.series_for_anonymize(run)
     if handled is not None:
@@ -82,11 +86,12 @@ def anonymize_complete(
     if not todo:
         return 0
     spec = _engine_spec(config.anonymization.profile, project, config.anonymization.encapsulated)
-    mapping = MappingTable(default_mapping_path(project))
+    mapping = MappingTable(mapping_location(project, jobstore=config.jobstore))
     if counts is not None:
         counts.start(Stage.DEIDENTIFY)
     work = _Work(mapping, spec, out_directory, workers, counts)
     try:
+        mapping.check_key(project, spec.key)
         for series, following in zip(todo, [*todo[1:], None], strict=True):
             experiment = _experiment(mapping, series, project, config)
             _anonymize_series(store, run, series, experiment, work)

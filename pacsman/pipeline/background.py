@@ -50,7 +50,8 @@ from typing import IO, Any
 import structlog
 
 from pacsman.config import Config
-from pacsman.errors import FatalError, Halted
+from pacsman.errors import FatalError, Halted, LeaseLost
+from pacsman.jobstore import Lease
 from pacsman.log import forward
 from pacsman.pipeline.progress import Tracker, apply
 from pacsman.push.targets import TargetKind
@@ -84,6 +85,8 @@ class Request:
     config: Config
     run_id: int
     out_directory: Path
+    #: The head node's lease on the studies to work on (a service job's batch), if any.
+    lease: Lease | None = None
     workers: int = 1
     push: TargetKind | None = None
     #: The run's log level (``--log-level`` or ``log.level``): the child logs as the run does.
@@ -182,6 +185,8 @@ class DeidentifyPushProcess:
         worked = self._report.get("worked", 0)
         self.worked = worked if isinstance(worked, int) else 0
         if status != 0 and exc is None:
+            if "lease_lost" in self._report:
+                raise LeaseLost(str(self._report["lease_lost"]))
             reason = str(self._report.get("error", "")) or "its reason is logged above"
             raise FatalError(
                 f"the de-identify/push process stopped (exit {status}): {reason}; "

@@ -46,6 +46,7 @@ from pacsman.config import Config, load_config
 from pacsman.config.options import add_common_options
 from pacsman.dicom.client import DicomPeer
 from pacsman.errors import EXIT_OK, FatalError, InputError, PacsmanError
+from pacsman.jobstore import JobStore
 from pacsman.models import QueryFile
 from pacsman.pipeline._checks import (
     CheckLine,
@@ -188,7 +189,7 @@ def _state_line(config: Config) -> CheckLine:
         notes = [
             _key_state(default_key_path(project)),
             _database_state("mapping table", default_mapping_path(project), _STATE_FIX),
-            _database_state("job store", config.jobstore, "set jobstore: in the config"),
+            _jobstore_state(config.jobstore),
         ]
     except PacsmanError as exc:
         return failed("state", exc)
@@ -203,6 +204,24 @@ def _key_state(path: Path) -> str:
         return f"key {_creatable(path, _STATE_FIX)}"
     load_or_create_key(path)  # reads it: private, and a pacsman key
     return f"key {path} readable (mode {stat.filemode(path.stat().st_mode)})"
+
+
+def _jobstore_state(location: Path | str) -> str:
+    """The job store: a SQLite file as :func:`_database_state` checks it; a PostgreSQL URL
+    by logging in and reading its schema version (nothing is written).
+
+    Raises:
+        PacsmanError: the server cannot be reached, refuses the login, has no such database,
+            or holds a store written by a newer pacsman.
+    """
+    if isinstance(location, Path):
+        return _database_state("job store", location, "set jobstore: in the config")
+    with JobStore(location, read_only=True) as store:
+        where = store.where
+    return (
+        f"job store {where} reachable (PostgreSQL); pacsman creates or updates its tables "
+        "when it first writes"
+    )
 
 
 def _database_state(what: str, path: Path, fix: str) -> str:

@@ -21,13 +21,14 @@ import sys
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 import structlog
 
 from pacsman.config import Config
-from pacsman.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, PacsmanError
+from pacsman.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, LeaseLost, PacsmanError
 from pacsman.jobstore import JobStore, Run
 from pacsman.log import bind_process, configure_logging, demoted
 from pacsman.pipeline.anonymize import anonymize_complete
@@ -174,8 +175,12 @@ def main() -> int:
             JobStore(config.jobstore) as store,
             _target(config, request.push) as target,
         ):
-            run = store.run_by_id(request.run_id)
+            run = replace(store.run_by_id(request.run_id), lease=request.lease)
             worked = _passes(store, run, request, target, _Announcements(stdin), counts)
+    except LeaseLost as exc:
+        counts.flush()
+        _message({"report": {"lease_lost": str(exc)}})  # the run stops this batch
+        return EXIT_FATAL
     except PacsmanError as exc:
         counts.flush()
         _message({"report": {"error": str(exc)}})  # the run raises it, with the reason

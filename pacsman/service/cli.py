@@ -151,7 +151,9 @@ def _live(nodes: Sequence[ServiceNode]) -> list[ServiceNode]:
     return [node for node in nodes if node.alive(now)]
 
 
-def _warn_without_service(nodes: Sequence[ServiceNode], jobstore: Path, consequence: str) -> None:
+def _warn_without_service(
+    nodes: Sequence[ServiceNode], jobstore: Path | str, consequence: str
+) -> None:
     if not _live(nodes):
         print(
             f"pacsman: warning: no 'pacsman serve' runs on the job store {jobstore}, so "
@@ -304,7 +306,7 @@ def _action_parser(action: JobAction) -> argparse.ArgumentParser:
     return parser
 
 
-def _writable_store(jobstore: Path | None, config: Path | None) -> JobStore:
+def _writable_store(jobstore: Path | str | None, config: Path | None) -> JobStore:
     """The job store to write a request to: ``jobstore``, else the config's.
 
     Raises:
@@ -319,7 +321,7 @@ def _writable_store(jobstore: Path | None, config: Path | None) -> JobStore:
                 f"{exc}\ngive the job store with --jobstore PATH, or the config that names it "
                 "with --config PATH"
             ) from None
-    if not jobstore.exists():
+    if isinstance(jobstore, Path) and not jobstore.exists():
         raise InputError(
             f"the job store {jobstore} does not exist: no job was ever submitted to it; "
             "check --jobstore or the config's 'jobstore'"

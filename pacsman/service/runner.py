@@ -62,6 +62,8 @@ class JobThread:
     """A job being worked on: its thread, its halt, and (once ended) how it ended."""
 
     job: Job
+    #: False for a job another node claimed, joined to work on some of its studies.
+    coordinator: bool = True
     halt: Halt = field(default_factory=Halt)
     end: JobEnd | None = None
     run_id: int | None = None
@@ -99,7 +101,15 @@ class JobThread:
         _log.info("job_started", job_id=job.id, options=job.options.describe())
         try:
             options = _run_options(job, _write_queryfile(store, config, job))
-            service_job = ServiceJob(job.id, reception, on_run=self._on_run(store))
+            service_job = ServiceJob(
+                job.id,
+                reception,
+                on_run=self._on_run(store),
+                node=config.serve.node_name,
+                lease_seconds=config.serve.lease_seconds,
+                coordinator=self.coordinator,
+                run_id=job.run_id,
+            )
             with working_for(ticket):
                 summary = run_job(options, config, service_job)
         except Halted:
@@ -120,7 +130,8 @@ class JobThread:
     def _on_run(self, store: JobStore) -> Callable[[Run], None]:
         def attach(run: Run) -> None:
             self.run_id = run.id
-            store.attach_run(self.job.id, run.id)
+            if self.coordinator:
+                store.attach_run(self.job.id, run.id)
 
         return attach
 

@@ -97,6 +97,8 @@ class Service:
         self._stopped = threading.Event()
         #: Whether the drain ended by aborting what was left.
         self.aborted = False
+        #: Set when the service leaves: lease renewal ends.
+        self._left = threading.Event()
         self._store: JobStore | None = None
         self._inbox: Inbox | None = None
         self.metrics = ServiceMetrics(self)
@@ -173,7 +175,13 @@ class Service:
             stack.enter_context(storage_scp(config, self.reception.writer, needed=needs_scp))
             self._scp_bound = True
             http = stack.enter_context(self._http())
-            self.store.register_node(self.node_name, http_url=http.url)
+            self.store.register_node(
+                self.node_name,
+                http_url=http.url,
+                ae_title=config.local.ae_title,
+                scp_port=config.local.port if needs_scp else 0,
+            )
+            threading.Thread(target=self._lease_loop, name="pacsman-lease", daemon=True).start()
             add_observer(self.metrics.observe, events=self.metrics.events)
             stack.callback(remove_observer, self.metrics.observe)
             self._inbox = Inbox(self.store, config)
@@ -251,16 +259,28 @@ class Service:
                 last_beat = now
 
     def _claim(self) -> None:
+        """Claim QUEUED jobs (or jobs a dead node held); then join jobs other nodes run whose
+        studies are not all claimed, up to ``serve.max_jobs`` in all."""
         if self.health.disk_problem is not None:
             return
+        lease = self._config.serve.lease_seconds
         while len(self._running) < self._config.serve.max_jobs:
-            job = self.store.claim_job(self.node_name)
+            job = self.store.claim_job(
+                self.node_name, skip=list(self._running), lease_seconds=lease
+            )
             if job is None:
-                return
-            thread = JobThread(job)
-            with self._lock:
-                self._running[job.id] = thread
-            thread.start(self.store, self._config, self.reception, self._shared, self._job_ended)
+                break
+            self._start(JobThread(job))
+        room = self._config.serve.max_jobs - len(self._running)
+        if room > 0:
+            for job in self.store.joinable_jobs(skip=list(self._running))[:room]:
+                _log.info("job_joined", job_id=job.id, coordinator=job.owner_node)
+                self._start(JobThread(job, coordinator=False))
+
+    def _start(self, thread: JobThread) -> None:
+        with self._lock:
+            self._running[thread.job.id] = thread
+        thread.start(self.store, self._config, self.reception, self._shared, self._job_ended)
 
     def _job_ended(self, thread: JobThread) -> None:
         self._ended.put(thread)
@@ -275,8 +295,13 @@ class Service:
             with self._lock:
                 self._running.pop(thread.job.id, None)
             end = thread.end or JobEnd(JobState.FAILED, "the job's thread ended without a word")
-            self.store.settle_job(thread.job.id, end.state, end.detail)
             job = thread.job
+            if not thread.coordinator:  # the node that claimed the job settles it
+                _log.info("job_left", job_id=job.id, state=end.state.value, detail=end.detail)
+                continue
+            if not self.store.settle_job(job.id, end.state, end.detail, owner=self.node_name):
+                _log.warning("job_lost", job_id=job.id, detail="another node took it over")
+                continue
             _log.info(
                 "job_ended",
                 job_id=job.id,
@@ -292,7 +317,16 @@ class Service:
         self.notifier.job_ended(JobSummary.from_job(job, node=self.node_name, counts=_counts(end)))
 
     def _apply_requests(self) -> None:
-        for job_id, action in self.store.requests_for(self.node_name).items():
+        asked = dict(self.store.requests_for(self.node_name))
+        helping = [t.job.id for t in self._running.values() if not t.coordinator]
+        for job in self.store.jobs_by_id(helping):
+            if job.state in _LET_GO:
+                asked[job.id] = (
+                    JobAction.CANCEL if job.state is JobState.CANCELLED else JobAction.PAUSE
+                )
+            elif job.requested in (JobAction.CANCEL.value, JobAction.PAUSE.value):
+                asked[job.id] = JobAction(job.requested)
+        for job_id, action in asked.items():
             thread = self._running.get(job_id)
             if thread is None or thread.halt.is_set():
                 continue
@@ -354,6 +388,7 @@ class Service:
 
     def _leave(self) -> None:
         """Record that the service stopped; tell pending notifications to go out."""
+        self._left.set()
         self.notifier.close(timeout=5.0)
         self.systemd.close()
         if self._store is not None:
@@ -405,6 +440,18 @@ class Service:
         _log.info("config_reloaded", needs_restart=restart or None)
         self.systemd.ready()
 
+    def _lease_loop(self) -> None:
+        """Renew this node's leases on jobs and studies every third of ``serve.lease_seconds``
+        (its own thread: a busy loop must not cost the node its work)."""
+        while not self._stopped.is_set() or self._running:
+            lease = self._config.serve.lease_seconds
+            try:
+                self.store.renew_leases(self.node_name, lease)
+            except PacsmanError as exc:
+                _log.warning("lease_renewal_failed", problem=str(exc))
+            if self._left.wait(lease / 3):
+                return
+
     def _echo_loop(self) -> None:
         """C-ECHO each idle PACS node and look at the disk every ECHO_EVERY seconds."""
         while not self._draining:
@@ -420,6 +467,10 @@ class Service:
             self.store.beat_node(self.node_name, line)
         except PacsmanError as exc:
             _log.warning("heartbeat_failed", problem=str(exc))
+
+
+#: A job in these states is let go by every node that helps with it.
+_LET_GO = (JobState.CANCELLED, JobState.PAUSED)
 
 
 def _counts(end: JobEnd) -> dict[str, int]:

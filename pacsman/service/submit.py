@@ -104,7 +104,8 @@ def queue_job(
         QueryFileError, InputError, ConfigError: nothing was queued; every problem is named.
     """
     check_options(config, options)
-    where = scratch or config.jobstore.parent / ".pacsman-submit"
+    beside = config.jobstore.parent if isinstance(config.jobstore, Path) else config.store_root
+    where = scratch or beside / ".pacsman-submit"
     validate_content(config, filename, content, options, scratch=where)
     label = _job_name(name or Path(filename).stem)
     job = store.add_job(
