@@ -431,40 +431,6 @@ class AssociationSlots:
             self._cluster.release(self.node, slot)
         self._release_here()
 
-    def _pop_cluster_slot(self) -> int | None:
-        """The cluster slot the calling thread took last (else any this process holds)."""
-        with self._cond:
-            mine = self._cluster_slots.get(threading.get_ident())
-            if not mine:
-                mine = next((slots for slots in self._cluster_slots.values() if slots), None)
-            return mine.pop() if mine else None
-
-    def _acquire_here(self) -> None:
-        ticket = current_ticket()
-        with self._cond:
-            self._orders += 1
-            waiter = _Waiter(ticket, self._orders)
-            self._waiting.append(waiter)
-            try:
-                while not (self._in_use < self.limit and self._next() is waiter):
-                    check_halt()
-                    self._cond.wait(0.5 if ticket.halt is not None else None)
-                check_halt()
-            finally:
-                self._waiting.remove(waiter)
-                self._cond.notify_all()
-            self._in_use += 1
-            self._held[ticket.job] = self._held.get(ticket.job, 0) + 1
-            self._orders += 1
-            self._served[ticket.job] = self._orders
-
-    def _release_here(self) -> None:
-        ticket = current_ticket()
-        with self._cond:
-            self._in_use = max(0, self._in_use - 1)
-            self._held[ticket.job] = max(0, self._held.get(ticket.job, 0) - 1)
-            self._cond.notify_all()
-
     def others_waiting(self) -> bool:
         """Whether another job, at the caller's priority or higher, waits for a slot."""
         ticket = current_ticket()
@@ -504,6 +470,40 @@ class AssociationSlots:
             return (-w.ticket.priority, held, retrieves, self._served.get(job, 0), w.order)
 
         return min(self._waiting, key=rank)
+
+    def _pop_cluster_slot(self) -> int | None:
+        """The cluster slot the calling thread took last (else any this process holds)."""
+        with self._cond:
+            mine = self._cluster_slots.get(threading.get_ident())
+            if not mine:
+                mine = next((slots for slots in self._cluster_slots.values() if slots), None)
+            return mine.pop() if mine else None
+
+    def _acquire_here(self) -> None:
+        ticket = current_ticket()
+        with self._cond:
+            self._orders += 1
+            waiter = _Waiter(ticket, self._orders)
+            self._waiting.append(waiter)
+            try:
+                while not (self._in_use < self.limit and self._next() is waiter):
+                    check_halt()
+                    self._cond.wait(0.5 if ticket.halt is not None else None)
+                check_halt()
+            finally:
+                self._waiting.remove(waiter)
+                self._cond.notify_all()
+            self._in_use += 1
+            self._held[ticket.job] = self._held.get(ticket.job, 0) + 1
+            self._orders += 1
+            self._served[ticket.job] = self._orders
+
+    def _release_here(self) -> None:
+        ticket = current_ticket()
+        with self._cond:
+            self._in_use = max(0, self._in_use - 1)
+            self._held[ticket.job] = max(0, self._held.get(ticket.job, 0) - 1)
+            self._cond.notify_all()
 
 
 class SharedCourtesy:

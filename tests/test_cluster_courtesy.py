@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from pacsman.config import PacsNode
 from pacsman.dicom.client import DicomPeer, associate
@@ -134,11 +135,11 @@ def test_three_nodes_never_hold_more_than_the_limit(
     for thread, outcome in threads:
         thread.join(_DEADLINE)
         assert outcome == [None]
-    assert 60 == done[0]
-    assert 2 == peak[0]
+    assert done[0] == 60
+    assert peak[0] == 2
     assert time.monotonic() - started < _DEADLINE
-    assert 0 == cluster[0].cluster_held("pacs-a")
-    assert {} == cluster[1].held()
+    assert cluster[0].cluster_held("pacs-a") == 0
+    assert cluster[1].held() == {}
 
 
 def test_a_waiter_wakes_by_notify_long_before_the_fallback(
@@ -157,8 +158,8 @@ def test_a_waiter_wakes_by_notify_long_before_the_fallback(
     thread.join(_DEADLINE)
     assert outcome == [0]
     assert time.monotonic() - released < 1.0
-    assert {"pacs-b": 1} == waiter.held()
-    assert 1 == holder.cluster_held("pacs-b")
+    assert waiter.held() == {"pacs-b": 1}
+    assert holder.cluster_held("pacs-b") == 1
 
 
 _HOLDER = """
@@ -183,9 +184,9 @@ def test_a_killed_node_frees_its_slots_a_stopped_one_keeps_them(
     )
     try:
         assert holder.stdout is not None
-        assert "0 1" == holder.stdout.readline().strip()
+        assert holder.stdout.readline().strip() == "0 1"
         other = nodes()
-        assert 2 == other.cluster_held("pacs-c")
+        assert other.cluster_held("pacs-c") == 2
         os.kill(holder.pid, signal.SIGSTOP)
         with pytest.raises(TimeoutError, match=r"no association slot to PACS node 'pacs-c'"):
             other.acquire("pacs-c", 2, timeout=0.3)
@@ -204,7 +205,8 @@ def test_a_terminated_backend_frees_its_slots(
     nodes: Callable[..., ClusterSlots], postgres: PostgresServer, url: str
 ) -> None:
     """A node whose connection the server ends (pg_terminate_backend) loses its slots at
-    once; the waiter gets one within the fallback (no NOTIFY comes)."""
+    once; the waiter gets one within the fallback (no NOTIFY comes).  The node's next call
+    opens a new connection."""
     holder, waiter = nodes(), nodes()
     holder.acquire("pacs-d", 1)
     thread, outcome = _in_thread(lambda: waiter.acquire("pacs-d", 1, timeout=_DEADLINE))
@@ -216,10 +218,16 @@ def test_a_terminated_backend_frees_its_slots(
             (pacs_lock_key("pacs-d"),),
         ).fetchall()
     terminated = time.monotonic()
-    assert [(True,)] == ended
+    assert ended == [(True,)]
     thread.join(_DEADLINE)
     assert outcome == [0]
     assert time.monotonic() - terminated < waiter.fallback + 1.0
+    with capture_logs() as logs:
+        holder.release("pacs-d", 0)
+        assert holder.acquire("pacs-d2", 1, timeout=_DEADLINE) == 0
+    events = [entry["event"] for entry in logs]
+    assert events == ["cluster_slot_release_failed", "cluster_slots_reconnecting"]
+    assert holder.held() == {"pacs-d2": 1}
 
 
 def test_pace_spaces_starts_across_nodes(nodes: Callable[..., ClusterSlots]) -> None:
@@ -245,9 +253,9 @@ def test_pace_spaces_starts_across_nodes(nodes: Callable[..., ClusterSlots]) -> 
         assert outcome == [None]
     starts.sort()
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
-    assert 6 == len(starts)
+    assert len(starts) == 6
     assert min(gaps) > 0.2 - 0.05, gaps
-    assert 0.0 == cluster[0].pace("pacs-e", 0.0)
+    assert cluster[0].pace("pacs-e", 0.0) == 0.0
 
 
 def test_pace_without_the_table_names_the_fix(postgres: PostgresServer) -> None:
@@ -271,9 +279,10 @@ def test_a_halted_waiter_returns_promptly(nodes: Callable[..., ClusterSlots]) ->
     watched.event.set()
     thread.join(_DEADLINE)
     assert time.monotonic() - halted < 0.5
-    assert len(outcome) == 1 and isinstance(outcome[0], Halted)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], Halted)
     assert "slot to PACS node 'pacs-g'" in str(outcome[0])
-    assert {} == waiter.held()
+    assert waiter.held() == {}
 
 
 def test_no_server_names_the_job_store() -> None:
@@ -333,9 +342,9 @@ def test_slots_take_the_local_slot_then_the_clusters_and_give_back_in_reverse() 
         slots = shared.slots("pacs-h", 2)
         slots.acquire()
         slots.release()
-    assert [("acquire", "pacs-h", 2, 1), ("release", "pacs-h", 7, 1)] == gate.calls
-    assert {"pacs-h": 0} == shared.in_use()
-    assert {"pacs-h": 5} == shared.cluster_in_use()
+    assert gate.calls == [("acquire", "pacs-h", 2, 1), ("release", "pacs-h", 7, 1)]
+    assert shared.in_use() == {"pacs-h": 0}
+    assert shared.cluster_in_use() == {"pacs-h": 5}
 
 
 def test_a_cluster_wait_that_fails_gives_the_local_slot_back() -> None:
@@ -348,7 +357,7 @@ def test_a_cluster_wait_that_fails_gives_the_local_slot_back() -> None:
         pytest.raises(Halted, match=r"job j2: cancelled by the operator"),
     ):
         shared.slots("pacs-i", 1).acquire()
-    assert {"pacs-i": 0} == shared.in_use()
+    assert shared.in_use() == {"pacs-i": 0}
 
 
 def test_courtesy_reserves_each_start_in_the_cluster() -> None:
@@ -360,9 +369,9 @@ def test_courtesy_reserves_each_start_in_the_cluster() -> None:
     started = time.monotonic()
     courtesy.wait_turn()
     assert time.monotonic() - started >= 0.1
-    assert [("pace", "pacs-j", 0.05, 0)] == gate.calls
+    assert gate.calls == [("pace", "pacs-j", 0.05, 0)]
     shared.courtesy("pacs-k", interval=0.0, window=None).wait_turn()
-    assert 1 == len(gate.calls)
+    assert len(gate.calls) == 1
 
 
 def test_associations_from_two_nodes_respect_the_clusters_limit(
@@ -392,7 +401,7 @@ def test_associations_from_two_nodes_respect_the_clusters_limit(
             thread.join(_DEADLINE)
             assert outcome == [None]
         assert pacs.peak_associations <= 2
-        assert 0 == gates[0].cluster_held("fake")
+        assert gates[0].cluster_held("fake") == 0
     finally:
         for gate in gates:
             gate.close()

@@ -27,6 +27,7 @@ from pacsman.errors import FatalError, InputError, ItemFailed, JobStoreError
 from pacsman.testing.net import free_port
 from pacsman.testing.postgres import POSTGRES_ROOT, PostgresServer, postgres_available
 from tests.conftest import require_peer
+from tests.helpers import write_config
 
 pytest.importorskip("psycopg", reason="psycopg is not installed; pip install -e .[test]")
 
@@ -307,3 +308,61 @@ def test_a_refused_statement_never_quotes_the_row(pg_url: str) -> None:
     assert "STAND-IN-ID-4711" not in str(e.value)
     assert e.value.__cause__ is None
     assert e.value.__suppress_context__
+
+
+# -- growing from one node to several --------------------------------------------------------
+
+
+def test_import_copies_a_local_table_once(pg_url: str, tmp_path: Path) -> None:
+    """``pacsman mapping import``: the shared table then exports what the file did, and
+    numbering carries on after the file's; a second import is refused, nothing copied."""
+    local = tmp_path / "P.mapping.sqlite"
+    table = MappingTable(local)
+    _record(table)
+    assert table.label_for("subject", PHI[0], project="P", template=TEMPLATE) == "P_0001"
+    table.export(tmp_path / "local.csv")
+    table.close()
+    argv = ["import", str(local), "--mapping", pg_url]
+    assert mapping_main(argv) == 0
+    assert export_mapping(pg_url, tmp_path / "shared.csv") == 1
+    assert (tmp_path / "shared.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    shared = MappingTable(pg_url)
+    assert shared.label_for("subject", PHI[0], project="P", template=TEMPLATE) == "P_0001"
+    assert shared.label_for("subject", PHI[1], project="P", template=TEMPLATE) == "P_0002"
+    shared.close()
+    with pytest.raises(InputError, match=r"already holds a mapping for it.*nothing was copied"):
+        mapping_main(argv)
+
+
+def test_a_local_table_left_behind_is_refused(pg_url: str, tmp_path: Path) -> None:
+    """A node whose local table holds the project, with a shared table that does not: the
+    shared numbering would restart at 1, so it is refused with the import command."""
+    local = tmp_path / "P.mapping.sqlite"
+    table = MappingTable(local)
+    table.label_for("subject", PHI[0], project="P", template=TEMPLATE)
+    table.close()
+    shared = MappingTable(pg_url)
+    shared.check_not_left_behind("Q", local)  # another project: nothing to lose
+    shared.check_not_left_behind("P", tmp_path / "absent.sqlite")
+    with pytest.raises(InputError, match=r"copy it first with 'pacsman mapping import"):
+        shared.check_not_left_behind("P", local)
+    shared.label_for("subject", PHI[1], project="P", template=TEMPLATE)
+    shared.check_not_left_behind("P", local)  # the shared table holds the project now
+    shared.close()
+
+
+def test_export_command_follows_the_configs_job_store(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``jobstore: postgresql://...`` in the config, export reads the shared table."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    table = MappingTable(pg_url)
+    _record(table)
+    table.close()
+    config = write_config(tmp_path, port=104, called_ae_title="PACS")
+    lines = [x for x in config.read_text("utf-8").splitlines() if not x.startswith("jobstore:")]
+    config.write_text("\n".join([*lines, f"jobstore: {pg_url}", "xnat:", "  project: P", ""]))
+    out = tmp_path / "from-config.csv"
+    assert mapping_main(["export", str(out), "--config", str(config)]) == 0
+    assert _csv(out)[1][2] == PHI[0]
+    assert not (tmp_path / "xdg").exists()  # no local table was made

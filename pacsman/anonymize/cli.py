@@ -3,6 +3,7 @@
     pacsman anonymize IN_DIR OUT_DIR --subject S --session E [--profile P] [--project NAME]
                       [--key PATH] [--mapping PATH] [--workers N] [--config PATH]
     pacsman mapping export OUT.csv [--mapping PATH|URL] [--project NAME] [--config PATH]
+    pacsman mapping import FILE.sqlite [--mapping URL] [--config PATH]
 
 Everything is checked before any file is touched.  Exit codes: 0 every DICOM instance
 written; 1 some quarantined or failed (``ItemFailed``); 2 bad arguments (``InputError``).
@@ -25,8 +26,13 @@ from pacsman import __version__
 from pacsman.anonymize.batch import BatchSummary, EngineSpec, Outcome, Task, deidentify_files
 from pacsman.anonymize.engine import Encapsulated, check_label, quarantine_dir
 from pacsman.anonymize.keys import load_or_create_key
-from pacsman.anonymize.locations import default_key_path, is_postgresql, mapping_location
-from pacsman.anonymize.mapping import MappingTable, export_mapping
+from pacsman.anonymize.locations import (
+    default_key_path,
+    default_mapping_path,
+    is_postgresql,
+    mapping_location,
+)
+from pacsman.anonymize.mapping import MappingTable, export_mapping, import_mapping
 from pacsman.anonymize.profile import Profile, load_profile
 from pacsman.config import ENV_VAR, Config, find_config, load_config
 from pacsman.config.options import add_common_options, config_help
@@ -213,6 +219,7 @@ def anonymize_main(argv: list[str]) -> int:
     mapping = MappingTable(settings.mapping)
     try:
         mapping.check_key(settings.project, key)
+        mapping.check_not_left_behind(settings.project, default_mapping_path(settings.project))
         summary = deidentify_files(
             tasks, settings.out_dir, spec=spec, mapping=mapping, workers=settings.workers
         )
@@ -268,16 +275,29 @@ def _mapping_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("out", type=Path, metavar="OUT.csv")
     _state_arguments(export, key=False)
+    copy = commands.add_parser(
+        "import",
+        help="copy a local table into the shared one of a PostgreSQL job store",
+        description="Copy a local mapping table (e.g. ~/.config/pacsman/PROJECT.mapping.sqlite) "
+        "into the mapping table the config names: the shared one of a postgresql:// job "
+        "store. Run it once, on one node, before the other nodes de-identify; a project the "
+        "target already holds is refused and nothing is copied.",
+    )
+    copy.add_argument("source", type=Path, metavar="FILE.sqlite")
+    _state_arguments(copy, key=False)
     return parser
 
 
 def mapping_main(argv: list[str]) -> int:
-    """``pacsman mapping export OUT.csv``; returns the exit code.
+    """``pacsman mapping export OUT.csv`` or ``import FILE.sqlite``; returns the exit code.
 
     Raises:
         InputError: there is no mapping table, or the project label is invalid.
+        JobStoreError: the PostgreSQL job store cannot be reached.
     """
     args = _mapping_parser().parse_args(argv)
+    if args.command == "import":
+        return _import(args)
     needs_config = args.project is None or args.mapping is None
     config = _config(args.config) if needs_config else None
     project = _project(args, config)
@@ -289,4 +309,30 @@ def mapping_main(argv: list[str]) -> int:
         "AccessionNumbers); keep it on this machine and delete it when done",
         file=sys.stderr,
     )
+    return EXIT_OK
+
+
+def _import(args: argparse.Namespace) -> int:
+    """``pacsman mapping import FILE.sqlite``: into the mapping the config (or --mapping) names.
+
+    Raises:
+        InputError: the target is the source itself, or already holds one of its projects.
+    """
+    config = _config(args.config) if args.mapping is None else None
+    target_location = _mapping(args, _project(args, config), config)
+    source = args.source.expanduser()
+    if not is_postgresql(target_location) and _resolved(Path(target_location), "--mapping") == (
+        _resolved(source, "FILE")
+    ):
+        raise InputError(
+            f"{source} is the mapping table the config names already; give the shared one "
+            "(a postgresql:// job store in the config, or --mapping URL)"
+        )
+    target = MappingTable(target_location)
+    try:
+        rows = import_mapping(source, target)
+        where = target.where
+    finally:
+        target.close()
+    print(f"{rows} row(s) copied from {source} to {where}")
     return EXIT_OK

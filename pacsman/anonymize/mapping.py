@@ -23,39 +23,25 @@ patient at once read the same row.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import os
-import sqlite3
 import string
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal
 
-from pacsman.anonymize.locations import is_postgresql, redacted
-from pacsman.errors import FatalError, InputError, ItemFailed, JobStoreError, PacsmanError
+from pacsman.anonymize._mapping_db import open_backend
+from pacsman.anonymize.locations import is_postgresql
+from pacsman.errors import InputError, ItemFailed
 from pacsman.layout import write_private_csv
 
-__all__ = ["MappingTable", "check_template", "export_mapping", "same_patient_id"]
+__all__ = [
+    "MappingTable",
+    "check_template",
+    "export_mapping",
+    "import_mapping",
+    "same_patient_id",
+]
 
-#: ``{t}`` is the table prefix: none in a SQLite file, ``mapping_`` in the job store's
-#: database.  Written in SQLite's dialect; :func:`_postgresql_sql` translates.
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS {t}subjects (
-    project TEXT NOT NULL, subject TEXT NOT NULL, patient_id TEXT NOT NULL,
-    date_shift_days INTEGER NOT NULL, PRIMARY KEY (project, subject))""",
-    """CREATE TABLE IF NOT EXISTS {t}sessions (
-    project TEXT NOT NULL, session TEXT NOT NULL, subject TEXT NOT NULL,
-    study_instance_uid TEXT NOT NULL, accession_number TEXT NOT NULL,
-    PRIMARY KEY (project, session))""",
-    """CREATE TABLE IF NOT EXISTS {t}labels (
-    project TEXT NOT NULL, kind TEXT NOT NULL, original TEXT NOT NULL, label TEXT NOT NULL,
-    n INTEGER NOT NULL, PRIMARY KEY (project, kind, original){unique_n})""",
-)
-#: PostgreSQL only: which project key the shared table was written with.
-_KEYS_SCHEMA = """CREATE TABLE IF NOT EXISTS mapping_keys (
-    project TEXT NOT NULL PRIMARY KEY, key_check TEXT NOT NULL)"""
 #: Byte order (``COLLATE "C"`` on PostgreSQL, SQLite's own), so both export the same CSV.
 _EXPORT = """
 SELECT s.project, s.subject, s.patient_id, s.date_shift_days,
@@ -72,10 +58,6 @@ _COLUMNS = (
     "StudyInstanceUID",
     "AccessionNumber",
 )
-#: First key of the two-key advisory locks of the shared mapping ("pmap"): apart from any
-#: other user of advisory locks in the job store's database.
-_LOCK_CLASS = 0x706D6170
-_CONNECT_TIMEOUT = 10
 
 
 def _normalized_id(value: str) -> str:
@@ -86,12 +68,6 @@ def same_patient_id(recorded: str, given: str) -> bool:
     """True when two PatientIDs name the same patient: equal once case, spaces, separators
     and leading zeros are ignored (an SR that drops the zeros of ``0012345``)."""
     return recorded == given or _normalized_id(recorded) == _normalized_id(given)
-
-
-def _create_private(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def check_template(template: str) -> str | None:
@@ -111,136 +87,6 @@ def key_check(key: bytes) -> str:
     return hmac.new(key, b"pacsman mapping key check", hashlib.sha256).hexdigest()
 
 
-class _Backend(Protocol):
-    """One connection to where the table lives; SQL in SQLite's dialect with ``{t}``."""
-
-    where: str
-
-    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]: ...
-
-    def transaction(self, *, lock: str | None = None) -> contextlib.AbstractContextManager[None]:
-        """A writing transaction; ``lock`` serializes it with every other holding it."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class _SqliteBackend:
-    """A SQLite file: tables without prefix; ``BEGIN IMMEDIATE`` is the lock."""
-
-    def __init__(self, path: Path) -> None:
-        _create_private(path)
-        self.where = str(path)
-        self._db = sqlite3.connect(path)
-        self._db.executescript(";\n".join(s.format(t="", unique_n="") for s in _SCHEMA) + ";")
-
-    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        return self._db.execute(sql.format(t="", c=""), params).fetchall()
-
-    @contextlib.contextmanager
-    def transaction(self, *, lock: str | None = None) -> Iterator[None]:
-        with self._db:
-            if lock is not None:
-                # The write lock before any read: two runs labelling the same project at
-                # once must never both take the same next number.
-                self._db.execute("BEGIN IMMEDIATE")
-            yield
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def _postgresql_sql(sql: str) -> str:
-    out = sql.format(t="mapping_", c=' COLLATE "C"', unique_n=", UNIQUE (project, kind, n)")
-    out = out.replace("?", "%s")
-    if out.startswith("INSERT OR IGNORE"):
-        out = out.replace("INSERT OR IGNORE", "INSERT", 1) + " ON CONFLICT DO NOTHING"
-    return out
-
-
-class _PostgresBackend:
-    """The PostgreSQL job store's database: ``mapping_*`` tables; advisory locks."""
-
-    def __init__(self, url: str, *, create: bool) -> None:
-        import psycopg  # only a PostgreSQL job store needs it
-
-        self.where = f"the job store {redacted(url)}"
-        self._errors = (psycopg.Error,)
-        try:
-            self._db = psycopg.connect(
-                url,
-                autocommit=True,
-                connect_timeout=_CONNECT_TIMEOUT,
-                application_name="pacsman mapping",
-            )
-        except psycopg.Error as exc:
-            raise self._failed(exc) from None
-        if self._has_tables():
-            return
-        if create:
-            # Under a lock: two nodes creating the same table at once can collide.
-            with self.transaction(lock="schema"):
-                for statement in (*_SCHEMA, _KEYS_SCHEMA):
-                    self.rows(statement)
-        else:
-            self._db.close()
-            raise InputError(
-                f"{self.where}: holds no mapping table; run an anonymization first "
-                "or give the project's mapping path"
-            )
-
-    def _has_tables(self) -> bool:
-        # The last table the schema creates, in the same transaction as the others.
-        return bool(self.rows("SELECT to_regclass('mapping_keys') IS NOT NULL")[0][0])
-
-    def _failed(self, exc: Exception) -> PacsmanError:
-        """``exc`` in words.  The server's DETAIL is never passed on: it can quote a row's
-        values, a PatientID among them; the exception is raised ``from None`` for that."""
-        import psycopg
-
-        if not isinstance(exc, psycopg.OperationalError):
-            state = getattr(exc, "sqlstate", None) or "none"
-            return FatalError(
-                f"mapping table in {self.where}: PostgreSQL refused a statement "
-                f"({type(exc).__name__}, SQLSTATE {state}); this is a bug in pacsman: "
-                "report it (the server's detail is left out, it may name a patient)"
-            )
-        what = " ".join(str(exc).split()) or type(exc).__name__
-        return JobStoreError(
-            f"mapping table in {self.where}: {what}; check that PostgreSQL runs, that the "
-            "URL in 'jobstore' is right and its password is in PGPASSWORD, ~/.pgpass or "
-            "PGPASSFILE; then run again (what was recorded is kept)"
-        )
-
-    def rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        try:
-            cursor = self._db.execute(_postgresql_sql(sql), params)
-            return cursor.fetchall() if cursor.description is not None else []
-        except self._errors as exc:
-            raise self._failed(exc) from None
-
-    @contextlib.contextmanager
-    def transaction(self, *, lock: str | None = None) -> Iterator[None]:
-        try:
-            with self._db.transaction():
-                if lock is not None:
-                    self._db.execute(
-                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, lock)
-                    )
-                yield
-        except self._errors as exc:
-            raise self._failed(exc) from None
-
-    def close(self) -> None:
-        self._db.close()
-
-
-def _backend(location: Path | str, *, create: bool) -> _Backend:
-    if is_postgresql(location):
-        return _PostgresBackend(str(location), create=create)
-    return _SqliteBackend(Path(location))
-
-
 class MappingTable:
     """The project's mapping table: a SQLite file (created 0600 on first use), or the
     ``mapping_*`` tables of a PostgreSQL job store when ``location`` is its URL.
@@ -250,13 +96,13 @@ class MappingTable:
     """
 
     def __init__(self, location: Path | str) -> None:
-        self._store = _backend(location, create=True)
+        self._store = open_backend(location, create=True)
         self.location = location
 
     @classmethod
     def _existing(cls, location: Path | str) -> MappingTable:
         table = cls.__new__(cls)
-        table._store, table.location = _backend(location, create=False), location
+        table._store, table.location = open_backend(location, create=False), location
         return table
 
     @property
@@ -267,11 +113,44 @@ class MappingTable:
     @property
     def shared(self) -> bool:
         """Whether the table is the job store's, shared by every head node."""
-        return isinstance(self._store, _PostgresBackend)
+        return self._store.shared
 
     def close(self) -> None:
         """Close the connection."""
         self._store.close()
+
+    def holds(self, project: str) -> bool:
+        """Whether anything is recorded or numbered for ``project``."""
+        return bool(
+            self._store.rows(
+                "SELECT 1 FROM {t}subjects WHERE project = ? UNION ALL "
+                "SELECT 1 FROM {t}labels WHERE project = ? LIMIT 1",
+                (project, project),
+            )
+        )
+
+    def check_not_left_behind(self, project: str, local: Path) -> None:
+        """Refuse a shared table that knows nothing of ``project`` while the local file
+        ``local`` does: its numbering would start again at 1, and a new patient could get
+        the subject label of a patient already pushed.
+
+        Raises:
+            InputError: the local table holds ``project`` and the shared one does not.
+        """
+        if not self.shared or not local.is_file() or self.holds(project):
+            return
+        table = MappingTable(local)
+        try:
+            left_behind = table.holds(project)
+        finally:
+            table.close()
+        if left_behind:
+            raise InputError(
+                f"project {project}: the local mapping table {local} holds it but the shared "
+                f"one in {self.where} does not, so labels would be numbered again from 1 and "
+                f"could name patients already pushed; copy it first with 'pacsman mapping "
+                f"import {local}' (on one node, once), then run again"
+            )
 
     def check_key(self, project: str, key: bytes) -> None:
         """Make sure every node de-identifies ``project`` with the same key (shared table
@@ -394,6 +273,39 @@ class MappingTable:
         rows = self._store.rows(_EXPORT)
         write_private_csv(out, _COLUMNS, rows)
         return len(rows)
+
+
+_TABLES = ("subjects", "sessions", "labels")
+
+
+def import_mapping(source: Path, target: MappingTable) -> int:
+    """Copy the local table ``source`` into ``target`` (the shared one, when a site grows
+    to several head nodes); return the rows copied.  All or nothing, in one transaction.
+
+    Raises:
+        InputError: ``source`` is no mapping table, or ``target`` already holds one of its
+            projects (numbering would clash; nothing is copied).
+    """
+    if not source.is_file():
+        raise InputError(f"{source}: no mapping table here; give the project's mapping file")
+    local = MappingTable(source)
+    try:
+        rows = {name: local._store.rows(f"SELECT * FROM {name}") for name in _TABLES}
+    finally:
+        local.close()
+    projects = sorted({row[0] for table in rows.values() for row in table})
+    with target._store.transaction(lock="import"):
+        for project in projects:
+            if target.holds(project):
+                raise InputError(
+                    f"project {project}: {target.where} already holds a mapping for it, so "
+                    f"the labels of {source} could clash with it; nothing was copied"
+                )
+        for name, table in rows.items():
+            marks = ", ".join("?" * len(table[0])) if table else ""
+            for row in table:
+                target._store.rows(f"INSERT INTO {{t}}{name} VALUES ({marks})", row)
+    return sum(len(table) for table in rows.values())
 
 
 def export_mapping(location: Path | str, out: Path) -> int:

@@ -59,8 +59,8 @@ _POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: Where a PostgreSQL password goes instead of the config.
 PGPASSWORD_FIX = (
-    "a password never goes in the config or on the command line: give it in PGPASSWORD, in ~/.pgpass, in the file "
-    "PGPASSFILE names, or under systemd with LoadCredential=pgpass:/etc/pacsman/pgpass and "
+    "a password never goes in the config or on the command line: give it in PGPASSWORD, "
+    "in ~/.pgpass, in the file PGPASSFILE names, or under systemd with LoadCredential=pgpass:/etc/pacsman/pgpass and "
     "Environment=PGPASSFILE=%d/pgpass"
 )
 

@@ -49,6 +49,7 @@ from pacsman.jobstore._backend import (
 from pacsman.jobstore._errors import folder_error, raise_for_file, store_error
 from pacsman.jobstore._heartbeat import Heartbeat
 from pacsman.jobstore._keys import row_keys, run_key
+from pacsman.jobstore._cluster_views import ClusterViews, HeadNode, NodeState, StudyPlace
 from pacsman.jobstore._metrics_views import MetricsViews
 from pacsman.jobstore._pgerrors import connect_postgresql, raise_for_server
 from pacsman.jobstore._schema import (
@@ -82,10 +83,12 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "AnonymizeSeries",
+    "HeadNode",
     "InfoRecord",
     "JobStore",
     "Lease",
     "Migration",
+    "NodeState",
     "PushRecord",
     "PushSeries",
     "RetrieveSeries",
@@ -97,6 +100,7 @@ __all__ = [
     "SeriesPlace",
     "SeriesProblem",
     "SessionPush",
+    "StudyPlace",
     "Throughput",
     "recorded_directory",
 ]
@@ -104,11 +108,15 @@ __all__ = [
 _log = structlog.get_logger("pacsman.jobstore")
 
 
+#: The advisory lock key under which a PostgreSQL job store's schema is brought up to date.
+_MIGRATION_LOCK = 0x70616373  # "pacs"
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class JobStore(OperatorViews, JobQueue, StudyClaims, MetricsViews):
+class JobStore(OperatorViews, JobQueue, StudyClaims, MetricsViews, ClusterViews):
     """SQLite-backed state.  Use as a context manager; one per process, shared by its threads."""
 
     def __init__(self, location: Path | str, *, read_only: bool = False) -> None:
@@ -184,6 +192,8 @@ class JobStore(OperatorViews, JobQueue, StudyClaims, MetricsViews):
             InputError: the store was written by a newer pacsman.
         """
         with self._tx() as db:
+            if db.kind == "postgresql":  # nodes starting together migrate one at a time
+                db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             found = _schema_version(db)
             self._check_not_newer(found)
             todo = [m for m in MIGRATIONS if m.version > found]

@@ -111,13 +111,6 @@ class Database(ABC):
     def notify(self, channel: str) -> None:  # noqa: B027 - SQLite has nobody to wake
         """Wake the nodes listening on ``channel`` when this transaction commits."""
 
-    def lock_schema(self) -> None:  # noqa: B027 - SQLite's BEGIN IMMEDIATE already does
-        """In a writing transaction: wait until no other connection changes the schema.
-
-        Two nodes that open a new (or older) PostgreSQL store at once would otherwise both
-        apply the same migrations; the second waits here, then finds them applied.
-        """
-
     @abstractmethod
     def changed_elsewhere(self, channel: str) -> bool:
         """Whether another connection committed since the last call (PostgreSQL: a NOTIFY on
@@ -244,9 +237,6 @@ class PostgresDatabase(Database):
         finally:
             self._explicit = False
 
-    def lock_schema(self) -> None:
-        self.connection.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-
     @property
     def in_transaction(self) -> bool:
         from psycopg.pq import TransactionStatus
@@ -269,9 +259,6 @@ class PostgresDatabase(Database):
             self._listener.close()
         self.connection.close()
 
-
-#: The advisory lock that serializes schema migrations (a fixed number, pacsman's own).
-_SCHEMA_LOCK = 0x7061637373D16E
 
 _ROW_LOCK = re.compile(r"\s+FOR (UPDATE|SHARE)( OF \w+)?( SKIP LOCKED)?", re.IGNORECASE)
 #: The database's clock in epoch seconds (leases are timed by the database, never by a

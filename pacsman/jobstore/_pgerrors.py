@@ -17,6 +17,8 @@ __all__ = ["connect_postgresql", "raise_for_server"]
 #: insufficient resources, operator intervention, system error, invalid authorization,
 #: invalid catalog name (no such database).
 _ABOUT_THE_SERVER = ("08", "53", "57", "58", "28", "3D")
+#: The user may not create or change the store's tables (PostgreSQL 15: no CREATE on public).
+_INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def connect_postgresql(url: str) -> PostgresDatabase:
@@ -43,12 +45,14 @@ def raise_for_server(where: str, exc: Exception) -> None:
     import psycopg
 
     state = getattr(exc, "sqlstate", None) or ""
-    if isinstance(exc, psycopg.OperationalError) or state[:2] in _ABOUT_THE_SERVER:
+    about_the_server = state[:2] in _ABOUT_THE_SERVER or state == _INSUFFICIENT_PRIVILEGE
+    if isinstance(exc, psycopg.OperationalError) or about_the_server:
         raise _server_error(where, exc) from exc
 
 
 def _server_error(where: str, exc: Exception) -> JobStoreError:
-    what = " ".join(str(exc).split()) or type(exc).__name__
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None)  # no SQL echoed
+    what = primary or " ".join(str(exc).split()) or type(exc).__name__
     return JobStoreError(f"job store {where}: {what}; {_fix(what, getattr(exc, 'sqlstate', None))}")
 
 
@@ -69,6 +73,11 @@ def _fix(what: str, state: str | None) -> str:
         return (
             "create the database (as the postgres user: createdb -O USER DATABASE), or fix "
             "its name in 'jobstore' (or --jobstore)"
+        )
+    if state == _INSUFFICIENT_PRIVILEGE:
+        return (
+            "the user in the URL must own the job store's database (as the postgres user: "
+            "ALTER DATABASE DATABASE OWNER TO USER, or createdb -O USER DATABASE for a new one)"
         )
     if "role" in what and "does not exist" in what:
         return "create that user (createuser USER), or fix the user in 'jobstore' (or --jobstore)"

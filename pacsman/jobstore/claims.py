@@ -68,7 +68,9 @@ def held_clause(run: Run, alias: str) -> tuple[str, tuple[object, ...]]:
 class ClaimCounts:
     """How a job's studies stand: open, held (by a live lease), expired, done, failed."""
 
-    def __init__(self, found: dict[str, int], expired: int) -> None:
+    def __init__(self, found: dict[str, int], expired: int, mine: int = 0) -> None:
+        #: Held (CLAIMED, unexpired or not) by the node that asked.
+        self.mine = mine
         self.open = found.get(StudyState.OPEN.value, 0)
         self.held = found.get(StudyState.CLAIMED.value, 0) - expired
         self.expired = expired
@@ -251,16 +253,19 @@ class StudyClaims:
             db.notify(CHANNEL)
             return max(0, cursor.rowcount)
 
-    def claim_counts(self, job_id: int) -> ClaimCounts:
-        """How the job's studies stand between the nodes."""
+    def claim_counts(self, job_id: int, node: str = "") -> ClaimCounts:
+        """How the job's studies stand between the nodes (``mine``: held by ``node``)."""
         found = self._read(
             "SELECT state, COUNT(*), "
-            f"SUM(CASE WHEN lease_expires_at <= {EPOCH_NOW} THEN 1 ELSE 0 END) "
+            f"SUM(CASE WHEN lease_expires_at <= {EPOCH_NOW} THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN owner_node = ? THEN 1 ELSE 0 END) "
             "FROM study_claims WHERE job_id = ? GROUP BY state",
-            (job_id,),
+            (node, job_id),
         )
-        expired = sum(int(r[2] or 0) for r in found if r[0] == StudyState.CLAIMED.value)
-        return ClaimCounts({str(r[0]): int(r[1]) for r in found}, expired)
+        claimed = [r for r in found if r[0] == StudyState.CLAIMED.value]
+        expired = sum(int(r[2] or 0) for r in claimed)
+        mine = sum(int(r[3] or 0) for r in claimed)
+        return ClaimCounts({str(r[0]): int(r[1]) for r in found}, expired, mine)
 
     def study_holders(self, job_id: int) -> list[StudyHolder]:
         """Every study of the job with the node that holds it (for status views)."""

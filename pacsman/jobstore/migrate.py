@@ -22,7 +22,8 @@ from pacsman.jobstore._backend import Database, is_postgresql, redacted
 
 __all__ = ["TABLES", "Migrated", "migrate_to_postgresql"]
 
-#: Every table of the store, parents before children (the order they are copied in).
+#: The tables of the store, parents before children: copied first, in this order; any other
+#: table of the schema (added by a later migration) follows, by name.
 TABLES = (
     "meta",
     "runs",
@@ -36,8 +37,6 @@ TABLES = (
     "service_nodes",
     "study_claims",
 )
-#: Tables whose ``id`` is an identity column: their sequence is set past the ids copied.
-_IDENTITY_TABLES = ("runs", "transitions", "jobs", "job_transitions")
 #: Rows read and written per batch (a store of 10,000 studies has ~1 M transitions).
 _BATCH = 2000
 
@@ -91,11 +90,12 @@ def migrate_to_postgresql(source: Path, target: str) -> Migrated:
 def _copy(old: JobStore, new: JobStore) -> list[tuple[str, int]]:
     """Every table of ``old`` into ``new``, in one transaction of ``new``."""
     counts = []
+    tables = _tables(old._db)
     with new._tx() as db:
-        db.execute(f"LOCK TABLE {', '.join(TABLES)} IN EXCLUSIVE MODE")
-        _refuse_unless_empty(db, new.where)
+        db.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
+        _refuse_unless_empty(db, new.where, tables)
         db.execute("DELETE FROM meta")  # the target's own schema_version: the source's replaces it
-        for table in TABLES:
+        for table in tables:
             columns = _columns(old._db, table)
             copied = _copy_table(old._db, db, table, columns)
             found = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
@@ -105,7 +105,7 @@ def _copy(old: JobStore, new: JobStore) -> list[tuple[str, int]]:
                     f"{copied}; nothing was copied (the transaction is rolled back): report this"
                 )
             counts.append((table, copied))
-        for table in _IDENTITY_TABLES:
+        for table in _identity_tables(db):
             db.execute(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                 f"COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
@@ -113,10 +113,30 @@ def _copy(old: JobStore, new: JobStore) -> list[tuple[str, int]]:
     return counts
 
 
-def _refuse_unless_empty(db: Database, where: str) -> None:
+def _tables(db: Database) -> list[str]:
+    """The tables of the SQLite store: :data:`TABLES` first, then any other by name."""
+    found = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    names = {str(r[0]) for r in found}
+    return [t for t in TABLES if t in names] + sorted(names - set(TABLES))
+
+
+def _identity_tables(db: Database) -> list[str]:
+    """The tables of the PostgreSQL store whose ``id`` is an identity column."""
+    found = db.execute(
+        "SELECT table_name FROM information_schema.columns WHERE table_schema = "
+        "current_schema() AND column_name = 'id' AND is_identity = 'YES' ORDER BY 1"
+    ).fetchall()
+    return [str(r[0]) for r in found]
+
+
+def _refuse_unless_empty(db: Database, where: str, tables: Sequence[str]) -> None:
     """Raises: InputError: the target already holds rows besides its ``meta``."""
     held = []
-    for table in TABLES[1:]:
+    for table in tables:
+        if table == "meta":
+            continue
         found = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
         if int(found[0]):
             held.append(f"{found[0]} {table}")

@@ -141,7 +141,9 @@ def run_queryfile(
     """
     queryfile = _load(options, config)
     with interruptible(), JobStore(config.jobstore) as store:
-        return _run(store, queryfile, options, config, retry_for, job=None)
+        summary = _run(store, queryfile, options, config, retry_for, job=None)
+    assert summary is not None  # the one-shot command always sums its run up
+    return summary
 
 
 @dataclass(frozen=True)
@@ -162,12 +164,14 @@ class ServiceJob:
     run_id: int | None = None
 
 
-def run_job(options: RunOptions, config: Config, job: ServiceJob) -> RunSummary:
+def run_job(options: RunOptions, config: Config, job: ServiceJob) -> RunSummary | None:
     """One job of ``pacsman serve``, through the same steps as :func:`run_queryfile`.
 
     The caller's thread works for the job's :class:`~pacsman.throttle.Ticket` (courtesy
     shared with every other job, and the halt event).  The job has a run of its own, found
     again when the job is resumed; it opens its own connection to the job store.
+
+    Returns the run's summary; None on a node that helped with a job another node claimed.
 
     Raises:
         as :func:`run_queryfile`, and Halted: the job was asked to stop; its series stay
@@ -201,7 +205,7 @@ def _run(
     retry_for: Callable[[PacsNode], RetryPolicy],
     *,
     job: ServiceJob | None,
-) -> RunSummary:
+) -> RunSummary | None:
     default_node = config.node(options.pacs).name
     if job is not None and job.run_id is not None:
         run = store.run_by_id(job.run_id)  # the job's own run, whichever node made it
@@ -239,6 +243,9 @@ def _run(
         _log.warning("run_interrupted", next=INTERRUPTED, **{HUMAN: ""})
         end_soon()  # a DICOM library thread waiting on a busy peer must not hold the exit
         raise
+    if not coordinator:  # the node that claimed the job sums it up, once every study is done
+        _log.info("job_helped", worked=done_now[1])
+        return None
     summary = _finish(store, run, queryfile, config, options, tracker, done_now)
     _log.info("run_finished", **summary.event(), **{HUMAN: ""})  # the CLI prints it
     return summary

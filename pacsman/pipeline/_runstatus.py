@@ -186,8 +186,9 @@ def _rate(status: RunStatus, name: str, unit: str, per: float = 1.0) -> str:
     return f"; {rate * per:.1f} {unit}{left}"
 
 
-def status_lines(status: RunStatus) -> list[str]:
-    """``pacsman status`` as text."""
+def status_lines(status: RunStatus, *, cluster: Sequence[str] = ()) -> list[str]:
+    """``pacsman status`` as text; ``cluster`` (the head nodes, or where a job's studies
+    are) goes after the counts, before the rows that need attention."""
     record, counts = status.record, status.counts()
     series = counts["series"]
     lines = [
@@ -220,7 +221,9 @@ def status_lines(status: RunStatus) -> list[str]:
             f"session(s) on {status.stages.push}"
             + _rate(status, "sessions_pushed", "sessions/min", 60)
         )
-    return lines + _eta_lines(status) + _attention_lines(status) + _next_lines(status)
+    return (
+        lines + _eta_lines(status) + list(cluster) + _attention_lines(status) + _next_lines(status)
+    )
 
 
 def _eta_lines(status: RunStatus) -> list[str]:

@@ -38,7 +38,7 @@ from pacsman.anonymize.batch import (
     Task,
     deidentify_files,
 )
-from pacsman.anonymize.locations import mapping_location
+from pacsman.anonymize.locations import default_mapping_path, mapping_location
 from pacsman.config import Config
 from pacsman.jobstore import AnonymizeSeries, JobStore, Run, recorded_directory
 from pacsman.layout import anonymized_series_directory
@@ -92,6 +92,7 @@ def anonymize_complete(
     work = _Work(mapping, spec, out_directory, workers, counts)
     try:
         mapping.check_key(project, spec.key)
+        mapping.check_not_left_behind(project, default_mapping_path(project))
         for series, following in zip(todo, [*todo[1:], None], strict=True):
             experiment = _experiment(mapping, series, project, config)
             _anonymize_series(store, run, series, experiment, work)

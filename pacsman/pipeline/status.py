@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,16 +36,18 @@ from pacsman.errors import (
     InputError,
     QueryFileError,
 )
-from pacsman.jobstore import JobStore, Run, RunRecord
+from pacsman.jobstore import HeadNode, JobStore, NodeState, Run, RunRecord, StudyPlace
 from pacsman.jobstore.jobs import Job, JobState
 from pacsman.pipeline._runstatus import (
+    RunStatus,
+    _duration,
     run_line_json,
     run_status,
     runs_lines,
     status_json,
     status_lines,
 )
-from pacsman.pipeline._runview import HEARTBEAT_SECONDS, options_of
+from pacsman.pipeline._runview import HEARTBEAT_SECONDS, options_of, show_time
 from pacsman.queryfile import load_queryfile
 
 if TYPE_CHECKING:
@@ -175,6 +179,117 @@ def _recorded_path(record: RunRecord) -> Path:
     return (Path(cwd) / path if cwd and not path.is_absolute() else path).resolve()
 
 
+# -- the head nodes, and which node holds each study -----------------------------------------
+
+#: Studies listed one by one under ``status --job N`` (``--json`` lists them all).
+_STUDIES_SHOWN = 20
+#: The width of the labels of ``pacsman status`` (``  state        ``).
+_LABEL = 15
+
+
+def _node_state(node: HeadNode, now: datetime) -> str:
+    """``alive: ... heartbeat 2 s ago``, ``stale: no heartbeat for 5 min 00 s``, ``stopped ...``."""
+    age = node.heartbeat_age(now)
+    where = f"process {node.pid} on {node.host}"
+    scp = f"Storage SCP {node.ae_title or '?'} on port {node.scp_port or '?'}"
+    state = node.state(now)
+    if state is NodeState.STOPPED:
+        return f"stopped at {show_time(node.stopped_at)} ({where}), {scp}"
+    if state is NodeState.ALIVE:
+        return f"alive: {where}, {scp}, heartbeat {_duration(age or 0)} ago"
+    silent = "never beat" if age is None else f"no heartbeat for {_duration(age)}"
+    return f"stale: {silent} ({where}), {scp}"
+
+
+def _head_node_lines(nodes: Sequence[HeadNode], now: datetime) -> list[str]:
+    """The ``head nodes`` section of ``pacsman status``; none for a store no service used."""
+    if not nodes:
+        return []
+    states = Counter(node.state(now).value for node in nodes)
+    tally = ", ".join(f"{states[s.value]} {s.value}" for s in NodeState if states[s.value])
+    lines = [f"  head nodes   {len(nodes)}: {tally}"]
+    width = max(_LABEL, *(len(node.node_name) + 5 for node in nodes))
+    for node in nodes:
+        pad = " " * width
+        lines.append(f"    {node.node_name:<{width - 4}}{_node_state(node, now)}")
+        lines.append(f"{pad}studies: {node.studies_text()}")
+        if node.status:
+            last = "now" if node.state(now) is NodeState.ALIVE else "last status"
+            lines.append(f"{pad}{last}: {node.status}")
+    return lines
+
+
+def _place_counts(places: Sequence[StudyPlace]) -> str:
+    states = Counter(place.shown_state for place in places)
+    words = {"OPEN": "open", "CLAIMED": "held", "EXPIRED": "lease expired", "DONE": "done"}
+    words["FAILED"] = "failed"
+    return ", ".join(f"{states[key]} {word}" for key, word in words.items() if states[key])
+
+
+def _node_counts(counts: Counter[str]) -> str:
+    words = {"CLAIMED": "held now", "EXPIRED": "lease expired", "DONE": "done"}
+    words["FAILED"] = "failed"
+    return ", ".join(f"{counts[key]} {word}" for key, word in words.items() if counts[key])
+
+
+def _study_lines(
+    job_id: int, places: Sequence[StudyPlace], nodes: Sequence[HeadNode], now: datetime
+) -> list[str]:
+    """``status --job N``: the job's studies per head node, and which node holds each (by
+    query-file line: a StudyInstanceUID is an identifier, which status never shows)."""
+    if not places:
+        return []
+    per_node = StudyPlace.by_node(places)
+    state = {node.node_name: node.state(now).value for node in nodes}
+    lines = [
+        f"  studies      {len(places)} in job {job_id} on {len(per_node)} head node(s): "
+        + _place_counts(places)
+    ]
+    width = max(_LABEL, *(len(name) + 5 for name in per_node))
+    for name, counts in per_node.items():
+        known = f" ({state[name]})" if name in state else ""
+        lines.append(f"    {name:<{width - 4}}{_node_counts(counts)}{known}")
+    lines.append("which node holds each study (expired leases first, then held, failed, open):")
+    shown = StudyPlace.first_to_look_at(places)
+    for place in shown[:_STUDIES_SHOWN]:
+        lines.append(f"  line {place.line:<5} {place.pacs}  {place.shown_state:<8} {place.where()}")
+    if len(shown) > _STUDIES_SHOWN:
+        more = len(shown) - _STUDIES_SHOWN
+        lines.append(f"  ... and {more} more: pacsman status --job {job_id} --json lists them all")
+    return lines
+
+
+def _head_nodes_json(nodes: Sequence[HeadNode], now: datetime) -> list[dict[str, Any]]:
+    return [
+        {**asdict(node), "state": node.state(now).value, "heartbeat_age": node.heartbeat_age(now)}
+        for node in nodes
+    ]
+
+
+def _studies_json(places: Sequence[StudyPlace]) -> dict[str, Any]:
+    """Where a job's studies are, per node and one by one (no StudyInstanceUID)."""
+    return {
+        "by_node": {name: dict(counts) for name, counts in StudyPlace.by_node(places).items()},
+        "studies": [
+            {
+                "line": place.line,
+                "pacs": place.pacs,
+                "state": place.shown_state,
+                "node": place.node,
+                "owner_node": place.owner_node,
+                "holder_node": place.holder_node,
+                "generation": place.generation,
+                "lease_seconds_left": round(place.expires_in, 1)
+                if place.state == "CLAIMED"
+                else None,
+                "series": place.series,
+                "where": place.where(),
+            }
+            for place in places
+        ],
+    }
+
+
 # -- the commands ----------------------------------------------------------------------------
 
 
@@ -224,11 +339,36 @@ def status_main(argv: Sequence[str]) -> int:
         status = run_status(store, find_run(store, args.queryfile, args.run_id, job_id=args.job_id))
         if args.job_id is not None:  # a service job is resumed through the service
             status = replace(status, resume=_job_next_step(store.job(args.job_id)))
+        nodes = store.head_nodes()
+        places = store.study_places(args.job_id) if args.job_id is not None else []
+    now = datetime.now(UTC)
     if args.json:
-        print(json.dumps(status_json(status), indent=2))
+        print(json.dumps(_status_json(status, nodes, places, now, job=args.job_id), indent=2))
+    elif args.job_id is not None:
+        print(
+            "\n".join(status_lines(status, cluster=_study_lines(args.job_id, places, nodes, now)))
+        )
     else:
-        print("\n".join(status_lines(status)))
+        print("\n".join(status_lines(status, cluster=_head_node_lines(nodes, now))))
     return status.exit_code
+
+
+def _status_json(
+    status: RunStatus,
+    nodes: Sequence[HeadNode],
+    places: Sequence[StudyPlace],
+    now: datetime,
+    *,
+    job: int | None,
+) -> dict[str, Any]:
+    """``status --json``, with the head nodes (none: no service used the store) and, for a
+    job, where its studies are."""
+    found = status_json(status)
+    if nodes:
+        found["head_nodes"] = _head_nodes_json(nodes, now)
+    if job is not None and places:
+        found["studies"] = _studies_json(places)
+    return found
 
 
 def runs_main(argv: Sequence[str]) -> int:

@@ -24,6 +24,7 @@ import structlog
 
 from pacsman.errors import LeaseLost
 from pacsman.jobstore import JobStore, Run
+from pacsman.jobstore.claims import ClaimCounts
 from pacsman.models import ItemState
 from pacsman.throttle import check_halt, current_ticket
 
@@ -37,11 +38,15 @@ MAX_BATCH = 500
 _WAIT = 1.0
 
 
-def batch_size(open_studies: int, live_nodes: int) -> int:
-    """How many studies to claim at once: all when alone, else half an even share."""
+def batch_size(counts: ClaimCounts, live_nodes: int) -> int:
+    """How many studies to claim now: all when alone; else half an even share of what is
+    left, and never more than this node's even share of the studies not yet settled (0:
+    leave them to the others)."""
     if live_nodes <= 1:
-        return max(1, min(open_studies, MAX_BATCH))
-    return max(1, min(math.ceil(open_studies / (2 * live_nodes)), MAX_BATCH))
+        return max(1, min(counts.claimable, MAX_BATCH))
+    share = math.ceil(counts.unsettled / live_nodes) - counts.mine
+    batch = math.ceil(counts.claimable / (2 * live_nodes))
+    return max(0, min(batch, share, MAX_BATCH))
 
 
 def work_by_study(
@@ -67,9 +72,13 @@ def work_by_study(
     worked = 0
     for _ in range(1_000_000):  # bounded: every turn claims, or waits on a change
         check_halt()
-        counts = store.claim_counts(job_id)
-        limit = batch_size(counts.claimable, _live_nodes(store, lease_seconds))
-        lease = store.claim_studies(run, job_id, node, limit=limit, lease_seconds=lease_seconds)
+        counts = store.claim_counts(job_id, node)
+        limit = batch_size(counts, _live_nodes(store, lease_seconds))
+        lease = None
+        if limit > 0:
+            lease = store.claim_studies(
+                run, job_id, node, limit=limit, lease_seconds=lease_seconds
+            )
         if lease is not None:
             worked += _one_batch(store, replace(run, lease=lease), one_pass, wants)
             continue
@@ -114,9 +123,14 @@ def _failed_studies(store: JobStore, run: Run, wants: tuple[bool, str | None]) -
     return failed
 
 
+#: A head node beats every 5 s: one silent for longer than this is not counted as live.
+_ALIVE_WITHIN = 15.0
+
+
 def _live_nodes(store: JobStore, lease_seconds: float) -> int:
     now = datetime.now(UTC)
-    return sum(1 for n in store.service_nodes() if n.alive(now, within=lease_seconds))
+    within = max(lease_seconds, _ALIVE_WITHIN)
+    return sum(1 for n in store.service_nodes() if n.alive(now, within=within))
 
 
 def _wait_for_others(store: JobStore, held: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from pacsman.errors import InputError
+from pacsman.jobstore import StudyPlace
 from pacsman.service._webapi import Refused, hider, job_detail, submit_form, web
 from pacsman.service._webjson import row_json
 from pacsman.service._webview import job_progress, job_rows
@@ -120,12 +122,15 @@ def _index_values(request: Request) -> dict[str, Any]:
             progress, _ = web(request).cache.get(store, job)
             eta = _duration(progress.eta_seconds)
             items.append({"job": job, "progress": progress, "eta": eta})
+        nodes = store.head_nodes()
     config = view.config
+    now = datetime.now(UTC)
     return {
         "title": "jobs",
         "refresh": "/",
         "ready": view.readiness(),
         "jobs": items,
+        "head_nodes": [{"node": node, "state": node.state(now).value} for node in nodes],
         "older": max(len(jobs) - _JOBS_SHOWN, 0),
         "pacs_nodes": list(config.pacs),
         "default_pacs": config.default_pacs,
@@ -150,6 +155,10 @@ def job_page(request: Request) -> Response:
         with store.snapshot():
             rows = job_rows(store, job)
             progress = job_progress(store, job, rows)
+            places = store.study_places(job.id)
+            nodes = {
+                node.node_name: node.state(datetime.now(UTC)).value for node in store.head_nodes()
+            }
     hide = hider(request, rows)
     stages = [stage.name for stage in progress.stages[1:]]  # the query state has its column
     return page(request).render(
@@ -166,7 +175,22 @@ def job_page(request: Request) -> Response:
         stage_keys=[_STAGE_KEYS[name] for name in stages],
         rows=[row_json(row, hide) for row in rows[:_ROWS_SHOWN]],
         more=max(len(rows) - _ROWS_SHOWN, 0),
+        **_study_values(places, nodes),
     )
+
+
+def _study_values(places: Sequence[StudyPlace], nodes: Mapping[str, str]) -> dict[str, Any]:
+    """Where the job's studies are: per head node (with its state), and one by one, those
+    to look at first (the StudyInstanceUID is shown only with the token, by the template)."""
+    shown = StudyPlace.first_to_look_at(places)
+    return {
+        "study_nodes": [
+            {"name": name, "state": nodes.get(name, "unknown"), "counts": counts}
+            for name, counts in StudyPlace.by_node(places).items()
+        ],
+        "studies": shown[:_ROWS_SHOWN],
+        "more_studies": max(len(shown) - _ROWS_SHOWN, 0),
+    }
 
 
 async def form_submit(request: Request) -> Response:

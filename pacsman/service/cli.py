@@ -183,11 +183,11 @@ def jobs_main(argv: Sequence[str]) -> int:
     with open_jobstore(args.jobstore, args.config) as store:
         listed = [(job, _progress(store, job)) for job in store.jobs()]
         nodes = store.service_nodes()
-        path = store.path
+        where = store.where  # a SQLite file, or a PostgreSQL URL without its password
     if args.json:
         print(json.dumps(_jobs_json(listed, nodes), indent=2))
     else:
-        print("\n".join(_jobs_lines(listed, nodes, path)))
+        print("\n".join(_jobs_lines(listed, nodes, where)))
     return EXIT_OK
 
 
@@ -229,9 +229,9 @@ def _when(iso: str) -> str:
 
 
 def _jobs_lines(
-    listed: Sequence[tuple[Job, dict[str, int]]], nodes: Sequence[ServiceNode], path: Path
+    listed: Sequence[tuple[Job, dict[str, int]]], nodes: Sequence[ServiceNode], where: str
 ) -> Iterator[str]:
-    yield _service_line(nodes, path)
+    yield _service_line(nodes, where)
     if not listed:
         yield "no jobs yet; queue one with: pacsman submit QUERYFILE [--save] [--push]"
         return
@@ -256,12 +256,12 @@ def _jobs_lines(
         ).rstrip()
 
 
-def _service_line(nodes: Sequence[ServiceNode], path: Path) -> str:
+def _service_line(nodes: Sequence[ServiceNode], where: str) -> str:
     live = _live(nodes)
     if not live:
-        return f"job store {path}: no 'pacsman serve' runs on it (queued jobs wait)"
+        return f"job store {where}: no 'pacsman serve' runs on it (queued jobs wait)"
     names = ", ".join(f"{n.node_name} (process {n.pid} on {n.host})" for n in live)
-    return f"job store {path}: served by {names}"
+    return f"job store {where}: served by {names}"
 
 
 def _jobs_json(

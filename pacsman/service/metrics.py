@@ -12,9 +12,11 @@ Two sources, one registry of our own (never prometheus-client's global one):
   readiness and associations from the running service (:class:`ServiceView`).
 
 No patient data reaches a metric.  Every label value is a job's number, a name from the
-config (PACS node, the service's node), or one of a closed set (states, stages, causes,
-operations, ``0xA702``-style status codes); anything else is counted as ``other``.  A job's
-name is free text typed by a person and is left out; so are UIDs, labels and paths.
+config (PACS node, the service's node, the head nodes' ``serve.node_name``), or one of a
+closed set (states, stages, causes, operations, ``0xA702``-style status codes); anything
+else is counted as ``other``.  A job's name is free text typed by a person and is left out;
+so are UIDs, labels and paths.  With several head nodes on one job store, the nodes and the
+studies each holds are read from the store: any node's ``/metrics`` shows the whole cluster.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pacsman.jobstore.jobs import FINAL_STATES, Job, JobState
 from pacsman.models import ItemState
 from pacsman.service.state import ServiceView
 
-__all__ = ["JobTotals", "ServiceMetrics", "retry_cause"]
+__all__ = ["ClusterTotals", "JobTotals", "ServiceMetrics", "retry_cause"]
 
 #: Jobs that ended longer ago than this leave the per-job metrics (``pacsman_jobs`` keeps
 #: counting them): the label sets stay bounded on a service that runs for months.
@@ -67,6 +69,24 @@ class JobTotals(Protocol):
     def job_row_totals(self, job_ids: Sequence[int]) -> Sequence[tuple[int, str, int]]: ...
 
     def job_session_totals(self, job_ids: Sequence[int]) -> Sequence[tuple[int, str, int]]: ...
+
+
+class _HeadNode(Protocol):
+    def state(self, now: datetime) -> str: ...
+
+
+@runtime_checkable
+class ClusterTotals(Protocol):
+    """What ``/metrics`` reads of the head nodes sharing the job store (its
+    ``ClusterViews``): one query each."""
+
+    def head_nodes(self) -> Sequence[_HeadNode]: ...
+
+    def study_totals(self) -> Sequence[tuple[str, int, int, int, int]]: ...
+
+
+#: The states ``pacsman_cluster_nodes`` counts (``NodeState``).
+_NODE_STATES = ("alive", "stale", "stopped")
 
 
 # -- retry causes -----------------------------------------------------------------------------
@@ -372,10 +392,45 @@ class _Scrape:
         tally = Tally(job.state for job in every)
         for state in JobState:
             jobs_by_state.add_metric([state.value], tally[state])
+        cluster = (
+            _cluster_families(store, self._clock()) if isinstance(store, ClusterTotals) else []
+        )
         if not isinstance(store, JobTotals):
-            return [jobs_by_state]
+            return [jobs_by_state, *cluster]
         jobs = _recent(every, self._clock())
-        return [jobs_by_state, *_job_families(jobs, _job_counts(jobs, store))]
+        return [jobs_by_state, *_job_families(jobs, _job_counts(jobs, store)), *cluster]
+
+
+def _cluster_families(store: ClusterTotals, now: datetime) -> list[Metric]:
+    """The head nodes by state, studies per node and state, and leases waiting for a
+    take-over.  Labels are head node names (``serve.node_name``) and states, nothing else."""
+    nodes = _gauge(
+        "pacsman_cluster_nodes",
+        "Head nodes of the job store: alive (heartbeat within 90 s), stale (silent: killed, "
+        "paused or cut off), stopped (drained).",
+        ["state"],
+    )
+    tally = Tally(str(node.state(now)) for node in store.head_nodes())
+    for state in _NODE_STATES:
+        nodes.add_metric([state], tally[state])
+    studies = _gauge(
+        "pacsman_studies",
+        "Studies per head node and state: CLAIMED (held now under a live lease), DONE and "
+        "FAILED (worked through on that node, whose disk holds the files).",
+        ["node", "state"],
+    )
+    expired = 0
+    for node, held, lapsed, done, failed in sorted(store.study_totals()):
+        expired += lapsed
+        for state, n in (("CLAIMED", held), ("DONE", done), ("FAILED", failed)):
+            studies.add_metric([node or "-", state], n)
+    leases = GaugeMetricFamily(
+        "pacsman_study_leases_expired",
+        "Study claims past their lease (their node stopped renewing): the next node to ask "
+        "takes them over.",
+        value=expired,
+    )
+    return [nodes, studies, leases]
 
 
 class _WithoutCreated:

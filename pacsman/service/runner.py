@@ -121,6 +121,8 @@ class JobThread:
         except Exception as exc:  # a job must never take the service down
             _log.exception("job_crashed", job_id=job.id)
             return JobEnd(JobState.FAILED, f"unexpected error: {exc!r}; please report it")
+        if summary is None:
+            return JobEnd(JobState.RUNNING, "helped with its studies")
         if summary.ok:
             return JobEnd(JobState.DONE, "every row done", summary)
         attention = len(summary.failed_lines)

@@ -35,6 +35,7 @@ from pacsman.config import Config, load_config
 from pacsman.errors import EXIT_OK, ConfigError, PacsmanError
 from pacsman.jobstore import JobStore
 from pacsman.jobstore.jobs import JobAction, JobState
+from pacsman.jobstore.slots import ClusterSlots
 from pacsman.layout import private_directory
 from pacsman.log import HUMAN, add_observer, remove_observer
 from pacsman.pipeline.reception import Reception
@@ -167,6 +168,8 @@ class Service:
         config = self._config
         with ExitStack() as stack:
             self._store = stack.enter_context(JobStore(config.jobstore))
+            if self.store.backend == "postgresql":  # courtesy for every head node together
+                self._shared.cluster = stack.enter_context(ClusterSlots(str(config.jobstore)))
             stack.callback(self._leave)
             resumed = self.store.requeue_owned(self.node_name)
             stack.enter_context(handling_signals(self.ask_to_stop, self.ask_to_reload))

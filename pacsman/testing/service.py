@@ -183,7 +183,7 @@ class ServiceProcess:
 
 
 def wait_for_jobs(
-    jobstore: Path,
+    jobstore: Path | str,
     job_ids: Collection[int],
     states: Collection[JobState],
     *,
