@@ -43,13 +43,16 @@ EVERY_COMMAND = (
     "pause",
     "resume",
     "retry-failed",
+    "jobstore",
 )
 #: The argv that reaches each command's own parser (commands with subcommands: each one).
 LEAVES = [
-    *([name] for name in EVERY_COMMAND if name not in ("xnat", "mapping")),
+    *([name] for name in EVERY_COMMAND if name not in ("xnat", "mapping", "jobstore")),
     ["xnat", "upload-resource"],
     ["xnat", "download"],
     ["mapping", "export"],
+    ["mapping", "import"],
+    ["jobstore", "migrate"],
 ]
 
 

@@ -167,7 +167,7 @@ def _files_by_node(cluster: Cluster) -> dict[str, set[str]]:
 
 def _imports(xnat: XnatEmulator) -> Counter[str]:
     return Counter(
-        r.query.get("EXPT_LABEL", r.path)
+        f"{r.path}?{r.query}"
         for r in xnat.request_log
         if "services/import" in r.path and r.status < 300
     )

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+
+from pacsman.jobstore import is_postgresql, redacted
 
 __all__ = [
     "default_key_path",
@@ -25,26 +26,6 @@ __all__ = [
     "redacted",
     "state_dir",
 ]
-
-# The same rules as pacsman.jobstore's (issue 14), kept here until pacsman.jobstore exports
-# them: anonymize may not import the job store's private _backend module.
-_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_postgresql(location: object) -> bool:
-    """Whether ``location`` (a path or a URL) names a PostgreSQL job store."""
-    return isinstance(location, str) and location.startswith(_SCHEMES)
-
-
-def redacted(url: str) -> str:
-    """``url`` without a password, fit for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    user = f"{parts.username}@" if parts.username else ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}{port}".replace("@***@", ":***@")))
 
 
 def state_dir() -> Path:

@@ -60,8 +60,8 @@ _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: Where a PostgreSQL password goes instead of the config.
 PGPASSWORD_FIX = (
     "a password never goes in the config or on the command line: give it in PGPASSWORD, "
-    "in ~/.pgpass, in the file PGPASSFILE names, or under systemd with LoadCredential=pgpass:/etc/pacsman/pgpass and "
-    "Environment=PGPASSFILE=%d/pgpass"
+    "in ~/.pgpass, in the file PGPASSFILE names, or under systemd with "
+    "LoadCredential=pgpass:/etc/pacsman/pgpass and Environment=PGPASSFILE=%d/pgpass"
 )
 
 RetrieveMethod = Literal["move", "get"]
@@ -333,7 +333,7 @@ def jobstore_location(value: object) -> Path | str:
         )
     if not parts.path.strip("/") or "/" in parts.path.strip("/"):
         raise v.Invalid(f"{v.describe(_shown_url(url))} names no database; use {example}")
-    return url
+    return scheme.group(1).lower() + url[scheme.end(1) :]
 
 
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")

@@ -46,10 +46,10 @@ from pacsman.jobstore._backend import (
     open_sqlite,
     redacted,
 )
+from pacsman.jobstore._cluster_views import ClusterViews, HeadNode, NodeState, StudyPlace
 from pacsman.jobstore._errors import folder_error, raise_for_file, store_error
 from pacsman.jobstore._heartbeat import Heartbeat
 from pacsman.jobstore._keys import row_keys, run_key
-from pacsman.jobstore._cluster_views import ClusterViews, HeadNode, NodeState, StudyPlace
 from pacsman.jobstore._metrics_views import MetricsViews
 from pacsman.jobstore._pgerrors import connect_postgresql, raise_for_server
 from pacsman.jobstore._schema import (
@@ -102,7 +102,9 @@ __all__ = [
     "SessionPush",
     "StudyPlace",
     "Throughput",
+    "is_postgresql",
     "recorded_directory",
+    "redacted",
 ]
 
 _log = structlog.get_logger("pacsman.jobstore")
@@ -168,7 +170,13 @@ class JobStore(OperatorViews, JobQueue, StudyClaims, MetricsViews, ClusterViews)
     def _open_postgresql(self, *, read_only: bool) -> None:
         try:
             if read_only:
-                self._check_not_newer(_schema_version(self._db))
+                found = _schema_version(self._db)
+                if found == 0:
+                    raise JobStoreError(
+                        f"job store {self.where}: holds no job store yet; run pacsman (or "
+                        "pacsman serve) with this 'jobstore' once to create it"
+                    )
+                self._check_not_newer(found)
             else:
                 self._migrate()
         except BaseException:

@@ -37,6 +37,8 @@ __all__ = [
     "redacted",
 ]
 
+#: Milliseconds a transaction may sit idle before the server ends its session (and locks).
+IDLE_IN_TRANSACTION_MS = 10_000
 #: URL schemes that name a PostgreSQL job store.
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -180,12 +182,17 @@ class PostgresDatabase(Database):
     def _connect(self) -> psycopg.Connection[Any]:
         import psycopg
 
-        return psycopg.connect(
+        connection = psycopg.connect(
             self.url,
             autocommit=True,
             connect_timeout=self._connect_timeout,
             application_name="pacsman",
         )
+        # The store's transactions never wait on anything but the database; one that sits
+        # idle is a node that was stopped (SIGSTOP) or hangs in the middle of it.  The server
+        # ends its session, so the row locks it held do not stop the other nodes.
+        connection.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
+        return connection
 
     def _reconnect_if_lost(self) -> None:
         """Outside a transaction, a connection the server dropped (a restart, a network

@@ -211,7 +211,8 @@ _VERSION_9 = (
     "ALTER TABLE service_nodes ADD COLUMN ae_title TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE service_nodes ADD COLUMN scp_port INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE service_nodes ADD COLUMN backend TEXT NOT NULL DEFAULT ''",
-    "CREATE TABLE IF NOT EXISTS pacs_pace (pacs TEXT PRIMARY KEY, next_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pacs_pace ("
+    "pacs TEXT PRIMARY KEY, next_at DOUBLE PRECISION NOT NULL)",
 )
 
 #: Every schema change, oldest first.  Append only: a released migration never changes.

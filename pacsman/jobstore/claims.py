@@ -130,10 +130,18 @@ class StudyClaims:
             return max(0, cursor.rowcount)
 
     def claim_studies(
-        self, run: Run, job_id: int, node: str, *, limit: int, lease_seconds: float
+        self,
+        run: Run,
+        job_id: int,
+        node: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        expired_only: bool = False,
     ) -> Lease | None:
-        """Claim up to ``limit`` OPEN studies of the job (or ones whose lease expired), in
-        query-file order, for ``node``; None when none is left to claim.
+        """Claim up to ``limit`` OPEN studies of the job (or ones whose lease expired; only
+        those with ``expired_only``), in query-file order, for ``node``; None when none is
+        left to claim.
 
         A study taken over from another node's disk is reset to be retrieved again, unless
         its session was pushed already.
@@ -149,7 +157,7 @@ class StudyClaims:
                 (
                     run.id,
                     job_id,
-                    StudyState.OPEN.value,
+                    "" if expired_only else StudyState.OPEN.value,
                     StudyState.CLAIMED.value,
                     max(1, limit),
                 ),

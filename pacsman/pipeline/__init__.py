@@ -162,6 +162,8 @@ class ServiceJob:
     coordinator: bool = True
     #: The job's run when it has one already (a job resumed, or joined by another node).
     run_id: int | None = None
+    #: Only take over the studies whose lease expired (a dead or stopped node's), then end.
+    takeover: bool = False
 
 
 def run_job(options: RunOptions, config: Config, job: ServiceJob) -> RunSummary | None:
@@ -333,6 +335,7 @@ def _work_job(
         coordinator=job.coordinator,
         one_pass=one_pass,
         wants=(options.deidentify, options.push),
+        takeover=job.takeover,
     )
     return queried, worked, adopted
 

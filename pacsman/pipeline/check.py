@@ -46,7 +46,7 @@ from pacsman.config import Config, load_config
 from pacsman.config.options import add_common_options
 from pacsman.dicom.client import DicomPeer
 from pacsman.errors import EXIT_OK, FatalError, InputError, PacsmanError
-from pacsman.jobstore import JobStore
+from pacsman.jobstore import JobStore, is_postgresql
 from pacsman.models import QueryFile
 from pacsman.pipeline._checks import (
     CheckLine,
@@ -188,7 +188,9 @@ def _state_line(config: Config) -> CheckLine:
     try:
         notes = [
             _key_state(default_key_path(project)),
-            _database_state("mapping table", default_mapping_path(project), _STATE_FIX),
+            "mapping table: in the job store (shared by the head nodes)"
+            if is_postgresql(config.jobstore)
+            else _database_state("mapping table", default_mapping_path(project), _STATE_FIX),
             _jobstore_state(config.jobstore),
         ]
     except PacsmanError as exc:

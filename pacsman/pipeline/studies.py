@@ -59,11 +59,14 @@ def work_by_study(
     coordinator: bool,
     one_pass: Callable[[Run], int],
     wants: tuple[bool, str | None],
+    takeover: bool = False,
 ) -> int:
     """Claim, work through and settle batches of the job's studies; return items worked on.
 
     ``one_pass(run)`` works on the run seen through a lease; ``wants`` is (de-identify,
-    push target) to tell a study worked through from one that failed.
+    push target) to tell a study worked through from one that failed.  With ``takeover``,
+    only studies whose lease expired are claimed (all of them at once), and the work ends
+    when none is left: a dead node's studies need not wait for a batch to end.
 
     Raises:
         Halted: the job was asked to stop; this node's unfinished studies are given back.
@@ -73,16 +76,23 @@ def work_by_study(
     for _ in range(1_000_000):  # bounded: every turn claims, or waits on a change
         check_halt()
         counts = store.claim_counts(job_id, node)
-        limit = batch_size(counts, _live_nodes(store, lease_seconds))
+        limit = (
+            counts.expired if takeover else batch_size(counts, _live_nodes(store, lease_seconds))
+        )
         lease = None
         if limit > 0:
             lease = store.claim_studies(
-                run, job_id, node, limit=limit, lease_seconds=lease_seconds
+                run,
+                job_id,
+                node,
+                limit=limit,
+                lease_seconds=lease_seconds,
+                expired_only=takeover,
             )
         if lease is not None:
             worked += _one_batch(store, replace(run, lease=lease), one_pass, wants)
             continue
-        if not coordinator or counts.unsettled == 0:
+        if not coordinator or takeover or counts.unsettled == 0:
             return worked
         _wait_for_others(store, counts.held)
     return worked

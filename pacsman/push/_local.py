@@ -22,7 +22,7 @@ from pacsman.anonymize import (
     load_or_create_key,
     load_profile,
 )
-from pacsman.anonymize.locations import default_key_path, default_mapping_path
+from pacsman.anonymize.locations import default_key_path, default_mapping_path, mapping_location
 from pacsman.config import Config
 from pacsman.errors import InputError, ItemFailed
 from pacsman.layout import private_directory
@@ -74,7 +74,14 @@ def _fresh(folder: LocalFolder) -> None:
 def _deidentify(folder: LocalFolder, config: Config) -> None:
     profile = load_profile(config.anonymization.profile)
     key = load_or_create_key((folder.key or default_key_path(folder.project)).expanduser())
-    mapping = MappingTable((folder.mapping or default_mapping_path(folder.project)).expanduser())
+    location = (
+        folder.mapping.expanduser()
+        if folder.mapping
+        else mapping_location(folder.project, jobstore=config.jobstore)
+    )
+    mapping = MappingTable(location)
+    mapping.check_key(folder.project, key)
+    mapping.check_not_left_behind(folder.project, default_mapping_path(folder.project))
     engine = Deidentifier(profile, key=key, project=folder.project, mapping=mapping)
     written, skipped, held = 0, 0, []
     try:

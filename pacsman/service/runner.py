@@ -64,6 +64,10 @@ class JobThread:
     job: Job
     #: False for a job another node claimed, joined to work on some of its studies.
     coordinator: bool = True
+    #: The scheduler's number for this thread (a job may have two on one node).
+    number: int = 0
+    #: Takes over the studies of a node whose lease expired, then ends.
+    takeover: bool = False
     halt: Halt = field(default_factory=Halt)
     end: JobEnd | None = None
     run_id: int | None = None
@@ -109,6 +113,7 @@ class JobThread:
                 lease_seconds=config.serve.lease_seconds,
                 coordinator=self.coordinator,
                 run_id=job.run_id,
+                takeover=self.takeover,
             )
             with working_for(ticket):
                 summary = run_job(options, config, service_job)

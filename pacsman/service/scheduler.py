@@ -22,6 +22,7 @@ settings that need a restart are named.
 from __future__ import annotations
 
 import gc
+import itertools
 import queue
 import threading
 import time
@@ -86,7 +87,9 @@ class Service:
         self._config = config
         self._wake = threading.Event()
         self._ended: queue.Queue[JobThread] = queue.Queue()
+        #: Job threads by a number of their own (a job may have two here during a take-over).
         self._running: dict[int, JobThread] = {}
+        self._numbers = itertools.count(1)
         self._shared = SharedCourtesy()
         self._lock = threading.Lock()
         self._term_signals = 0
@@ -263,26 +266,45 @@ class Service:
 
     def _claim(self) -> None:
         """Claim QUEUED jobs (or jobs a dead node held); then join jobs other nodes run whose
-        studies are not all claimed, up to ``serve.max_jobs`` in all."""
+        studies are not all claimed, up to ``serve.max_jobs`` threads in all.  A job whose
+        studies wait to be taken over from a dead node gets a take-over thread at once, even
+        when a thread of this node is busy with it or every thread is taken."""
         if self.health.disk_problem is not None:
             return
-        lease = self._config.serve.lease_seconds
-        while len(self._running) < self._config.serve.max_jobs:
+        lease, limit = self._config.serve.lease_seconds, self._config.serve.max_jobs
+        while len(self._running) < limit:
             job = self.store.claim_job(
-                self.node_name, skip=list(self._running), lease_seconds=lease
+                self.node_name, skip=self._job_ids(coordinating=True), lease_seconds=lease
             )
             if job is None:
                 break
             self._start(JobThread(job))
-        room = self._config.serve.max_jobs - len(self._running)
-        if room > 0:
-            for job in self.store.joinable_jobs(skip=list(self._running))[:room]:
+        here = self._job_ids()
+        for job in self.store.joinable_jobs(skip=()):
+            if self.store.claim_counts(job.id).expired and not any(
+                t.takeover for t in self._threads_of(job.id)
+            ):  # a take-over may not wait for a free thread: it is one batch
+                _log.info("job_takeover", job_id=job.id, coordinator=job.owner_node)
+                self._start(JobThread(job, coordinator=False, takeover=True))
+            elif job.id not in here and len(self._running) < limit:
                 _log.info("job_joined", job_id=job.id, coordinator=job.owner_node)
                 self._start(JobThread(job, coordinator=False))
+                here.append(job.id)
+
+    def _job_ids(self, *, coordinating: bool = False) -> list[int]:
+        """The jobs this node has threads for (only those it coordinates, if asked)."""
+        with self._lock:
+            threads = list(self._running.values())
+        return [t.job.id for t in threads if t.coordinator or not coordinating]
+
+    def _threads_of(self, job_id: int) -> list[JobThread]:
+        with self._lock:
+            return [t for t in self._running.values() if t.job.id == job_id]
 
     def _start(self, thread: JobThread) -> None:
+        thread.number = next(self._numbers)
         with self._lock:
-            self._running[thread.job.id] = thread
+            self._running[thread.number] = thread
         thread.start(self.store, self._config, self.reception, self._shared, self._job_ended)
 
     def _job_ended(self, thread: JobThread) -> None:
@@ -296,7 +318,7 @@ class Service:
             except queue.Empty:
                 return
             with self._lock:
-                self._running.pop(thread.job.id, None)
+                self._running.pop(thread.number, None)
             end = thread.end or JobEnd(JobState.FAILED, "the job's thread ended without a word")
             job = thread.job
             if not thread.coordinator:  # the node that claimed the job settles it
@@ -321,7 +343,7 @@ class Service:
 
     def _apply_requests(self) -> None:
         asked = dict(self.store.requests_for(self.node_name))
-        helping = [t.job.id for t in self._running.values() if not t.coordinator]
+        helping = sorted(set(self._job_ids()) - set(self._job_ids(coordinating=True)))
         for job in self.store.jobs_by_id(helping):
             if job.state in _LET_GO:
                 asked[job.id] = (
@@ -330,12 +352,11 @@ class Service:
             elif job.requested in (JobAction.CANCEL.value, JobAction.PAUSE.value):
                 asked[job.id] = JobAction(job.requested)
         for job_id, action in asked.items():
-            thread = self._running.get(job_id)
-            if thread is None or thread.halt.is_set():
-                continue
             reason = StopReason.CANCEL if action is JobAction.CANCEL else StopReason.PAUSE
-            thread.halt.set(reason)
-            _log.info("job_stopping", job_id=job_id, reason=reason)
+            for thread in self._threads_of(job_id):
+                if not thread.halt.is_set():
+                    thread.halt.set(reason)
+                    _log.info("job_stopping", job_id=job_id, reason=reason)
 
     def _scan_inbox(self) -> None:
         if self._inbox is None or self._inbox.folder is None:
