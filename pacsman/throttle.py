@@ -378,10 +378,19 @@ class AssociationSlots:
     :meth:`release` gives the cluster slot back first.
     """
 
-    def __init__(self, limit: int, *, node: str = "", cluster: ClusterGate | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        node: str = "",
+        cluster: ClusterGate | None = None,
+        cluster_limit: int | None = None,
+    ) -> None:
         self.limit = max(1, limit)
         self.node = node
         self._cluster = cluster
+        #: The slots of every head node together (the PACS's max_associations).
+        self.cluster_limit = max(1, cluster_limit or limit)
         #: The cluster slots each thread holds (by thread id), last taken last.
         self._cluster_slots: dict[int, list[int]] = {}
         self._cond = threading.Condition()
@@ -416,7 +425,7 @@ class AssociationSlots:
         if self._cluster is None:
             return
         try:
-            slot = self._cluster.acquire(self.node, self.limit, halt=current_ticket().halt)
+            slot = self._cluster.acquire(self.node, self.cluster_limit, halt=current_ticket().halt)
         except Exception:
             self._release_here()
             check_halt()  # in the job's own words when it was asked to stop
@@ -517,6 +526,9 @@ class SharedCourtesy:
 
     def __init__(self, *, cluster: ClusterGate | None = None) -> None:
         self.cluster = cluster
+        #: Each PACS node's slots for every head node together (max_associations); a node
+        #: not named here has its own limit for the cluster too.
+        self.cluster_limits: dict[str, int] = {}
         self._lock = threading.Lock()
         self._slots: dict[str, AssociationSlots] = {}
         self._courtesy: dict[str, Courtesy] = {}
@@ -525,7 +537,12 @@ class SharedCourtesy:
         """The slots towards PACS node ``node`` (created with ``limit`` on first use)."""
         with self._lock:
             if node not in self._slots:
-                self._slots[node] = AssociationSlots(limit, node=node, cluster=self.cluster)
+                self._slots[node] = AssociationSlots(
+                    limit,
+                    node=node,
+                    cluster=self.cluster,
+                    cluster_limit=self.cluster_limits.get(node, limit),
+                )
             return self._slots[node]
 
     def courtesy(self, node: str, *, interval: float, window: str | None) -> Courtesy:
@@ -538,9 +555,20 @@ class SharedCourtesy:
                 self._courtesy[node] = Courtesy(interval=interval, window=window, pacer=pacer)
             return self._courtesy[node]
 
-    def reconfigure(self, node: str, *, limit: int, interval: float, window: str | None) -> None:
+    def reconfigure(
+        self,
+        node: str,
+        *,
+        limit: int,
+        interval: float,
+        window: str | None,
+        cluster_limit: int | None = None,
+    ) -> None:
         """New courtesy settings for ``node`` (SIGHUP); work in flight keeps going."""
-        self.slots(node, limit).set_limit(limit)
+        self.cluster_limits[node] = cluster_limit or limit
+        slots = self.slots(node, limit)
+        slots.set_limit(limit)
+        slots.cluster_limit = max(1, cluster_limit or limit)
         self.courtesy(node, interval=interval, window=window).configure(
             interval=interval, window=window
         )

@@ -125,7 +125,9 @@ class PacsNode:
     port: int
     called_ae_title: str
     retrieve_method: RetrieveMethod = "move"
-    max_associations: int = 1  # 1..32
+    max_associations: int = 1  # 1..32; with several head nodes, for all of them together
+    #: The most one head node opens (its retrieve workers too); None: max_associations.
+    max_associations_per_head_node: int | None = None
     timeouts: Timeouts = Timeouts()
     query_model: QueryModel = "study"
     #: SpecificCharacterSet sent with C-FIND identifiers (a DICOM defined term).
@@ -138,6 +140,13 @@ class PacsNode:
     retrieve_level: RetrieveLevel = "series"  # C-MOVE/C-GET per series, or per study
     retrieve_passes: int = 3  # verify: re-request incomplete series up to this many passes
     tls: TlsConfig | None = None  # DICOM TLS towards this PACS; None = plain TCP
+
+    @property
+    def head_node_associations(self) -> int:
+        """Associations this head node opens at most (``max_associations`` for the whole
+        cluster, ``max_associations_per_head_node`` for each of its nodes)."""
+        own = self.max_associations_per_head_node or self.max_associations
+        return min(own, self.max_associations)
 
 
 @dataclass(frozen=True)
@@ -467,6 +476,9 @@ def _parse_node(name: str, node: Section) -> PacsNode | None:
         called_ae_title=called or "",
         retrieve_method=node.get("retrieve_method", v.choice(_RETRIEVE_METHODS), d.retrieve_method),
         max_associations=node.get("max_associations", v.int_between(1, 32), d.max_associations),
+        max_associations_per_head_node=node.get(
+            "max_associations_per_head_node", v.int_between(1, 32), None
+        ),
         timeouts=_parse_timeouts(node.section("timeouts")),
         query_model=node.get("query_model", v.choice(_QUERY_MODELS), d.query_model),
         character_set=node.get("character_set", v.character_set, d.character_set),

@@ -226,7 +226,7 @@ def _slots(peer: DicomPeer) -> AssociationSlots | None:
     shared = current_ticket().shared
     if shared is None or peer.config_key.startswith("push."):
         return None
-    return shared.slots(peer.node.name, peer.node.max_associations)
+    return shared.slots(peer.node.name, peer.node.head_node_associations)
 
 
 def _associate(

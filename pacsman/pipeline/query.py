@@ -78,7 +78,7 @@ def query_pending(
                 found = _query_one(store, run, association, row, queryfile.path)
                 if counts is not None:
                     counts.add(Stage.QUERY, units=int(found), failed=int(not found))
-                if give_way(name, node.max_associations):
+                if give_way(name, node.head_node_associations):
                     association.close()  # reopened, in turn, for the next row
     return len(pending)
 

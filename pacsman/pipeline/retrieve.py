@@ -82,12 +82,12 @@ class _Node:
 
     def count_retrieve(self) -> None:
         """This job starts a C-MOVE/C-GET towards the node (the service's fair shares)."""
-        count_retrieve(self.node.name, self.node.max_associations)
+        count_retrieve(self.node.name, self.node.head_node_associations)
 
     def give_way(self) -> bool:
         """Whether a worker that finished a unit should give its association up: another
         job of the service waits for one towards this PACS (round-robin between jobs)."""
-        return give_way(self.node.name, self.node.max_associations)
+        return give_way(self.node.name, self.node.head_node_associations)
 
 
 def _ignore(_: StoredInstance) -> None:
@@ -347,7 +347,7 @@ def _passes(
         units = _units(pending, node.node.retrieve_level)
         verdicts = _run_workers(
             units,
-            workers=node.node.max_associations,
+            workers=node.node.head_node_associations,
             open_association=node.association,
             work=lambda association, unit: _fetch_unit(
                 store, run, association, unit, tracker, node

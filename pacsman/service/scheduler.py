@@ -158,7 +158,7 @@ class Service:
         in_use = self._shared.in_use()
         for name, node in self._config.pacs.items():
             used = in_use.get(name, 0)
-            parts.append(f"PACS {name} {used}/{node.max_associations} associations")
+            parts.append(f"PACS {name} {used}/{node.head_node_associations} associations")
         if self.health.disk_problem:
             parts.append("disk low: not retrieving")
         if self._draining:
@@ -173,6 +173,9 @@ class Service:
             self._store = stack.enter_context(JobStore(config.jobstore))
             if self.store.backend == "postgresql":  # courtesy for every head node together
                 self._shared.cluster = stack.enter_context(ClusterSlots(str(config.jobstore)))
+                self._shared.cluster_limits.update(
+                    {name: node.max_associations for name, node in config.pacs.items()}
+                )
             stack.callback(self._leave)
             resumed = self.store.requeue_owned(self.node_name)
             stack.enter_context(handling_signals(self.ask_to_stop, self.ask_to_reload))
@@ -450,9 +453,10 @@ class Service:
         for name, node in kept.pacs.items():
             self._shared.reconfigure(
                 name,
-                limit=node.max_associations,
+                limit=node.head_node_associations,
                 interval=node.move_interval,
                 window=node.retrieve_window,
+                cluster_limit=node.max_associations,
             )
         try:
             if self._inbox is not None:
