@@ -305,6 +305,8 @@ def test_an_older_store_is_read_through_a_copy_and_left_as_it_was(tmp_path: Path
             db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
         db.execute("DROP INDEX transitions_by_run")
         db.execute("ALTER TABLE rows DROP COLUMN pacs_cell")
+        for table in ("jobs", "job_transitions", "service_nodes", "study_claims", "pacs_pace"):
+            db.execute(f"DROP TABLE {table}")  # versions 8 and 9
         db.execute(
             "INSERT INTO runs(id, queryfile, queryfile_sha256, config_sha256, created_at) "
             "VALUES (1, 'q.csv', 'k', 'c', '2026-01-01T00:00:00+00:00')"
@@ -317,7 +319,7 @@ def test_an_older_store_is_read_through_a_copy_and_left_as_it_was(tmp_path: Path
     assert _digest(path) == before
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta").fetchone()[0] == "6"
-    assert SCHEMA_VERSION == 8
+    assert SCHEMA_VERSION == 9
 
 
 def test_status_names_a_missing_job_store_and_the_fix(

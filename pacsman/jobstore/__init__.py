@@ -135,6 +135,8 @@ class JobStore(OperatorViews, JobQueue, StudyClaims, MetricsViews, ClusterViews)
         """
         self._lock = threading.RLock()
         self._heartbeat: tuple[Run, Heartbeat] | None = None
+        #: The SQLite file or PostgreSQL URL the store was opened with.
+        self.location: Path | str = location
         if is_postgresql(location):
             self.path = Path()
             self.where = redacted(str(location))
