@@ -338,11 +338,6 @@ def _page(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., str]]:
 def test_web_page_shows_head_nodes_and_where_studies_are(cluster: Cluster, tmp_path: Path) -> None:
     """The front page has a Head nodes panel; a job's page has its studies per node and
     which node holds each, with the StudyInstanceUID only for a request with the token."""
-    if not isinstance(cluster.location, Path):
-        pytest.xfail(
-            "the web page reads a PostgreSQL store through JobStore(store.path): "
-            "service/_webapi.py reading() must open the store's URL (reported to the lead)"
-        )
     with _page(cluster, tmp_path) as get:
         front = get("/")
         anonymous = get(f"/jobs/{cluster.job_id}")
@@ -363,3 +358,52 @@ def test_web_page_shows_head_nodes_and_where_studies_are(cluster: Cluster, tmp_p
     assert not any(uid in anonymous for uid in UIDS)
     assert PID not in anonymous
     assert all(uid in signed for uid in UIDS)
+
+
+def test_api_job_says_where_its_studies_are(cluster: Cluster, tmp_path: Path) -> None:
+    """``GET /api/jobs/{id}``: the job's studies per state and per head node (with the
+    node's state), and each study with the node holding it; its StudyInstanceUID only for
+    a request with the token."""
+    with _page(cluster, tmp_path) as get:
+        anonymous = get(f"/api/jobs/{cluster.job_id}")
+        signed = get(f"/api/jobs/{cluster.job_id}", Authorization=f"Bearer {TOKEN}")
+        listed = get("/api/jobs", Authorization=f"Bearer {TOKEN}")
+    found = json.loads(anonymous)["studies"]
+    assert 5 == found["total"]
+    assert {"OPEN": 1, "CLAIMED": 1, "EXPIRED": 1, "DONE": 1, "FAILED": 1} == found["by_state"]
+    assert [
+        {
+            "node": "alpha",
+            "node_state": "alive",
+            "CLAIMED": 0,
+            "EXPIRED": 0,
+            "DONE": 1,
+            "FAILED": 1,
+        },
+        {"node": "beta", "node_state": "stale", "CLAIMED": 1, "EXPIRED": 1, "DONE": 0, "FAILED": 0},
+    ] == found["by_node"]
+    shown = [(s["line"], s["pacs"], s["state"], s["node"]) for s in found["studies"]]
+    assert [
+        (2, PACS, "DONE", "alpha"),
+        (3, PACS, "FAILED", "alpha"),
+        (4, PACS, "CLAIMED", "beta"),
+        (5, PACS, "EXPIRED", "beta"),
+        (6, PACS, "OPEN", ""),
+    ] == shown
+    held, expired, still_open = found["studies"][2:5]
+    assert 250 < held["lease_seconds_left"] <= 300
+    assert held["where"].startswith("held by beta: lease ")
+    assert expired["lease_seconds_left"] < 0
+    assert "another node will take it over" in expired["where"]
+    assert (None, "", 2) == (
+        still_open["lease_seconds_left"],
+        still_open["owner_node"],
+        still_open["series"],
+    )
+    assert not any("StudyInstanceUID" in s for s in found["studies"])
+    assert not any(uid in anonymous for uid in UIDS)
+    assert PID not in anonymous
+    with_token = json.loads(signed)["studies"]
+    assert list(UIDS) == [s["StudyInstanceUID"] for s in with_token["studies"]]
+    assert {key for key in found} == {key for key in with_token}
+    assert "studies" not in json.loads(listed)["jobs"][0]

@@ -289,6 +289,12 @@ def test_jobs_counts_per_stage_and_rows(served: Running, tmp_path: Path) -> None
     assert one["progress"]["retrieve"] == {"done": 2, "total": 2, "failed": 1}
     assert one["progress"]["push"] == {"done": 1, "total": 1, "failed": 1}
     assert one["eta_seconds"] is None  # it is not running
+    assert one["studies"] == {  # the same keys with no study claimed by a head node yet
+        "total": 0,
+        "by_state": {"OPEN": 0, "CLAIMED": 0, "EXPIRED": 0, "DONE": 0, "FAILED": 0},
+        "by_node": [],
+        "studies": [],
+    }
     rows = served.get(f"/api/jobs/{job.id}/rows", headers=bearer()).json()["rows"]
     assert [(r["line"], r["state"], r["retrieve"], r["push"]) for r in rows] == [
         (2, "QUERIED", "INCOMPLETE", "FAILED"),

@@ -56,7 +56,7 @@ def settle_series_on_disk(
     known = store.recorded_elsewhere(run, [(series, folder) for series, folder, _ in found])
     unknown = [f for f in found if f[0].series_instance_uid not in known]
     if unknown and not (adopt or new_run):
-        raise InputError(_refusal(store.path, unknown))
+        raise InputError(_refusal(store.where, unknown))
     if adopt:
         candidates = found
     else:
@@ -108,7 +108,7 @@ def _adopted_detail(count: int) -> str:
     return f"adopted from disk: {count} instance(s), as many as the PACS's C-FIND count"
 
 
-def _refusal(jobstore: Path, unknown: list[Found]) -> str:
+def _refusal(jobstore: Path | str, unknown: list[Found]) -> str:
     shown = "\n".join(f"  {folder} ({count} file(s))" for _, folder, count in unknown[:_SHOWN])
     more = f"\n  ... and {len(unknown) - _SHOWN} more" if len(unknown) > _SHOWN else ""
     return (

@@ -311,7 +311,7 @@ def run_line_json(status: RunStatus) -> dict[str, Any]:
     }
 
 
-def runs_lines(statuses: Sequence[RunStatus], jobstore: Path) -> list[str]:
+def runs_lines(statuses: Sequence[RunStatus], jobstore: Path | str) -> list[str]:
     """``pacsman runs`` as text: one line per run."""
     if not statuses:
         return [f"the job store {jobstore} holds no run yet"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import structlog
 
 from pacsman.config import Config
+from pacsman.errors import LeaseLost
 from pacsman.jobstore import JobStore, PushRecord, PushSeries, Run, recorded_directory
 from pacsman.models import ItemState
 from pacsman.pipeline.progress import Counts, Stage
@@ -152,6 +153,11 @@ def push_ready_sessions(
         handled.update(todo)
     if not todo:
         return found
+    if run.lease is not None and not store.holds(run.lease):
+        raise LeaseLost(
+            f"head node {run.lease.node}: lease {run.lease.generation} expired before its "
+            "sessions were pushed; the node that takes its studies over pushes them"
+        )
     if counts is not None:
         counts.start(Stage.PUSH)
     uploads = [

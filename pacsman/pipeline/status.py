@@ -107,7 +107,7 @@ def find_run(
         InputError: no such run or job, or the job has not started (the message says how
             to list them).
     """
-    listed = f"'pacsman runs --jobstore {store.path}' lists the runs it holds"
+    listed = f"'pacsman runs --jobstore {store.where}' lists the runs it holds"
     if job_id is not None:
         run_id = _job_run_id(store, job_id)
     if run_id is not None:
@@ -115,16 +115,16 @@ def find_run(
             return store.run_record(run_id)
         except KeyError:
             raise InputError(
-                f"run {run_id} is not in the job store {store.path}; {listed}"
+                f"run {run_id} is not in the job store {store.where}; {listed}"
             ) from None
     if queryfile is not None:
         found = _runs_of_file(store, queryfile)
         if not found:
-            raise InputError(f"no run of {queryfile} is in the job store {store.path}; {listed}")
+            raise InputError(f"no run of {queryfile} is in the job store {store.where}; {listed}")
         return found[0]
     runs = [r for r in store.run_records() if not r.retired_at]
     if not runs:
-        raise InputError(f"the job store {store.path} holds no run yet")
+        raise InputError(f"the job store {store.where} holds no run yet")
     return max(runs, key=lambda r: (r.started_at or r.created_at, r.id))
 
 
@@ -385,5 +385,5 @@ def runs_main(argv: Sequence[str]) -> int:
     if args.json:
         print(json.dumps([run_line_json(s) for s in statuses], indent=2))
     else:
-        print("\n".join(runs_lines(statuses, store.path)))
+        print("\n".join(runs_lines(statuses, store.where)))
     return EXIT_OK

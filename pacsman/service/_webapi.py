@@ -4,13 +4,45 @@
 Endpoints that read or write the job store are plain functions: Starlette runs them in its
 thread pool, where they call the (thread-safe) :class:`~pacsman.jobstore.JobStore`.  Those
 that read a form are coroutines and hand the store's work to the thread pool themselves.
+Pages and the API read the store through a connection of their own, opened where the
+service's is (a SQLite file or a PostgreSQL URL).
+
+``GET /api/jobs/{id}`` is the job as ``GET /api/jobs`` lists it, plus ``studies``: where
+the job's studies are between the head nodes of the job store (the same every request;
+empty lists and zero counts for a job with no study yet, or one run before study claims)::
+
+    "studies": {
+      "total": 5,
+      "by_state": {"OPEN": 1, "CLAIMED": 1, "EXPIRED": 1, "DONE": 1, "FAILED": 1},
+      "by_node": [
+        {"node": "alpha", "node_state": "alive",
+         "CLAIMED": 0, "EXPIRED": 0, "DONE": 1, "FAILED": 1}, ...],
+      "studies": [
+        {"line": 2, "pacs": "orthanc", "state": "CLAIMED", "node": "beta",
+         "owner_node": "beta", "holder_node": "beta", "generation": 7,
+         "lease_seconds_left": 41.5, "series": 2,
+         "where": "held by beta: lease 41 s left (generation 7)",
+         "StudyInstanceUID": "1.2.3..."}, ...]
+    }
+
+``by_state`` counts every study (``EXPIRED``: claimed, its lease run out; another node
+takes it over).  ``by_node`` has each head node that holds or worked on a study of the job,
+by name, with ``node_state`` from its heartbeat (``alive``, ``stale``, ``stopped``, or
+``unknown`` for a node no longer registered); an open study belongs to no node.
+``studies`` lists each study in query-file order (``line``: the first line that selected
+it, 0 when none is known); ``node`` is the node holding it now (its owner while claimed,
+else the node whose disk has its files; ``""`` for none); ``lease_seconds_left`` is null
+unless it is claimed (negative once expired).  ``StudyInstanceUID`` is there only for a
+request with the token: without it a study is named by its line and PACS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pacsman.errors import ConfigError, InputError, QueryFileError
-from pacsman.jobstore import JobStore
+from pacsman.jobstore import JobStore, StudyPlace
 from pacsman.jobstore.jobs import MAX_QUERYFILE_BYTES, PRIORITIES, Job, JobAction, JobOptions
 from pacsman.service._webjson import ProgressCache, job_json, job_redactor, row_json
 from pacsman.service._webview import RowState, job_rows
@@ -44,6 +76,7 @@ __all__ = [
     "metrics",
     "read_rows",
     "readyz",
+    "studies_json",
     "submit_form",
 ]
 
@@ -52,6 +85,8 @@ FORM_FIELDS = ("save", "anonymize", "push", "pacs", "sheet", "encoding", "priori
 _TRUE = frozenset({"1", "true", "on", "yes"})
 _FALSE = frozenset({"", "0", "false", "off", "no"})
 _PRIORITY = PRIORITIES
+#: A study's states as ``studies.by_state`` counts them; a node holds the last four.
+_STUDY_STATES = ("OPEN", "CLAIMED", "EXPIRED", "DONE", "FAILED")
 
 
 @dataclass(frozen=True)
@@ -65,8 +100,9 @@ class Web:
     @contextmanager
     def reading(self) -> Iterator[JobStore]:
         """The job store, read through a connection of its own: a large job's page never
-        holds the lock the service's writers take (WAL lets readers and a writer go on)."""
-        with JobStore(self.view.store.path, read_only=True) as store:
+        holds the lock the service's writers take (WAL lets readers and a writer go on).
+        It is opened where the service's is: its SQLite file or its PostgreSQL URL."""
+        with JobStore(self.view.store.location, read_only=True) as store:
             yield store
 
 
@@ -172,12 +208,61 @@ def api_jobs(request: Request) -> Response:
 
 
 def api_job(request: Request) -> Response:
-    """``GET /api/jobs/{id}``: one job, its counts per stage and (while it runs) its ETA."""
+    """``GET /api/jobs/{id}``: one job, its counts per stage, (while it runs) its ETA, and
+    where its studies are between the head nodes (see the module's docstring)."""
     with web(request).reading() as store:
         try:
-            return JSONResponse(_job_summary(request, store, _job_or_404(request, store)))
+            job = _job_or_404(request, store)
         except Refused as refused:
             return refused.response()
+        found = _job_summary(request, store, job)
+        with store.snapshot():
+            places = store.study_places(job.id)
+            nodes = {
+                node.node_name: node.state(datetime.now(UTC)).value for node in store.head_nodes()
+            }
+    uids = access_of(request).identifiers
+    return JSONResponse({**found, "studies": studies_json(places, nodes, uids=uids)})
+
+
+def studies_json(
+    places: Sequence[StudyPlace], nodes: Mapping[str, str], *, uids: bool
+) -> dict[str, Any]:
+    """A job's studies as ``GET /api/jobs/{id}`` shows them: ``nodes`` maps each head node
+    to its state; ``uids`` adds each StudyInstanceUID (a request with the token)."""
+    by_state = Counter(place.shown_state for place in places)
+    return {
+        "total": len(places),
+        "by_state": {state: by_state[state] for state in _STUDY_STATES},
+        "by_node": [
+            {
+                "node": name,
+                "node_state": nodes.get(name, "unknown"),
+                **{state: counts[state] for state in _STUDY_STATES[1:]},
+            }
+            for name, counts in StudyPlace.by_node(places).items()
+        ],
+        "studies": [_place_json(place, uids=uids) for place in places],
+    }
+
+
+def _place_json(place: StudyPlace, *, uids: bool) -> dict[str, Any]:
+    claimed = place.state == "CLAIMED"
+    shown: dict[str, Any] = {
+        "line": place.line,
+        "pacs": place.pacs,
+        "state": place.shown_state,
+        "node": place.node,
+        "owner_node": place.owner_node,
+        "holder_node": place.holder_node,
+        "generation": place.generation,
+        "lease_seconds_left": round(place.expires_in, 1) if claimed else None,
+        "series": place.series,
+        "where": place.where(),
+    }
+    if uids:
+        shown["StudyInstanceUID"] = place.study_instance_uid
+    return shown
 
 
 def api_rows(request: Request) -> Response:

@@ -340,7 +340,7 @@ def _act(action: JobAction, argv: Sequence[str]) -> int:
     with _writable_store(args.jobstore, args.config) as store:
         job = store.request_job(args.job_id, action)
         nodes = store.service_nodes()
-        path = store.path
+        path = store.where
     print(_outcome(job, action))
     if job.requested or job.state is JobState.QUEUED:
         _warn_without_service(nodes, path, "nothing happens to the job until one runs")
