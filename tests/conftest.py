@@ -16,6 +16,7 @@ import pytest
 from pacsman.testing.dcmtk import DCMTK_PATH, StoreSCP, dcmtk_tool
 from pacsman.testing.fakepacs import FakePacs
 from pacsman.testing.orthanc import ORTHANC_BINARY, OrthancServer, orthanc_available
+from pacsman.testing.postgres import POSTGRES_ROOT, PostgresServer, postgres_available
 from pacsman.testing.synthetic import DEMO_STUDIES, StudySpec, iter_datasets
 
 _ORTHANC_FIXTURES = {"orthanc", "demo_orthanc", "make_orthanc"}
@@ -32,6 +33,19 @@ def require_peer(available: bool, what: str, install: str) -> None:
     pytest.skip(message)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One Debian PostgreSQL for the whole session (as the ``postgres`` user, on a random
+    port); each test makes the databases it needs (``create_database``, distinct names)."""
+    require_peer(
+        postgres_available(),
+        f"PostgreSQL ({POSTGRES_ROOT}/*/bin/initdb)",
+        "apt-get install postgresql",
+    )
+    with PostgresServer() as server:
+        yield server
+
+
 def _require_orthanc() -> None:
     require_peer(orthanc_available(), f"Orthanc ({ORTHANC_BINARY})", "apt install orthanc")
 
@@ -44,6 +58,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.orthanc)
         if names & _DCMTK_FIXTURES:
             item.add_marker(pytest.mark.dcmtk)
+        if "postgres" in names:
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")

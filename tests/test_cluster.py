@@ -30,11 +30,10 @@ from pacsman.jobstore.claims import StudyState
 from pacsman.jobstore.jobs import JobState
 from pacsman.testing.fakepacs import FakePacs, Faults
 from pacsman.testing.net import free_port
-from pacsman.testing.postgres import POSTGRES_ROOT, PostgresServer, postgres_available
+from pacsman.testing.postgres import PostgresServer
 from pacsman.testing.service import ServiceProcess, wait_for_jobs
 from pacsman.testing.synthetic import SeriesSpec, StudySpec
 from pacsman.testing.xnat_emulator import XnatEmulator
-from tests.conftest import require_peer
 
 pytestmark = pytest.mark.postgres
 
@@ -63,17 +62,6 @@ def _studies(job: int, count: int) -> list[StudySpec]:
         )
         for n in range(count)
     ]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    require_peer(
-        postgres_available(),
-        f"PostgreSQL ({POSTGRES_ROOT}/*/bin/initdb)",
-        "apt-get install postgresql",
-    )
-    with PostgresServer() as server:
-        yield server
 
 
 @dataclass

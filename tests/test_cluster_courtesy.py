@@ -26,9 +26,8 @@ from pacsman.dicom.client import DicomPeer, associate
 from pacsman.errors import Halted, JobStoreError
 from pacsman.jobstore.slots import PACE_TABLE, ClusterSlots, pacs_lock_key
 from pacsman.testing.fakepacs import FakePacs
-from pacsman.testing.postgres import POSTGRES_ROOT, PostgresServer, postgres_available
+from pacsman.testing.postgres import PostgresServer
 from pacsman.throttle import Halt, SharedCourtesy, Ticket, working_for
-from tests.conftest import require_peer
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed; pip install -e .[test]")
 
@@ -42,17 +41,6 @@ _PACE_DDL = (
 _VERIFICATION = "1.2.840.10008.1.1"
 _DEADLINE = 30.0
 _NUMBERS = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    require_peer(
-        postgres_available(),
-        f"PostgreSQL ({POSTGRES_ROOT}/*/bin/initdb)",
-        "apt-get install postgresql",
-    )
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture

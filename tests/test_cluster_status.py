@@ -34,8 +34,7 @@ from pacsman.models import QueryFile, QueryRow, RowResult, SeriesMatch, StudyMat
 from pacsman.service.http import HttpServer, make_app
 from pacsman.service.metrics import ServiceMetrics
 from pacsman.service.state import Readiness
-from pacsman.testing.postgres import POSTGRES_ROOT, PostgresServer, postgres_available
-from tests.conftest import require_peer
+from pacsman.testing.postgres import PostgresServer
 from tests.helpers import write_config
 
 PACS = "orthanc"
@@ -111,17 +110,6 @@ def build(location: Path | str, tmp_path: Path) -> Cluster:
                 store.settle_studies(replace(run, lease=held), failed=failed)
     _age_heartbeat(location, "beta", 5)
     return Cluster(location, job.id)
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    require_peer(
-        postgres_available(),
-        f"PostgreSQL ({POSTGRES_ROOT}/*/bin/initdb)",
-        "apt-get install postgresql",
-    )
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

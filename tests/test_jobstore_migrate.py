@@ -27,9 +27,8 @@ from pacsman.jobstore.jobs import JobOptions
 from pacsman.jobstore.migrate import TABLES
 from pacsman.testing.fakepacs import FakePacs
 from pacsman.testing.net import free_port
-from pacsman.testing.postgres import POSTGRES_ROOT, PostgresServer, postgres_available
+from pacsman.testing.postgres import PostgresServer
 from pacsman.testing.synthetic import SeriesSpec, StudySpec
-from tests.conftest import require_peer
 from tests.helpers import write_config, write_queryfile
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed; pip install -e .")
@@ -39,17 +38,6 @@ pytestmark = pytest.mark.postgres
 _NAMES = itertools.count(1)
 _AGE = re.compile(r'("heartbeat_age":|heartbeat) [0-9.]+')
 QUERY = "PatientID,Subject,Session\nMIG0,S0,E0\nMIG1,S1,E1\nNOPE,S9,E9\n"
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    require_peer(
-        postgres_available(),
-        f"PostgreSQL ({POSTGRES_ROOT}/*/bin/initdb)",
-        "apt-get install postgresql",
-    )
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -32,8 +32,7 @@ from pacsman.jobstore.jobs import JobAction, JobOptions, JobState
 from pacsman.jobstore.migrate import TABLES
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
 from pacsman.testing.net import free_port
-from pacsman.testing.postgres import POSTGRES_ROOT, PostgresServer, postgres_available
-from tests.conftest import require_peer
+from pacsman.testing.postgres import PostgresServer
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed; pip install -e .")
 
@@ -41,18 +40,6 @@ pytestmark = pytest.mark.postgres
 
 _NAMES = itertools.count(1)
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    """One server for the module; every test gets its own database (:func:`pg_url`)."""
-    require_peer(
-        postgres_available(),
-        f"PostgreSQL ({POSTGRES_ROOT}/*/bin/initdb)",
-        "apt-get install postgresql",
-    )
-    with PostgresServer() as server:
-        yield server
 
 
 @pytest.fixture

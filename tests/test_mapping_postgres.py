@@ -25,8 +25,7 @@ from pacsman.anonymize.locations import default_mapping_path, mapping_location
 from pacsman.anonymize.mapping import MappingTable, export_mapping
 from pacsman.errors import FatalError, InputError, ItemFailed, JobStoreError
 from pacsman.testing.net import free_port
-from pacsman.testing.postgres import POSTGRES_ROOT, PostgresServer, postgres_available
-from tests.conftest import require_peer
+from pacsman.testing.postgres import PostgresServer
 from tests.helpers import write_config
 
 pytest.importorskip("psycopg", reason="psycopg is not installed; pip install -e .[test]")
@@ -39,19 +38,13 @@ _BARRIER_SECONDS = 30.0
 _databases = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    """One server for the module; each test gets its own database."""
-    require_peer(
-        postgres_available(),
-        f"PostgreSQL ({POSTGRES_ROOT}/*/bin/initdb)",
-        "apt-get install postgresql",
-    )
-    with PostgresServer() as server:
-        yield server
-        log = server.log_path.read_text("utf-8", errors="replace")
-        leaked = [value for value in PHI if value in log]
-        assert not leaked, f"PHI in the PostgreSQL server log: {leaked}"
+@pytest.fixture(scope="module", autouse=True)
+def _no_phi_in_the_server_log(postgres: PostgresServer) -> Iterator[None]:
+    """After the module: the PostgreSQL server's log holds none of the patient values."""
+    yield
+    log = postgres.log_path.read_text("utf-8", errors="replace")
+    leaked = [value for value in PHI if value in log]
+    assert not leaked, f"PHI in the PostgreSQL server log: {leaked}"
 
 
 def _new_database(postgres: PostgresServer) -> str:

@@ -29,15 +29,16 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import structlog
 
 from pacsman.anonymize import load_profile
 from pacsman.config import Config, PacsNode
-from pacsman.errors import InputError
+from pacsman.errors import InputError, LeaseLost
 from pacsman.jobstore import JobStore, Run
 from pacsman.layout import anonymized_series_directory, raw_series_directories
 from pacsman.log import HUMAN, bind_process, current_settings, demoted
@@ -275,17 +276,33 @@ def _work(
             adopted = _record_directories(store, run, options)
         _plan(tracker, store, run, options)
         if options.save:
-            retrieved = retrieve_pending(
-                store,
-                run,
-                config,
-                options.out_directory,
-                retry_for,
-                on_study_complete=None if background is None else background.study_complete,
-                counts=tracker,
-            )
+            retrieved = _retrieve(store, run, config, options, tracker, background, retry_for)
     worked = retrieved + (0 if background is None else background.worked)
     return queried, worked, adopted
+
+
+def _retrieve(
+    store: JobStore,
+    run: Run,
+    config: Config,
+    options: RunOptions,
+    tracker: Tracker,
+    background: DeidentifyPushProcess | None,
+    retry_for: Callable[[PacsNode], RetryPolicy],
+    reception: Reception | None = None,
+) -> int:
+    """Retrieve the run's unsettled series, announcing each complete study to
+    ``background`` (the de-identify/push process); return the series worked on."""
+    return retrieve_pending(
+        store,
+        run,
+        config,
+        options.out_directory,
+        retry_for,
+        on_study_complete=None if background is None else background.study_complete,
+        counts=tracker,
+        reception=reception,
+    )
 
 
 def _work_job(
@@ -308,36 +325,81 @@ def _work_job(
     if not options.save:
         return queried, 0, 0
     _plan(tracker, store, run, options)
-    adopted = 0
+    with _BatchProcess(config, options, tracker) as batches:
 
-    def one_pass(scoped: Run) -> int:
-        nonlocal adopted
-        with _deidentify_push(scoped, config, options, tracker) as background:
-            adopted += _record_directories(store, scoped, options)
-            retrieved = retrieve_pending(
-                store,
-                scoped,
-                config,
-                options.out_directory,
-                _retry_for,
-                on_study_complete=None if background is None else background.study_complete,
-                counts=tracker,
-                reception=job.reception,
+        def one_pass(scoped: Run) -> int:
+            background = batches.for_batch(scoped)
+            batches.adopted += _record_directories(store, scoped, options)
+            retrieved = _retrieve(
+                store, scoped, config, options, tracker, background, _retry_for, job.reception
             )
-        return retrieved + (0 if background is None else background.worked)
+            if background is not None:
+                background.sync()  # the batch de-identified and pushed: it can be settled
+            return retrieved
 
-    worked = work_by_study(
-        store,
-        run,
-        job_id=job.job_id,
-        node=job.node,
-        lease_seconds=job.lease_seconds,
-        coordinator=job.coordinator,
-        one_pass=one_pass,
-        wants=(options.deidentify, options.push),
-        takeover=job.takeover,
-    )
-    return queried, worked, adopted
+        worked = work_by_study(
+            store,
+            run,
+            job_id=job.job_id,
+            node=job.node,
+            lease_seconds=job.lease_seconds,
+            coordinator=job.coordinator,
+            one_pass=one_pass,
+            wants=(options.deidentify, options.push),
+            takeover=job.takeover,
+        )
+    return queried, worked + batches.worked, batches.adopted
+
+
+class _BatchProcess:
+    """The de-identify/push process of a service job's batches: started with the first
+    batch's lease, told each next one (``lease G``), and started again if it ended (a lease
+    it lost).  Leaving the block ends it like the one-shot command's."""
+
+    def __init__(self, config: Config, options: RunOptions, tracker: Tracker) -> None:
+        self._config, self._options, self._tracker = config, options, tracker
+        self._stack = ExitStack()
+        self._process: DeidentifyPushProcess | None = None
+        self.worked = self.adopted = 0
+
+    def __enter__(self) -> _BatchProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close(exc_type, exc, tb)
+
+    def for_batch(self, scoped: Run) -> DeidentifyPushProcess | None:
+        if not self._options.deidentify or scoped.lease is None:
+            return None
+        if self._process is not None and self._process.alive():
+            self._process.set_lease(scoped.lease)
+            return self._process
+        try:
+            self._close(None, None, None)  # it ended: on a lease lost, or with an error
+        except LeaseLost as exc:  # an earlier batch's: this one goes on with a new process
+            _log.warning("lease_lost", problem=str(exc))
+        process = _deidentify_push(scoped, self._config, self._options, self._tracker)
+        self._process = self._stack.enter_context(process)
+        return self._process
+
+    def _close(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._process is None:
+            return
+        try:
+            self._stack.__exit__(exc_type, exc, tb)
+        finally:
+            self.worked += self._process.worked
+            self._process, self._stack = None, ExitStack()
 
 
 def _tracker(store: JobStore, run: Run, queryfile: QueryFile, options: RunOptions) -> Tracker:

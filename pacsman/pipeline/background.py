@@ -10,7 +10,10 @@ production runs.  The two processes share the job store through SQLite.
 
 Protocol, on the child's stdin: first the :class:`Request` (8-byte big-endian length, then
 the pickled request: the frozen config travels without a file on disk); then one line each
-time a study becomes complete; then ``done``, on which the child makes a last pass and exits:
+time a study becomes complete (``study``); for a service job shared between head nodes,
+``lease G`` when the node moves on to its next batch of studies and ``sync`` at a batch's
+end (the child answers ``{"synced": true}`` once the batch is de-identified and pushed);
+then ``done``, on which the child makes a last pass and exits:
 0 done, 3 failed.  Whatever stopped the child, the run then fails with a
 :class:`~pacsman.errors.FatalError` that gives the reason.  Its stdin closing without
 ``done`` (the run was interrupted or killed) ends the child at once: it never works on
@@ -55,6 +58,7 @@ from pacsman.jobstore import Lease
 from pacsman.log import forward
 from pacsman.pipeline.progress import Tracker, apply
 from pacsman.push.targets import TargetKind
+from pacsman.throttle import check_halt
 
 __all__ = ["SUPERSEDED", "DeidentifyPushProcess", "Request", "read_request"]
 
@@ -126,6 +130,7 @@ class DeidentifyPushProcess:
         self._report: dict[str, object] = {}
         #: Series de-identified plus experiments pushed by the child (known once it ended).
         self.worked = 0
+        self._synced = threading.Event()
 
     def __enter__(self) -> DeidentifyPushProcess:
         command = [sys.executable, "-c", _CHILD]
@@ -147,6 +152,29 @@ class DeidentifyPushProcess:
     def study_complete(self, study_instance_uid: str) -> None:
         """Tell the child that a study is COMPLETE (called from retrieval's worker threads)."""
         self._write(b"study\n")
+
+    def set_lease(self, lease: Lease) -> None:
+        """From now on the child works on the studies of ``lease`` (a service job's next
+        batch, claimed by the same node)."""
+        self._write(f"lease {lease.generation}\n".encode())
+
+    def alive(self) -> bool:
+        """Whether the child still works (it ends on ``done``, or on an error)."""
+        return self._child is not None and self._child.poll() is None
+
+    def sync(self) -> None:
+        """Wait until the child has de-identified and pushed everything announced so far (a
+        batch's end); return early when the child ended (leaving the block says why).
+
+        Raises:
+            Halted: the job was asked to stop meanwhile.
+        """
+        self._synced.clear()
+        self._write(b"sync\n")
+        while not self._synced.wait(0.5):
+            check_halt()
+            if not self.alive():
+                return
 
     def _write(self, data: bytes) -> None:
         assert self._child is not None
@@ -216,6 +244,8 @@ class DeidentifyPushProcess:
                 apply(self._tracker, message)
         elif isinstance(record.get("report"), dict):
             self._report = record["report"]
+        elif record.get("synced"):
+            self._synced.set()
 
 
 def _json_object(line: str) -> dict[str, Any] | None:

@@ -29,7 +29,7 @@ import structlog
 
 from pacsman.config import Config
 from pacsman.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, LeaseLost, PacsmanError
-from pacsman.jobstore import JobStore, Run
+from pacsman.jobstore import JobStore, Lease, Run
 from pacsman.log import bind_process, configure_logging, demoted
 from pacsman.pipeline.anonymize import anonymize_complete
 from pacsman.pipeline.background import SUPERSEDED, Request, read_request
@@ -63,6 +63,8 @@ class BackgroundPasses:
     def __init__(self, work: Callable[[], int]) -> None:
         self._work = work
         self._wake = threading.Event()
+        self._passes = threading.Condition()
+        self._asked = self._ended = 0  # drains asked for, and the last one a pass ended
         self._closing = self._abandoned = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="pacsman-push", daemon=True)
@@ -93,53 +95,82 @@ class BackgroundPasses:
             raise self._error
         self._wake.set()
 
+    def drain(self) -> None:
+        """Wait until a pass that started after this call has ended (a batch's barrier);
+        raise the error that ended the thread."""
+        with self._passes:
+            self._asked += 1
+            asked = self._asked
+            self._wake.set()
+            while self._ended < asked and self._error is None and self._thread.is_alive():
+                self._passes.wait(1.0)
+        if self._error is not None:
+            raise self._error
+
     def _loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            last = self._closing
-            if self._abandoned:
-                return
-            try:
-                self.worked += self._work()
-            except BaseException as exc:  # raised again in the owner's thread
-                self._error = exc
-                return
-            if last:
-                return
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                last = self._closing
+                with self._passes:
+                    asked = self._asked
+                if self._abandoned:
+                    return
+                try:
+                    self.worked += self._work()
+                except BaseException as exc:  # raised again in the owner's thread
+                    self._error = exc
+                    return
+                with self._passes:
+                    self._ended = asked
+                    self._passes.notify_all()
+                if last:
+                    return
+        finally:
+            with self._passes:
+                self._passes.notify_all()
 
 
 # -- the child process ------------------------------------------------------------------------
 
 
 class _Announcements:
-    """What the run says on stdin, read by a thread: a line per study COMPLETE, then
-    ``done``.  The end of stdin without ``done`` means the run is gone (Ctrl-C, killed):
-    this process then ends at once, whatever it is doing, and leaves the rest to the next
-    run (every step it took is recorded; files are renamed into place whole)."""
+    """What the run says on stdin, read by a thread, a line each: ``study`` (a study is
+    COMPLETE), ``lease G`` (work on the studies of lease generation G from now on: a service
+    job's next batch), ``sync`` (answer ``{"synced": true}`` once everything announced is
+    de-identified and pushed), and ``done``.  The end of stdin without ``done`` means the
+    run is gone (Ctrl-C, killed): this process then ends at once, whatever it is doing, and
+    leaves the rest to the next run (every step it took is recorded; files are renamed into
+    place whole)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._news = threading.Event()
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
         self.done = False
         threading.Thread(target=self._read, name="pacsman-announcements", daemon=True).start()
 
     def _read(self) -> None:
         tail = b""
         while chunk := os.read(self._fd, 4096):
-            tail = (tail + chunk)[-16:]
-            self.done = self.done or b"done\n" in tail
+            *whole, tail = (tail + chunk).split(b"\n")
+            with self._lock:
+                self._lines += [line.decode("ascii", "replace").strip() for line in whole]
+                self.done = self.done or "done" in self._lines
             self._news.set()
         if not self.done:
             os._exit(EXIT_INTERRUPTED)
         self._news.set()
 
-    def wait(self) -> bool:
-        """Block until studies are announced (True: one pass for all of them) or the run is
-        done (False: the last pass)."""
+    def wait(self) -> list[str]:
+        """Block until something is announced; return what was (``done`` last, if said)."""
         self._news.wait()
         self._news.clear()
-        return not self.done
+        with self._lock:
+            lines, self._lines = self._lines, []
+        return lines
 
 
 def _target(config: Config, kind: TargetKind | None) -> AbstractContextManager[Target | None]:
@@ -196,7 +227,7 @@ class _Pusher:
     def __init__(
         self, store: JobStore, run: Run, request: Request, target: Target | None, counts: PipeCounts
     ) -> None:
-        self._store, self._run, self._request = store, run, request
+        self._store, self.run, self._request = store, run, request
         self._target, self._counts = target, counts
         self._handled: set[tuple[str, str]] = set()
         self.last = PushPass()
@@ -208,7 +239,7 @@ class _Pusher:
         config = self._request.config
         self.last = push_ready_sessions(
             self._store,
-            self._run,
+            self.run,
             config,
             project=xnat_project(config),
             kind=kind,
@@ -240,7 +271,12 @@ def _passes(
     with BackgroundPasses(pusher) as pushing:
         more = True
         while more:
-            more = announcements.wait()
+            lines = announcements.wait()
+            more = "done" not in lines
+            for line in lines:
+                if line.startswith("lease ") and run.lease is not None:
+                    lease = Lease(run.lease.node, int(line.split()[1]))
+                    run = pusher.run = replace(run, lease=lease)
             deidentified += anonymize_complete(
                 store,
                 run,
@@ -254,6 +290,10 @@ def _passes(
             )
             counts.flush()
             pushing.wake()  # a study de-identified by an earlier run
+            if "sync" in lines:
+                pushing.drain()
+                counts.flush()
+                _message({"synced": True})
     if not deidentified:
         _log.info("nothing_to_anonymize", series=store.count_series(run))
     if request.push is not None:
