@@ -85,6 +85,8 @@ TARGET = 2.5
 ROUND_TIMEOUT = 900.0
 SUBMIT_TIMEOUT = 120.0
 _ids = count(1)
+#: Where each node's log is copied (``--logs``), or None.
+LOGS: Path | None = None
 
 
 # -- waits, processes ----------------------------------------------------------------------------
@@ -298,18 +300,24 @@ def one_round(
             service.wait_ready(timeout=120)
         peer.reset()
         cpu0 = {name: tree_cpu(s.pid) for name, s in services.items()}
+        here0, main0 = time.process_time(), time.thread_time()
         started_wall, started = time.time(), time.perf_counter()
         for query in queries:
             submit(configs[names[0]], query)
         submitted = time.perf_counter() - started
-        wait_until(
-            lambda: _all_ended(url),
-            timeout=ROUND_TIMEOUT,
-            what=f"{len(queries)} jobs on {nodes} node(s) to end",
-            services=list(services.values()),
-        )
+        with JobStore(url, read_only=True) as watcher:  # one connection, not one per look
+            wait_until(
+                lambda: _all_ended(watcher),
+                timeout=ROUND_TIMEOUT,
+                what=f"{len(queries)} jobs on {nodes} node(s) to end",
+                interval=0.25,
+                services=list(services.values()),
+            )
         seconds = time.perf_counter() - started
         cpu = {name: tree_cpu(s.pid) - cpu0[name] for name, s in services.items()}
+        main = time.thread_time() - main0  # submits waited on, the job store polled
+        cpu["this process's other threads (the fake PACS)"] = time.process_time() - here0 - main
+        cpu["this process's main thread (polling)"] = main
         with JobStore(url, read_only=True) as store:
             states = {job.id: job.state for job in store.jobs()}
             holders = Counter(
@@ -319,12 +327,15 @@ def one_round(
             tails = "\n".join(_tail(s) for s in services.values())
             raise SystemExit(f"jobs ended {states}:\n{tails}")
         profile = {n: _profile(s.log_text(), started_wall) for n, s in services.items()}
+        if LOGS is not None:
+            LOGS.mkdir(parents=True, exist_ok=True)
+            for name, service in services.items():
+                (LOGS / f"{work.name}-{name}.log").write_text(service.log_text())
     return Round(nodes, seconds, submitted, peer.peak(), dict(holders), cpu, profile)
 
 
-def _all_ended(url: str) -> bool:
-    with JobStore(url, read_only=True) as store:
-        jobs = store.jobs()
+def _all_ended(store: JobStore) -> bool:
+    jobs = store.jobs()
     return len(jobs) == JOBS and all(job.state in FINAL_STATES for job in jobs)
 
 
@@ -392,10 +403,10 @@ def scaling(
 def _round_line(r: Round) -> str:
     peak = "" if r.peak is None else f", PACS peak {r.peak} associations"
     spread = ", ".join(f"{n} {k}" for n, k in sorted(r.studies.items()))
-    cpu = ", ".join(f"{c:.1f}" for c in r.cpu.values())
+    cpu = ", ".join(f"{n} {c:.1f}" for n, c in r.cpu.items())
     return (
         f"{r.nodes} node(s): {r.seconds:.2f} s ({r.rate:.2f} studies/s; submits "
-        f"{r.submit_seconds:.2f} s){peak}; studies: {spread}; CPU s per node: {cpu}"
+        f"{r.submit_seconds:.2f} s){peak}; studies: {spread}; CPU s: {cpu}; {_load()}"
     )
 
 
@@ -717,6 +728,7 @@ def main() -> int:
         "--claim-budget", type=float, help="seconds for the claims without the index (60)"
     )
     parser.add_argument("--workdir", type=Path, help="where the runs write (default /dev/shm)")
+    parser.add_argument("--logs", type=Path, help="copy every node's log into this folder")
     parser.add_argument("--as-is", action="store_true", help="keep PYTHONDONTWRITEBYTECODE")
     parser.add_argument(
         "--quick", action="store_true", help="1 round, 30 studies, 2,000 queued, 200 claims"
@@ -729,6 +741,8 @@ def main() -> int:
     claims = args.claims or (200 if quick else 500)
     queued = args.queued or (2000 if quick else 10_000)
     budget = args.claim_budget or (20.0 if quick else 60.0)
+    global LOGS
+    LOGS = args.logs
     only = {part.strip() for part in args.only.split(",")}
     base = args.workdir or (Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
     specs = cohort(studies, instances)

@@ -112,7 +112,14 @@ def _one_batch(
     except BaseException:
         store.release_studies(lease, "given back: the job stopped on this node")
         raise
-    store.settle_studies(scoped, failed=_failed_studies(store, scoped, wants))
+    settled = store.settle_studies(scoped, failed=_failed_studies(store, scoped, wants))
+    if settled < lease.studies:
+        _log.warning(
+            "lease_lost",
+            generation=lease.generation,
+            studies=lease.studies - settled,
+            problem="taken over by another node while this one worked (its lease expired)",
+        )
     return worked
 
 
