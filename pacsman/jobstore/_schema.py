@@ -21,8 +21,10 @@ STOPPED, with ``outcome_detail``); ``rows.pacs_cell`` keeps the row's own ``Pacs
 Since version 9, head nodes share the work of a job by study: ``study_claims`` holds one row
 per study of a job's run, OPEN, CLAIMED by ``owner_node`` until ``lease_expires_at`` (epoch
 seconds, the database's clock) under lease ``generation``, or settled DONE or FAILED;
-``holder_node`` is the node whose disk holds its retrieved files.  ``jobs`` gains the lease of
-the node that coordinates the job and ``studies_open`` (its studies may be claimed).
+``holder_node`` is the node whose disk holds its retrieved files; ``first_line`` is the
+first query-file line that selected it (claims follow query-file order, by index).  ``jobs``
+gains the lease of the node that coordinates the job and ``studies_open`` (its studies may be
+claimed).
 """
 
 from __future__ import annotations
@@ -205,9 +207,10 @@ _VERSION_9 = (
     holder_node TEXT NOT NULL DEFAULT '',
     detail TEXT NOT NULL DEFAULT '',
     updated_at TEXT NOT NULL DEFAULT '',
+    first_line INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, pacs, study_instance_uid)
 )""",
-    "CREATE INDEX IF NOT EXISTS study_claims_by_job ON study_claims(job_id, state)",
+    "CREATE INDEX IF NOT EXISTS study_claims_by_job ON study_claims(job_id, state, first_line)",
     "ALTER TABLE service_nodes ADD COLUMN ae_title TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE service_nodes ADD COLUMN scp_port INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE service_nodes ADD COLUMN backend TEXT NOT NULL DEFAULT ''",

@@ -121,8 +121,9 @@ class StudyClaims:
         with self._tx() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO study_claims(run_id, pacs, study_instance_uid, job_id, "
-                "state, updated_at) SELECT DISTINCT run_id, pacs, study_instance_uid, ?, ?, ? "
-                "FROM series WHERE run_id = ?",
+                "state, updated_at, first_line) SELECT run_id, pacs, study_instance_uid, ?, ?, ?, "
+                "MIN(line) FROM series WHERE run_id = ? "
+                "GROUP BY run_id, pacs, study_instance_uid",
                 (job_id, StudyState.OPEN.value, _now(), run.id),
             )
             db.execute("UPDATE jobs SET studies_open = 1 WHERE id = ?", (job_id,))
@@ -151,8 +152,7 @@ class StudyClaims:
                 "SELECT c.pacs, c.study_instance_uid, c.owner_node, c.holder_node, c.state "
                 "FROM study_claims c WHERE c.run_id = ? AND c.job_id = ? AND (c.state = ? OR "
                 f"(c.state = ? AND c.lease_expires_at <= {EPOCH_NOW})) "
-                "ORDER BY (SELECT MIN(se.line) FROM series se WHERE se.run_id = c.run_id "
-                "AND se.study_instance_uid = c.study_instance_uid), c.study_instance_uid "
+                "ORDER BY c.first_line, c.study_instance_uid "
                 "LIMIT ? FOR UPDATE OF c SKIP LOCKED",
                 (
                     run.id,

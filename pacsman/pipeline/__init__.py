@@ -290,6 +290,7 @@ def _retrieve(
     background: DeidentifyPushProcess | None,
     retry_for: Callable[[PacsNode], RetryPolicy],
     reception: Reception | None = None,
+    preflighted: set[str] | None = None,
 ) -> int:
     """Retrieve the run's unsettled series, announcing each complete study to
     ``background`` (the de-identify/push process); return the series worked on."""
@@ -302,6 +303,7 @@ def _retrieve(
         on_study_complete=None if background is None else background.study_complete,
         counts=tracker,
         reception=reception,
+        preflighted=preflighted,
     )
 
 
@@ -325,13 +327,22 @@ def _work_job(
     if not options.save:
         return queried, 0, 0
     _plan(tracker, store, run, options)
+    preflighted: set[str] = set()  # once per PACS node for all of this thread's batches
     with _BatchProcess(config, options, tracker) as batches:
 
         def one_pass(scoped: Run) -> int:
             background = batches.for_batch(scoped)
             batches.adopted += _record_directories(store, scoped, options)
             retrieved = _retrieve(
-                store, scoped, config, options, tracker, background, _retry_for, job.reception
+                store,
+                scoped,
+                config,
+                options,
+                tracker,
+                background,
+                _retry_for,
+                job.reception,
+                preflighted,
             )
             if background is not None:
                 background.sync()  # the batch de-identified and pushed: it can be settled

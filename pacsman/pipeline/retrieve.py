@@ -210,6 +210,7 @@ def retrieve_pending(
     on_study_complete: Callable[[str], None] | None = None,
     counts: Counts | None = None,
     reception: Reception | None = None,
+    preflighted: set[str] | None = None,
 ) -> int:
     """Retrieve and verify every unsettled series of ``run``; return how many were worked on.
 
@@ -217,6 +218,8 @@ def retrieve_pending(
     selected series of a study is COMPLETE, so its de-identification can start.  ``counts``
     gets every new instance as it arrives, and every verdict.  ``reception`` is the
     service's, behind its one Storage SCP; without it, this run starts its own SCP.
+    ``preflighted`` names the PACS nodes whose pre-flight passed already (a service job's
+    earlier batch on this node): they are not asked again; the others are added.
 
     Raises:
         FatalError: a PACS refuses pacsman for good (pre-flight or mid-run); state is kept.
@@ -237,7 +240,10 @@ def retrieve_pending(
         for pacs in dict.fromkeys(t.pacs for t in pending):
             node = _node(config, pacs, reception, retry_for)
             series = [t for t in pending if t.pacs == pacs]
-            _preflight(node, series[0])
+            if preflighted is None or pacs not in preflighted:
+                _preflight(node, series[0])
+                if preflighted is not None:
+                    preflighted.add(pacs)
             left = _passes(store, run, node, series, tracker)
             if counts is not None and left:
                 counts.add(Stage.RETRIEVE, failed=left)

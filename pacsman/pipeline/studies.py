@@ -34,18 +34,20 @@ _log = structlog.get_logger("pacsman.pipeline")
 
 #: The most studies one batch claims (a pass with more would hold them from other nodes).
 MAX_BATCH = 500
+#: The fewest a batch claims while that many are left (each batch has a fixed cost).
+MIN_BATCH = 2
 #: How long a waiting coordinator sleeps at most between looks (a NOTIFY wakes it sooner).
 _WAIT = 1.0
 
 
 def batch_size(counts: ClaimCounts, live_nodes: int) -> int:
     """How many studies to claim now: all when alone; else half an even share of what is
-    left, and never more than this node's even share of the studies not yet settled (0:
-    leave them to the others)."""
+    left (at least MIN_BATCH), and never more than this node's even share of the studies not
+    yet settled (0: leave them to the others)."""
     if live_nodes <= 1:
         return max(1, min(counts.claimable, MAX_BATCH))
     share = math.ceil(counts.unsettled / live_nodes) - counts.mine
-    batch = math.ceil(counts.claimable / (2 * live_nodes))
+    batch = max(math.ceil(counts.claimable / (2 * live_nodes)), min(MIN_BATCH, counts.claimable))
     return max(0, min(batch, share, MAX_BATCH))
 
 
