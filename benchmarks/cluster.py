@@ -719,6 +719,9 @@ def main() -> int:
     parser.add_argument("--studies", type=int, help="studies in the 3 jobs (default 60)")
     parser.add_argument("--instances", type=int, help="instances per study (default 20)")
     parser.add_argument(
+        "--delay", type=float, default=20.0, help="fake PACS ms per instance (default 20)"
+    )
+    parser.add_argument(
         "--level", default="series", choices=("series", "study"), help="retrieve_level"
     )
     parser.add_argument("--only", default="fake,orthanc,claims", help="comma-separated parts")
@@ -741,8 +744,9 @@ def main() -> int:
     claims = args.claims or (200 if quick else 500)
     queued = args.queued or (2000 if quick else 10_000)
     budget = args.claim_budget or (20.0 if quick else 60.0)
-    global LOGS
+    global LOGS, PENDING_DELAY
     LOGS = args.logs
+    PENDING_DELAY = args.delay / 1000
     only = {part.strip() for part in args.only.split(",")}
     base = args.workdir or (Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
     specs = cohort(studies, instances)

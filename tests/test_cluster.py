@@ -85,6 +85,16 @@ class Cluster:
         with JobStore(self.url, read_only=True) as store:
             return max(job.id for job in store.jobs())
 
+    def run_all(
+        self, stack: ExitStack, *, studies: int
+    ) -> tuple[dict[str, ServiceProcess], list[int]]:
+        """Every node started and ready, then three jobs of ``studies`` studies submitted."""
+        services = {node: stack.enter_context(self.service(node)) for node in NODES}
+        for service in services.values():
+            service.wait_ready()
+        ids = [self.submit(_studies(job, studies), f"job{job}") for job in range(3)]
+        return services, ids
+
     def service(self, node: str) -> ServiceProcess:
         log = self.folder / f"{node}.log"
         return ServiceProcess(self.configs[node], env=self.env, log_path=log)
@@ -164,10 +174,7 @@ def _imports(xnat: XnatEmulator) -> Counter[str]:
 def test_three_nodes_share_sixty_studies(cluster: Cluster) -> None:
     """Every session once and complete; courtesy across nodes; the work is spread."""
     with ExitStack() as stack:
-        services = [stack.enter_context(cluster.service(node)) for node in NODES]
-        for service in services:
-            service.wait_ready()
-        ids = [cluster.submit(_studies(job, 20), f"job{job}") for job in range(3)]
+        _, ids = cluster.run_all(stack, studies=20)
         done = wait_for_jobs(cluster.url, ids, {JobState.DONE, JobState.FAILED}, timeout=240)
     assert [JobState.DONE] * 3 == [job.state for job in done], [job.detail for job in done]
     sessions = {s.label: s.file_count for s in cluster.xnat.sessions("PROJ")}
@@ -187,10 +194,7 @@ def test_kill_9_of_one_node_loses_nothing(cluster: Cluster) -> None:
     """Its studies finish on the others within 2x the lease; no session twice."""
     cluster.pacs.faults = Faults(pending_delay=0.05)
     with ExitStack() as stack:
-        services = {node: stack.enter_context(cluster.service(node)) for node in NODES}
-        for service in services.values():
-            service.wait_ready()
-        ids = [cluster.submit(_studies(job, SMALL), f"job{job}") for job in range(3)]
+        services, ids = cluster.run_all(stack, studies=SMALL)
         victim = _wait_until_holding(cluster.url, "head2")
         services["head2"].kill()
         taken_over_in = _wait_until_taken(cluster.url, victim, "head2", timeout=6 * LEASE)
@@ -206,10 +210,7 @@ def test_a_stopped_node_pushes_nothing_it_lost(cluster: Cluster) -> None:
     """SIGSTOP past the lease, SIGCONT: the node's old lease is fenced."""
     cluster.pacs.faults = Faults(pending_delay=0.05)
     with ExitStack() as stack:
-        services = {node: stack.enter_context(cluster.service(node)) for node in NODES}
-        for service in services.values():
-            service.wait_ready()
-        ids = [cluster.submit(_studies(job, SMALL), f"job{job}") for job in range(3)]
+        services, ids = cluster.run_all(stack, studies=SMALL)
         lost = _wait_until_holding(cluster.url, "head3")
         services["head3"].signal(signal.SIGSTOP)
         _wait_until_taken(cluster.url, lost, "head3", timeout=6 * LEASE)

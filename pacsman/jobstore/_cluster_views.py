@@ -118,6 +118,25 @@ class StudyPlace:
         """Its state, with ``EXPIRED`` for a claim past its lease."""
         return "EXPIRED" if self.expired else self.state
 
+    def to_json(self, *, uids: bool = False) -> dict[str, Any]:
+        """The study as ``status --json`` and the API give it; its StudyInstanceUID only with
+        ``uids`` (where identifiers may be shown)."""
+        shown: dict[str, Any] = {
+            "line": self.line,
+            "pacs": self.pacs,
+            "state": self.shown_state,
+            "node": self.node,
+            "owner_node": self.owner_node,
+            "holder_node": self.holder_node,
+            "generation": self.generation,
+            "lease_seconds_left": round(self.expires_in, 1) if self.state == "CLAIMED" else None,
+            "series": self.series,
+            "where": self.where(),
+        }
+        if uids:
+            shown["StudyInstanceUID"] = self.study_instance_uid
+        return shown
+
     def where(self) -> str:
         """Which node holds it, in words (no identifier)."""
         if self.expired:

@@ -91,6 +91,9 @@ def _copy(old: JobStore, new: JobStore) -> list[tuple[str, int]]:
     """Every table of ``old`` into ``new``, in one transaction of ``new``."""
     counts = []
     tables = _tables(old._db)
+    # One long transaction between reads of the source: the store's 10 s idle limit (meant
+    # for a node stopped mid-transaction) does not apply to this copy.
+    new._db.execute("SET idle_in_transaction_session_timeout = 0")
     with new._tx() as db:
         db.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
         _refuse_unless_empty(db, new.where, tables)

@@ -270,23 +270,7 @@ def _studies_json(places: Sequence[StudyPlace]) -> dict[str, Any]:
     """Where a job's studies are, per node and one by one (no StudyInstanceUID)."""
     return {
         "by_node": {name: dict(counts) for name, counts in StudyPlace.by_node(places).items()},
-        "studies": [
-            {
-                "line": place.line,
-                "pacs": place.pacs,
-                "state": place.shown_state,
-                "node": place.node,
-                "owner_node": place.owner_node,
-                "holder_node": place.holder_node,
-                "generation": place.generation,
-                "lease_seconds_left": round(place.expires_in, 1)
-                if place.state == "CLAIMED"
-                else None,
-                "series": place.series,
-                "where": place.where(),
-            }
-            for place in places
-        ],
+        "studies": [place.to_json() for place in places],
     }
 
 

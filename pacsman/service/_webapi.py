@@ -242,27 +242,8 @@ def studies_json(
             }
             for name, counts in StudyPlace.by_node(places).items()
         ],
-        "studies": [_place_json(place, uids=uids) for place in places],
+        "studies": [place.to_json(uids=uids) for place in places],
     }
-
-
-def _place_json(place: StudyPlace, *, uids: bool) -> dict[str, Any]:
-    claimed = place.state == "CLAIMED"
-    shown: dict[str, Any] = {
-        "line": place.line,
-        "pacs": place.pacs,
-        "state": place.shown_state,
-        "node": place.node,
-        "owner_node": place.owner_node,
-        "holder_node": place.holder_node,
-        "generation": place.generation,
-        "lease_seconds_left": round(place.expires_in, 1) if claimed else None,
-        "series": place.series,
-        "where": place.where(),
-    }
-    if uids:
-        shown["StudyInstanceUID"] = place.study_instance_uid
-    return shown
 
 
 def api_rows(request: Request) -> Response:
