@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -54,14 +53,14 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import count
 from pathlib import Path
-from types import FrameType
 
 import psycopg
+from service import bytecode_cache, sigterm_as_interrupt  # benchmarks/service.py
 
 from pacsman.jobstore import JobStore, Run
 from pacsman.jobstore.jobs import FINAL_STATES, JobOptions, JobState
@@ -129,32 +128,6 @@ def tree_cpu(pid: int) -> float:
     except OSError:
         return 0.0
     return sum(int(f) for f in fields[11:15]) / CLK_TCK
-
-
-def bytecode_cache(work: Path, *, as_is: bool) -> str:
-    """As ``benchmarks/service.py``: subprocesses load compiled bytecode from a private cache
-    instead of compiling stale modules under ``PYTHONDONTWRITEBYTECODE``."""
-    if as_is or not os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        return "bytecode as this environment has it"
-    os.environ.pop("PYTHONDONTWRITEBYTECODE")
-    os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    modules = "pacsman.cli, pacsman.service.cli, pacsman.service.scheduler, pacsman.pipeline"
-    subprocess.run([sys.executable, "-c", f"import {modules}"], check=True, timeout=600)
-    return f"bytecode cached in {work / 'pycache'} (PYTHONDONTWRITEBYTECODE dropped; --as-is)"
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so that every ``finally`` stops what it started."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _load() -> str:
@@ -321,7 +294,7 @@ def one_round(
         with JobStore(url, read_only=True) as store:
             states = {job.id: job.state for job in store.jobs()}
             holders = Counter(
-                h.holder_node for job in store.jobs() for h in store.study_holders(job.id)
+                h.holder_node for job in store.jobs() for h in store.study_places(job.id)
             )
         if set(states.values()) != {JobState.DONE}:
             tails = "\n".join(_tail(s) for s in services.values())
@@ -754,7 +727,7 @@ def main() -> int:
     began = time.perf_counter()
     print(f"start: {_load()}", flush=True)
     with (
-        _sigterm_as_interrupt(),
+        sigterm_as_interrupt(),
         tempfile.TemporaryDirectory(prefix="pacsman-cluster-bench-", dir=base) as tmp,
         PostgresServer() as postgres,
     ):

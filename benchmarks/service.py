@@ -835,7 +835,7 @@ def bytecode_cache(work: Path, *, as_is: bool) -> str:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so that every ``finally`` stops what it started."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -884,7 +884,7 @@ def main() -> int:
     began = time.perf_counter()
     print(f"start: {_load()}", flush=True)
     with (
-        _sigterm_as_interrupt(),
+        sigterm_as_interrupt(),
         tempfile.TemporaryDirectory(prefix="pacsman-service-bench-", dir=base) as tmp,
     ):
         work = Path(tmp)

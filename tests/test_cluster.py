@@ -146,7 +146,7 @@ def _config(
 def _holders(url: str) -> Counter[str]:
     """head node -> studies whose files it holds (settled DONE)."""
     with JobStore(url, read_only=True) as store:
-        holders = [h for job in store.jobs() for h in store.study_holders(job.id)]
+        holders = [h for job in store.jobs() for h in store.study_places(job.id)]
     return Counter(h.holder_node for h in holders if h.state is StudyState.DONE)
 
 
@@ -226,7 +226,7 @@ def test_a_stopped_node_pushes_nothing_it_lost(cluster: Cluster) -> None:
         finished = [
             h
             for job in store.jobs()
-            for h in store.study_holders(job.id)
+            for h in store.study_places(job.id)
             if h.study_instance_uid in lost
         ]
     assert {StudyState.DONE} == {h.state for h in finished}
@@ -239,7 +239,7 @@ def _held_by(url: str, node: str) -> set[str]:
         return {
             h.study_instance_uid
             for job in store.jobs()
-            for h in store.study_holders(job.id)
+            for h in store.study_places(job.id)
             if h.state is StudyState.CLAIMED and h.owner_node == node
         }
 
@@ -264,7 +264,7 @@ def _wait_until_taken(url: str, studies: set[str], node: str, timeout: float) ->
             holders = [
                 h
                 for job in store.jobs()
-                for h in store.study_holders(job.id)
+                for h in store.study_places(job.id)
                 if h.study_instance_uid in studies
             ]
         if holders and all(

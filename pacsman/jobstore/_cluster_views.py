@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from pacsman.jobstore._backend import EPOCH_NOW
+from pacsman.jobstore.claims import StudyState
 
 __all__ = ["ALIVE_WITHIN", "ClusterViews", "HeadNode", "NodeState", "StudyPlace"]
 
@@ -96,7 +97,7 @@ class StudyPlace:
     line: int  # the first query-file line that selected it (0: none known)
     pacs: str
     study_instance_uid: str  # an identifier: shown only where identifiers are
-    state: str  # StudyState: OPEN, CLAIMED, DONE, FAILED
+    state: StudyState
     owner_node: str  # the node that claimed it ('' once released)
     holder_node: str  # the node whose disk holds its files ('' before any)
     generation: int
@@ -106,12 +107,12 @@ class StudyPlace:
 
     @property
     def expired(self) -> bool:
-        return self.state == "CLAIMED" and self.expires_in <= 0
+        return self.state is StudyState.CLAIMED and self.expires_in <= 0
 
     @property
     def node(self) -> str:
         """The node that holds it now: its owner while claimed, else where its files are."""
-        return self.owner_node if self.state == "CLAIMED" else self.holder_node
+        return self.owner_node if self.state is StudyState.CLAIMED else self.holder_node
 
     @property
     def shown_state(self) -> str:
@@ -129,7 +130,9 @@ class StudyPlace:
             "owner_node": self.owner_node,
             "holder_node": self.holder_node,
             "generation": self.generation,
-            "lease_seconds_left": round(self.expires_in, 1) if self.state == "CLAIMED" else None,
+            "lease_seconds_left": round(self.expires_in, 1)
+            if self.state is StudyState.CLAIMED
+            else None,
             "series": self.series,
             "where": self.where(),
         }
@@ -144,12 +147,12 @@ class StudyPlace:
                 f"lease of {self.owner_node} expired {_ago(-self.expires_in)} ago: "
                 "another node will take it over"
             )
-        if self.state == "CLAIMED":
+        if self.state is StudyState.CLAIMED:
             return (
                 f"held by {self.owner_node}: lease {_ago(self.expires_in)} left "
                 f"(generation {self.generation})"
             )
-        if self.state == "OPEN":
+        if self.state is StudyState.OPEN:
             files = f"; files so far on {self.holder_node}" if self.holder_node else ""
             why = f" ({self.detail})" if self.detail else ""
             return f"open: the next node to ask claims it{files}{why}"
@@ -161,7 +164,7 @@ class StudyPlace:
         nodes in name order; open studies belong to no node."""
         found: dict[str, Counter[str]] = {}
         for place in places:
-            if place.state != "OPEN" and place.node:
+            if place.state is not StudyState.OPEN and place.node:
                 found.setdefault(place.node, Counter())[place.shown_state] += 1
         return dict(sorted(found.items()))
 
@@ -211,7 +214,7 @@ def _study_place(r: Sequence[Any]) -> StudyPlace:
         line=int(r[0] or 0),
         pacs=str(r[1]),
         study_instance_uid=str(r[2]),
-        state=str(r[3]),
+        state=StudyState(str(r[3])),
         owner_node=str(r[4]),
         holder_node=str(r[5]),
         generation=int(r[6]),

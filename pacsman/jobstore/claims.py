@@ -34,7 +34,7 @@ from pacsman.jobstore._schema import Lease, Run
 from pacsman.jobstore.jobs import CHANNEL
 from pacsman.models import ItemState
 
-__all__ = ["ClaimCounts", "StudyClaims", "StudyHolder", "StudyState"]
+__all__ = ["ClaimCounts", "StudyClaims", "StudyState"]
 
 _log = structlog.get_logger("pacsman.jobstore")
 
@@ -84,20 +84,6 @@ class ClaimCounts:
     @property
     def claimable(self) -> int:
         return self.open + self.expired
-
-
-class StudyHolder:
-    """One study as status views show it: which node holds it, and how it stands."""
-
-    def __init__(self, row: Sequence[Any]) -> None:
-        self.pacs = str(row[0])
-        self.study_instance_uid = str(row[1])
-        self.state = StudyState(str(row[2]))
-        self.owner_node = str(row[3])
-        self.holder_node = str(row[4])
-        self.generation = int(row[5])
-        self.expires_in = float(row[6])
-        self.detail = str(row[7])
 
 
 def _now() -> str:
@@ -274,35 +260,6 @@ class StudyClaims:
         expired = sum(int(r[2] or 0) for r in claimed)
         mine = sum(int(r[3] or 0) for r in claimed)
         return ClaimCounts({str(r[0]): int(r[1]) for r in found}, expired, mine)
-
-    def study_holders(self, job_id: int) -> list[StudyHolder]:
-        """Every study of the job with the node that holds it (for status views)."""
-        rows = self._read(
-            "SELECT pacs, study_instance_uid, state, owner_node, holder_node, generation, "
-            f"lease_expires_at - {EPOCH_NOW}, detail FROM study_claims WHERE job_id = ? "
-            "ORDER BY study_instance_uid",
-            (job_id,),
-        )
-        return [StudyHolder(r) for r in rows]
-
-    def studies_by_node(self) -> dict[str, dict[str, int]]:
-        """node -> {state: studies} over every job: what each head node holds and did."""
-        rows = self._read(
-            "SELECT CASE WHEN state = 'CLAIMED' THEN owner_node ELSE holder_node END, state, "
-            "COUNT(*) FROM study_claims GROUP BY 1, 2"
-        )
-        out: dict[str, dict[str, int]] = {}
-        for node, state, count in rows:
-            out.setdefault(str(node or "-"), {})[str(state)] = int(count)
-        return out
-
-    def reopen_failed_studies(self, job_id: int) -> None:
-        """retry-failed: the job's FAILED studies are claimable again."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE study_claims SET state = ?, updated_at = ? WHERE job_id = ? AND state = ?",
-                (StudyState.OPEN.value, _now(), job_id, StudyState.FAILED.value),
-            )
 
 
 def fence(db: Database, run: Run, study_instance_uid: str, pacs: str | None = None) -> None:
