@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from pacsman.config import PacsNode
 from pacsman.dicom import hooks
-from pacsman.dicom._find_fast import FindChannel
+from pacsman.dicom._dimse_fast import DimseChannel
 from pacsman.dicom.client import DicomPeer, StorageRole
 from pacsman.dicom.scp import (
     STORAGE_SOP_CLASSES,
@@ -210,7 +210,7 @@ def test_c_find_falls_back_to_pynetdicom(
     fast_paths(True)
     fast = _query_all(demo_orthanc)
     fast_paths(False)
-    channel = Spy(monkeypatch, FindChannel, "c_find")
+    channel = Spy(monkeypatch, DimseChannel, "c_find")
     with capture_logs() as logs:
         plain = _query_all(demo_orthanc)
     assert channel.calls == 0
@@ -225,14 +225,19 @@ def test_c_move_receipt_falls_back_to_pynetdicom(
     fast_paths: Callable[[bool], None],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Orthanc's C-STOREs land through pynetdicom's handler, as the same files; one warning."""
+    """The C-MOVE by pynetdicom's ``send_c_move``, Orthanc's C-STOREs through pynetdicom's
+    handler: the same files; one warning."""
     fast_paths(True)
+    moves = Spy(monkeypatch, DimseChannel, "c_move")
     fast = _move_all(demo_orthanc, tmp_path / "fast")
+    assert moves.calls > 0  # the C-MOVE-RSPs were read by the fast channel
     fast_paths(False)
+    moves.calls = 0
     handler = Spy(monkeypatch, InstanceWriter, "handle_store")
     with capture_logs() as logs:
         plain = _move_all(demo_orthanc, tmp_path / "plain")
     truth = demo_orthanc.series_instance_counts()
+    assert moves.calls == 0
     assert plain == fast == {uid: truth[uid] for uid in fast}
     assert handler.calls == sum(plain.values())
     assert _files(tmp_path / "plain") == _files(tmp_path / "fast")
@@ -266,3 +271,13 @@ def test_the_character_set_table_is_pydicoms() -> None:
     from pacsman.dicom.charsets import PYTHON_ENCODINGS
 
     assert dict(python_encoding) == dict(PYTHON_ENCODINGS)
+
+
+def test_pynetdicoms_standard_log_handlers_are_not_bound() -> None:
+    """Formatting every PDU and DIMSE message for a log kept at WARNING only cost time."""
+    from pynetdicom import AE, evt
+    from pynetdicom.association import Association
+
+    association = Association(AE(), "requestor")
+    for event in (evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT, evt.EVT_PDU_RECV, evt.EVT_PDU_SENT):
+        assert association.get_handlers(event) == []

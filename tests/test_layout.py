@@ -34,6 +34,7 @@ INTERNALS = (
     "receive_primitive",
     "STORE_SEND_CHUNKED_DATASET",
     "LOG_REQUEST_IDENTIFIERS",
+    "LOG_HANDLER_LEVEL",
     "_create_association",
     "_servers",
 )

@@ -10,10 +10,11 @@ are deliberate, each backed by a measurement in DESIGN.md:
   ("Received unexpected C-FIND service message", pynetdicom #875): a pending response vanishes
   (a silently short answer) or the final one does (a 30 s stall).  :func:`guard_reactor`
   closes that race at its root.
-* C-FIND runs in the caller's thread on the association's socket
-  (:mod:`pacsman.dicom._find_fast`), not through pynetdicom's DIMSE queues: 2.6 ms -> 1.3 ms a
-  query against Orthanc, where DCMTK ``findscu`` takes 1.1 ms.  On a pynetdicom other than
-  the checked one, pynetdicom's ``send_c_find`` is used instead.
+* C-FIND and C-MOVE run in the caller's thread on the association's socket
+  (:mod:`pacsman.dicom._dimse_fast`), not through pynetdicom's DIMSE queues: 2.6 ms -> 1.3 ms
+  a query against Orthanc, where DCMTK ``findscu`` takes 1.1 ms, and no pydicom decoding of
+  each pending C-MOVE-RSP.  On a pynetdicom other than the checked one (or over TLS),
+  pynetdicom's ``send_c_find`` and ``send_c_move`` are used instead.
 * A DIMSE exchange that ends without a final status raises :class:`TransientError`; a short
   answer is never trusted.
 """
@@ -34,7 +35,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from pacsman.config import PacsNode
-from pacsman.dicom._find_fast import FindChannel, Interrupted, TimedOut
+from pacsman.dicom._dimse_fast import DimseChannel, Interrupted, RetrieveResponse, TimedOut
 from pacsman.dicom.contexts import StoragePlan, StorageRole, accepted_storage
 from pacsman.dicom.hooks import NoDelayAE, guard_reactor
 from pacsman.dicom.statuses import CONGESTION, REJECT_ADVICE, STATUS_NAMES, status_name
@@ -460,16 +461,20 @@ def _find_responses(
     peer: DicomPeer, assoc: Association, identifier: Dataset, model: str
 ) -> Iterable[tuple[int | None, Dataset | None]]:
     """``(status, identifier)`` per C-FIND response: by the fast channel where it works."""
-    channel = FindChannel.of(assoc)
+    channel = DimseChannel.of(assoc)
     if channel is None:
         return ((getattr(s, "Status", None), m) for s, m in assoc.send_c_find(identifier, model))
     try:
         return channel.c_find(identifier, model, timeout=peer.node.timeouts.dimse)
     except Interrupted as exc:
-        hint = ""
-        if isinstance(exc, TimedOut):
-            hint = f" (a slow PACS needs a longer pacs.{peer.node.name}.timeouts.dimse)"
-        raise TransientError(f"C-FIND to PACS {peer.describe()}: {exc}{hint}; retrying") from exc
+        raise _interrupted(peer, "C-FIND", exc) from exc
+
+
+def _interrupted(peer: DicomPeer, what: str, exc: Interrupted) -> TransientError:
+    hint = ""
+    if isinstance(exc, TimedOut):
+        hint = f" (a slow PACS needs a longer pacs.{peer.node.name}.timeouts.dimse)"
+    return TransientError(f"{what} to PACS {peer.describe()}: {exc}{hint}; retrying")
 
 
 def _check_find_final(peer: DicomPeer, final: int | None, matches: list[Dataset]) -> list[Dataset]:
@@ -485,16 +490,25 @@ def _check_find_final(peer: DicomPeer, final: int | None, matches: list[Dataset]
     raise ItemFailed(f"PACS {peer.describe()} refused the C-FIND: {status_name(final)}")
 
 
-def _counts(status: Dataset) -> RetrieveProgress:
+def _response_of(status: Dataset, identifier: Dataset | None) -> RetrieveResponse | None:
+    """pynetdicom's ``(status, identifier)`` as a response; None when it has no status
+    (pynetdicom's way of saying the association ended or timed out)."""
+    code = getattr(status, "Status", None)
+    if code is None:
+        return None
+
     def number(keyword: str) -> int | None:
         value = getattr(status, keyword, None)
         return int(value) if isinstance(value, int) else None
 
-    return RetrieveProgress(
+    return RetrieveResponse(
+        status=int(code),
         remaining=number("NumberOfRemainingSuboperations"),
         completed=number("NumberOfCompletedSuboperations"),
         failed=number("NumberOfFailedSuboperations"),
         warning=number("NumberOfWarningSuboperations"),
+        error_comment=str(getattr(status, "ErrorComment", "") or "").strip(),
+        identifier=identifier,
     )
 
 
@@ -521,42 +535,78 @@ def retrieve(
             cancel, abort, or no final status.
         SubOperationsFailed: a C-GET whose sub-operations failed (0xCxxx, or 0xA702 with a
             Failed SOP Instance UID List or an Error Comment naming a presentation context).
-        ItemFailed: the PACS refused this retrieve (0xA900, 0xCxxx, other failures).
+        ItemFailed: the PACS refused this retrieve.
         FatalError: unknown move destination (0xA801), SOP class not supported, or the model
             is not accepted.
     """
     operation = "c_get" if move_destination is None else "c_move"
     _require_context(peer, assoc, model, "this retrieve model")
+    last = RetrieveProgress()
+
+    def pending(response: RetrieveResponse) -> None:
+        nonlocal last
+        last = RetrieveProgress(
+            response.remaining, response.completed, response.failed, response.warning
+        )
+        if on_progress is not None:
+            on_progress(last)
+
+    final = _final_response(peer, assoc, identifier, model, move_destination, pending)
+    _log.debug(
+        "dimse_status",
+        pacs=peer.node.name,
+        operation=operation,
+        status=final.status if final else None,
+    )
+    if final is None:
+        raise TransientError(
+            f"retrieve from PACS {peer.describe()} ended without a final status after "
+            f"{last.completed or 0} completed sub-operation(s) (association aborted or timed out)"
+        )
+    result = RetrieveResult(
+        final.status,
+        final.completed,
+        final.failed,
+        final.warning,
+        _failed_uids(final.identifier),
+        final.error_comment,
+    )
+    return _check_retrieve_final(peer, result, destination=move_destination)
+
+
+def _final_response(
+    peer: DicomPeer,
+    assoc: Association,
+    identifier: Dataset,
+    model: str,
+    move_destination: str | None,
+    pending: Callable[[RetrieveResponse], None],
+) -> RetrieveResponse | None:
+    """Send the C-MOVE or C-GET; pass each pending response on; return the final one, or
+    None if the association ended without it.  A C-MOVE goes by the fast channel where it
+    works; a C-GET always by pynetdicom, whose reactor also receives its C-STOREs."""
+    channel = DimseChannel.of(assoc) if move_destination is not None else None
+    if channel is not None and move_destination is not None:
+        try:
+            return channel.c_move(
+                identifier,
+                move_destination,
+                model,
+                timeout=peer.node.timeouts.dimse,
+                on_pending=pending,
+            )
+        except Interrupted as exc:
+            raise _interrupted(peer, "C-MOVE", exc) from exc
     if move_destination is None:
         responses = assoc.send_c_get(identifier, model)
     else:
         responses = assoc.send_c_move(identifier, move_destination, model)
-    last = RetrieveProgress()
     for status, answer in responses:
-        code = getattr(status, "Status", None)
-        if code is None:
-            break
-        progress = _counts(status)
-        if code in (0xFF00, 0xFF01):
-            last = progress
-            if on_progress is not None:
-                on_progress(progress)
-            continue
-        result = RetrieveResult(
-            code,
-            progress.completed,
-            progress.failed,
-            progress.warning,
-            _failed_uids(answer),
-            str(getattr(status, "ErrorComment", "") or "").strip(),
-        )
-        _log.debug("dimse_status", pacs=peer.node.name, operation=operation, status=code)
-        return _check_retrieve_final(peer, result, destination=move_destination)
-    _log.debug("dimse_status", pacs=peer.node.name, operation=operation, status=None)
-    raise TransientError(
-        f"retrieve from PACS {peer.describe()} ended without a final status after "
-        f"{last.completed or 0} completed sub-operation(s) (association aborted or timed out)"
-    )
+        response = _response_of(status, answer)
+        if response is None or not response.pending:
+            return response
+        pending(response)
+    return None
 
 
 #: Words of an Error Comment that blame negotiation, not load (Orthanc, DCMTK, pynetdicom).

@@ -3,7 +3,7 @@
 Command sets are always implicit VR little endian, group 0000 (PS3.7 6.3.1 and E.1);
 P-DATA-TF PDUs carry presentation data value items whose message control header says
 command or dataset, and last fragment or not (PS3.8 9.3.5 and E.2).  pacsman's fast paths
-(C-STORE receipt, C-FIND) use these instead of pynetdicom's per-message pydicom round trip.
+(C-STORE receipt, C-FIND, C-MOVE) use these instead of pynetdicom's per-message pydicom round trip.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ DATASET_TYPE = 0x0800
 STATUS = 0x0900
 ERROR_COMMENT = 0x0902
 AFFECTED_SOP_INSTANCE = 0x1000
+MOVE_DESTINATION = 0x0600
+REMAINING_SUBOPERATIONS = 0x1020
+COMPLETED_SUBOPERATIONS = 0x1021
+FAILED_SUBOPERATIONS = 0x1022
+WARNING_SUBOPERATIONS = 0x1023
 MOVE_ORIGINATOR_AE_TITLE = 0x1030  # a C-STORE sent as a C-MOVE sub-operation (PS3.7 9.3.1.1)
 
 #: The longest command set pacsman takes (a C-STORE-RQ's is ~200 bytes); longer aborts.
@@ -50,6 +55,8 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_FIND_RQ = 0x0020
 C_FIND_RSP = 0x8020
+C_MOVE_RQ = 0x0021
+C_MOVE_RSP = 0x8021
 
 Fields = dict[int, bytes]
 
@@ -92,6 +99,12 @@ def padded_uid(uid: str) -> bytes:
     """A UID value padded with NUL to even length."""
     raw = uid.encode("ascii", errors="replace")
     return raw + b"\0" if len(raw) % 2 else raw
+
+
+def ae_title(value: str) -> bytes:
+    """An AE value (PS3.5 6.2: up to 16 characters), space-padded to even length."""
+    raw = value.encode("ascii", errors="replace")
+    return raw + b" " if len(raw) % 2 else raw
 
 
 def ushort(value: int) -> bytes:

@@ -1,9 +1,13 @@
-"""The C-FIND fast channel: PDU/PDV framing on a real socket, transfer syntaxes, faults."""
+"""The C-FIND and C-MOVE fast channel: PDU/PDV framing on a real socket, transfer syntaxes,
+C-MOVE-RSP counts, faults, and a halt in the middle of a C-MOVE."""
 
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -14,21 +18,28 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pynetdicom.dsutils import encode
 
 from pacsman.config import PacsNode
+from pacsman.dicom import client
 from pacsman.dicom import codec as dimse
-from pacsman.dicom._find_fast import (
+from pacsman.dicom._dimse_fast import (
     _Context,
     _decode,
+    _find_command,
     _MessageReader,
+    _move_command,
+    _move_response,
     _NotPData,
     _ProtocolError,
     _request,
 )
 from pacsman.dicom.client import DicomPeer
+from pacsman.dicom.scp import InstanceWriter, StorageSCP
 from pacsman.errors import TransientError
 from pacsman.query import FindAssociation
 from pacsman.testing.fakepacs import FakePacs, Faults
+from pacsman.testing.synthetic import DEMO_STUDIES
 from pacsman.throttle import RetryPolicy
 
 FAST = RetryPolicy(max_attempts=3, initial=0.01, cap=0.05, jitter=0.01)
@@ -98,7 +109,7 @@ def test_request_round_trips_in_every_default_transfer_syntax(
     """The C-FIND-RQ is a valid command set plus an identifier that decodes intact."""
     pacs, reader = wire
     context = _context(syntax)
-    pacs.sendall(_request(context, _identifier(), STUDY_ROOT_FIND, 7, 0))
+    pacs.sendall(_request(context, _find_command(STUDY_ROOT_FIND, 7), _identifier(), 0))
     message = reader.next_message()
     assert dimse.us(message.fields, dimse.COMMAND_FIELD) == dimse.C_FIND_RQ
     assert dimse.us(message.fields, dimse.MESSAGE_ID) == 7
@@ -118,7 +129,7 @@ def test_messages_split_and_joined_across_pdus_are_reassembled(
     pacs, reader = wire
     pending = _find_rsp(0xFF00, dataset=True)
     context = _context(ImplicitVRLittleEndian)
-    data = _request(context, _identifier(), STUDY_ROOT_FIND, 1, 64)
+    data = _request(context, _find_command(STUDY_ROOT_FIND, 1), _identifier(), 64)
     identifier_bytes = _identifier_bytes(data)
     chunks = [identifier_bytes[:10], identifier_bytes[10:40], identifier_bytes[40:]]
     stream = b"".join(
@@ -212,3 +223,118 @@ def test_pacs_abort_without_retries_left_is_transient(fake_pacs: FakePacsFactory
         pytest.raises(TransientError),
     ):
         association.find("SERIES", {"PatientID": "DEMO001"}, ("SeriesInstanceUID",))
+
+
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
+
+
+def _move_rsp(status: int, *, dataset: bool = False, comment: str = "", **counts: int) -> bytes:
+    elements = [
+        dimse.element(dimse.AFFECTED_SOP_CLASS, dimse.padded_uid(STUDY_ROOT_MOVE)),
+        dimse.element(dimse.COMMAND_FIELD, dimse.ushort(dimse.C_MOVE_RSP)),
+        dimse.element(dimse.MESSAGE_ID_BEING_RESPONDED_TO, dimse.ushort(3)),
+        dimse.element(
+            dimse.DATASET_TYPE, dimse.ushort(dimse.DATASET_PRESENT if dataset else dimse.NO_DATASET)
+        ),
+        dimse.element(dimse.STATUS, dimse.ushort(status)),
+    ]
+    if comment:
+        elements.append(dimse.element(dimse.ERROR_COMMENT, dimse.ae_title(comment)))
+    tags = {
+        "remaining": dimse.REMAINING_SUBOPERATIONS,
+        "completed": dimse.COMPLETED_SUBOPERATIONS,
+        "failed": dimse.FAILED_SUBOPERATIONS,
+        "warning": dimse.WARNING_SUBOPERATIONS,
+    }
+    elements += [dimse.element(tags[k], dimse.ushort(v)) for k, v in counts.items()]
+    return dimse.command_set(*elements)
+
+
+def test_c_move_request_names_the_destination() -> None:
+    """The C-MOVE-RQ command set: its fields, the Move Destination padded to even length."""
+    fields = dimse.parse_command(_move_command(STUDY_ROOT_MOVE, 3, "PACSMAN"))
+    assert fields is not None
+    assert dimse.us(fields, dimse.COMMAND_FIELD) == dimse.C_MOVE_RQ
+    assert dimse.us(fields, dimse.MESSAGE_ID) == 3
+    assert dimse.text(fields, dimse.AFFECTED_SOP_CLASS) == STUDY_ROOT_MOVE
+    assert fields[dimse.MOVE_DESTINATION] == b"PACSMAN "
+    assert dimse.us(fields, dimse.DATASET_TYPE) == dimse.DATASET_PRESENT
+
+
+def test_c_move_responses_carry_counts_comment_and_failed_uids(
+    wire: tuple[socket.socket, _MessageReader],
+) -> None:
+    """A pending response's counts; a final warning's counts, Error Comment and the Failed
+    SOP Instance UID List of its identifier."""
+    pacs, reader = wire
+    context = _context(ExplicitVRLittleEndian)
+    failed = Dataset()
+    failed.FailedSOPInstanceUIDList = ["1.2.3.4.5", "1.2.3.4.6"]
+    final_rsp = _move_rsp(0xB000, dataset=True, comment="two lost", completed=8, failed=2)
+    pacs.sendall(_pdu(_pdv(0x03, _move_rsp(0xFF00, remaining=9, completed=1, failed=0))))
+    pacs.sendall(_pdu(_pdv(0x03, final_rsp), _pdv(0x02, encode(failed, False, True))))
+    pending = _move_response(reader.next_message(), context, 3)
+    final = _move_response(reader.next_message(), context, 3)
+    assert pending.pending
+    assert (pending.remaining, pending.completed, pending.failed) == (9, 1, 0)
+    assert pending.identifier is None
+    assert not final.pending
+    assert (final.status, final.completed, final.failed, final.warning) == (0xB000, 8, 2, None)
+    assert final.error_comment == "two lost"
+    assert final.identifier is not None
+    assert list(final.identifier.FailedSOPInstanceUIDList) == ["1.2.3.4.5", "1.2.3.4.6"]
+
+
+def test_a_c_move_response_to_another_request_is_refused(
+    wire: tuple[socket.socket, _MessageReader],
+) -> None:
+    pacs, reader = wire
+    pacs.sendall(_pdu(_pdv(0x03, _find_rsp(0xFF00, dataset=False, responding_to=3))))
+    with pytest.raises(_ProtocolError, match="another kind of message"):
+        _move_response(reader.next_message(), _context(ImplicitVRLittleEndian), 3)
+
+
+def test_a_halt_mid_c_move_ends_it_at_once(tmp_path: Path, fake_pacs: FakePacsFactory) -> None:
+    """An abort from another thread (what a halt does) while the caller reads C-MOVE-RSPs on
+    the fast channel: the C-MOVE fails as transient within seconds, not after the move."""
+    writer = InstanceWriter(unrouted_directory=tmp_path / "unrouted", unsolicited="keep")
+    scp = StorageSCP(
+        writer,
+        ae_title="PACSMAN",
+        bind_host="127.0.0.1",
+        port=0,
+        allowed_calling_ae_titles=["FAKEPACS"],
+    ).start()
+    try:
+        pacs = fake_pacs(
+            move_destinations={"PACSMAN": ("127.0.0.1", scp.port)},
+            faults=Faults(pending_delay=0.5),
+        )
+        peer = DicomPeer(PacsNode("fake", pacs.host, pacs.port, pacs.ae_title), "PACSMAN")
+        model = client.MOVE_MODELS["study"]
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = str(DEMO_STUDIES[0].study_instance_uid)
+        progress: list[client.RetrieveProgress] = []
+        with client.associate(peer, [model, client.FIND_MODELS["study"]]) as assoc:
+
+            def halt(update: client.RetrieveProgress) -> None:
+                progress.append(update)
+                if len(progress) == 1:
+                    threading.Thread(target=assoc.abort).start()
+
+            started = time.monotonic()
+            with pytest.raises(TransientError, match="C-MOVE"):
+                client.retrieve(
+                    peer,
+                    assoc,
+                    identifier,
+                    model=model,
+                    move_destination="PACSMAN",
+                    on_progress=halt,
+                )
+            assert time.monotonic() - started < 5  # the whole move would take > 10 s
+            assert len(progress) == 1
+            assert not assoc.is_established
+    finally:
+        scp.stop()
