@@ -12,7 +12,9 @@ findscu runs with ``TCP_NODELAY=1`` in its environment: Debian's DCMTK 3.6.7 dis
 only when asked, and the reference should run at its best.
 
 Every contender's answers are counted: each query must return exactly one study, so a fast
-but lossy contender cannot win.  Prints a table and the ratios; best of ``--repeat`` runs.
+but lossy contender cannot win.  Prints a table and the ratios; best of ``--repeat``
+interleaved runs (the process-per-query line runs once).  pacsman's log is configured as the
+command configures it (level info), so that debug events cost what they cost a user.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from pacsman.config import PacsNode
 from pacsman.dicom.client import DicomPeer
+from pacsman.log import configure_logging
 from pacsman.query import FindAssociation
 from pacsman.testing.orthanc import OrthancServer
 from pacsman.testing.synthetic import SeriesSpec, StudySpec, iter_datasets
@@ -105,16 +108,13 @@ def _findscu_per_query(orthanc: OrthancServer, ids: list[str]) -> int:
     )
 
 
-def _best(fn: Callable[[], int], repeat: int, expected: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        found = fn()
-        elapsed = time.perf_counter() - start
-        if found != expected:
-            raise SystemExit(f"lost answers: got {found} matches, expected {expected}")
-        best = min(best, elapsed)
-    return best
+def _timed(fn: Callable[[], int], expected: int) -> float:
+    start = time.perf_counter()
+    found = fn()
+    elapsed = time.perf_counter() - start
+    if found != expected:
+        raise SystemExit(f"lost answers: got {found} matches, expected {expected}")
+    return elapsed
 
 
 def main() -> int:
@@ -125,20 +125,23 @@ def main() -> int:
     args = parser.parse_args()
     if FINDSCU is None:
         raise SystemExit("DCMTK findscu not found in /usr/bin: apt-get install dcmtk")
+    configure_logging(level="info", stream=sys.stderr)  # as the command runs: debug filtered
     ids = _patient_ids(args.queries)
     with OrthancServer(tcp_nodelay=not args.nagle) as orthanc, tempfile.TemporaryDirectory() as tmp:
         _load(orthanc, ids)
         files = _query_files(Path(tmp), ids)
         n = len(ids)
-        results = {
-            "pacsman (one association)": _best(lambda: _pacsman(orthanc, ids), args.repeat, n),
-            "findscu (one association)": _best(
-                lambda: _findscu_one_association(orthanc, files), args.repeat, n
-            ),
-            "findscu (one process per query)": _best(
-                lambda: _findscu_per_query(orthanc, ids), max(1, args.repeat - 2), n
-            ),
+        contenders: dict[str, Callable[[], int]] = {
+            "pacsman (one association)": lambda: _pacsman(orthanc, ids),
+            "findscu (one association)": lambda: _findscu_one_association(orthanc, files),
         }
+        runs: dict[str, list[float]] = {name: [] for name in contenders}
+        for _ in range(args.repeat):  # interleaved, so that a noisy moment hits both
+            for name, fn in contenders.items():
+                runs[name].append(_timed(fn, n))
+        per_query = _timed(lambda: _findscu_per_query(orthanc, ids), n)
+    results = {name: min(times) for name, times in runs.items()}
+    results["findscu (one process per query)"] = per_query
     _report(results, n, nagle=args.nagle)
     return 0
 
@@ -151,7 +154,7 @@ def _report(results: dict[str, float], n: int, *, nagle: bool) -> None:
     ours = results["pacsman (one association)"]
     one = results["findscu (one association)"]
     per = results["findscu (one process per query)"]
-    print(f"pacsman / findscu one association (rate ratio, target >= 0.5): {one / ours:.2f}x")
+    print(f"pacsman / findscu one association (rate ratio, target >= 0.8): {one / ours:.2f}x")
     print(f"pacsman / findscu process per query (rate ratio, target >= 5): {per / ours:.2f}x")
 
 

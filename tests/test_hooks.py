@@ -281,3 +281,17 @@ def test_pynetdicoms_standard_log_handlers_are_not_bound() -> None:
     association = Association(AE(), "requestor")
     for event in (evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT, evt.EVT_PDU_RECV, evt.EVT_PDU_SENT):
         assert association.get_handlers(event) == []
+
+
+def test_remembered_uid_verdicts_are_the_validators_own() -> None:
+    """A remembered verdict is what pydicom and pynetdicom decide, refusals included."""
+    from pydicom import valuerep
+    from pynetdicom import _config as pynetdicom_config
+
+    for uid in ("1.2.840.10008.1.2.1", "1.2.3." + "9" * 70, "1.2.3.abc", ""):
+        assert valuerep.VALIDATORS["UI"]("UI", uid) == valuerep.validate_length_and_type_and_regex(
+            "UI", uid
+        )
+        assert valuerep.VALIDATORS["UI"]("UI", uid) == valuerep.VALIDATORS["UI"]("UI", uid)
+    assert pynetdicom_config.VALIDATORS["UI"]("1.2." + "3" * 70)[0] is False
+    assert hooks.remembered(lambda *v: (len(v) == 2, ""))("UI", ["1.2", "1.3"]) == (True, "")
