@@ -9,6 +9,7 @@ what is on disk afterwards.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ from pacsman.throttle import Courtesy, RetryPolicy
 __all__ = ["FetchResult", "Level", "Receiver", "RetrieveAssociation", "SeriesRequest"]
 
 _log = structlog.get_logger("pacsman.retrieve")
+#: At most one ``retrieve_progress`` debug event this often: a C-MOVE of 3,000 instances
+#: answers with 3,000 pending responses, and one event each cost the reading thread time.
+_PROGRESS_EVERY = 1.0
 
 Level = Literal["STUDY", "SERIES", "IMAGE"]
 
@@ -103,6 +107,7 @@ class RetrieveAssociation(Closing):
         # asks on it which SOP classes the instances have.
         contexts = [self.model, self.find_model]
         self._link = client.ReusedAssociation(peer, contexts, storage=self.storage)
+        self._progress_logged = 0.0
 
     def close(self) -> None:
         """Release the association, if one is open."""
@@ -186,6 +191,10 @@ class RetrieveAssociation(Closing):
         )
 
     def _progress(self, progress: RetrieveProgress) -> None:
+        now = time.monotonic()
+        if now - self._progress_logged < _PROGRESS_EVERY:
+            return
+        self._progress_logged = now
         _log.debug(
             "retrieve_progress",
             pacs=self.peer.node.name,

@@ -35,6 +35,9 @@ INTERNALS = (
     "STORE_SEND_CHUNKED_DATASET",
     "LOG_REQUEST_IDENTIFIERS",
     "LOG_HANDLER_LEVEL",
+    "_reactor_checkpoint",
+    "msg_queue",
+    "to_user_queue",
     "_create_association",
     "_servers",
 )

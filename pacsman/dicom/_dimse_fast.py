@@ -217,7 +217,7 @@ class DimseChannel:
     ) -> None:
         """Send ``request`` and give each response to ``take`` until it says it was the last."""
         try:
-            with self.lock:
+            with self.lock, hooks.association_reactor_paused(self.assoc):
                 try:
                     self._exchange(request, take, timeout)
                 finally:

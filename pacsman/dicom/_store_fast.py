@@ -58,6 +58,10 @@ from pacsman.dicom._writer import InstanceWriter
 __all__ = ["install"]
 
 _WAIT_SECONDS = 0.002  # idle wait for data; also the latency of a C-ECHO reply or release
+#: How long the association's own thread may sleep between turns while the receiver has
+#: nothing for it (pynetdicom's own turn is 1 ms): a timed-out connection is noticed this
+#: much later.
+_ASSOCIATION_TURN_SECONDS = 0.05
 _MAX_PDUS_PER_WAKE = 64  # then give pynetdicom's loop (timers, aborts) a turn
 _FIRST_BUFFER = 64 * 1024  # grown to the largest PDU the peer sends, within our maximum
 _UNLIMITED_PDU = 64 << 20  # the bound when our maximum PDU length is 0 ("unlimited")
@@ -78,6 +82,8 @@ def install(assoc: Association, writer: InstanceWriter) -> bool:
     if isinstance(hooks.raw_socket(assoc), ssl.SSLSocket) and not can_unread(assoc):
         return False  # TLS needs a place to give PDU headers back to pynetdicom
     receiver = _FastReceiver(assoc, writer)
+    if assoc.is_acceptor and not assoc.is_alive():
+        receiver.wake = hooks.throttle_association_reactor(assoc, _ASSOCIATION_TURN_SECONDS)
     hooks.set_input_check(assoc, receiver.is_transport_event)
     for event in (evt.EVT_ABORTED, evt.EVT_CONN_CLOSE, evt.EVT_RELEASED):
         assoc.bind(event, receiver.on_end)
@@ -109,6 +115,10 @@ class _Store:
         self.sop_instance = pending.sop_instance_uid
 
 
+def _nothing() -> None:
+    pass
+
+
 class _FastReceiver:
     """Per-association state of the shortcut; runs in the association's DUL thread."""
 
@@ -124,11 +134,22 @@ class _FastReceiver:
         self.forwarding = False  # the current message belongs to pynetdicom
         self.forwarded = 0  # dataset bytes of that message handed to pynetdicom so far
         self.normal_path: Callable[[], bool] = hooks.input_check(assoc)
+        #: Wakes the association's own thread (throttled on accepted associations).
+        self.wake: Callable[[], None] = _nothing
 
     # -- the DUL reactor's hook --------------------------------------------------------
 
     def is_transport_event(self) -> bool:
-        """The reactor's input check (:func:`hooks.set_input_check`): True if handled."""
+        """The reactor's input check (:func:`hooks.set_input_check`): True if handled.
+
+        Wakes the association's own thread when the turn left it something to do.
+        """
+        handled = self._turn()
+        if hooks.association_has_work(self.assoc) or not hooks.is_established_state(self.assoc):
+            self.wake()
+        return handled
+
+    def _turn(self) -> bool:
         assoc = self.assoc
         raw = hooks.raw_socket(assoc)
         if raw is None or not hooks.is_established_state(assoc):
@@ -198,6 +219,7 @@ class _FastReceiver:
         self.discard()
         self.buffer = bytearray()
         self.command = bytearray()
+        self.wake()
 
     def discard(self) -> None:
         """Drop an unfinished instance (association released, aborted or closed)."""

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import functools
 import queue
+import re
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from pydicom import valuerep as pydicom_valuerep
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import RE_VALID_UID, UID
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
@@ -58,6 +60,8 @@ __all__ = [
     "accepted_transfer_syntax",
     "admission_supported",
     "adopt_socket",
+    "association_has_work",
+    "association_reactor_paused",
     "cheaply_copied_context",
     "chunked_dataset_path",
     "connection_closed",
@@ -78,6 +82,7 @@ __all__ = [
     "set_input_check",
     "set_reactor_sleep",
     "set_unvalidated",
+    "throttle_association_reactor",
 ]
 
 #: The pynetdicom every hook below was read against (pinned in pyproject.toml).
@@ -165,10 +170,24 @@ def _configure_pynetdicom() -> None:
     # pynetdicom 3.0.4: _config.VALIDATORS, the documented table of element validators.
     pydicom_valuerep.VALIDATORS["UI"] = remembered(pydicom_valuerep.VALIDATORS["UI"])
     pynetdicom_config.VALIDATORS["UI"] = remembered(pynetdicom_config.VALIDATORS["UI"])
+    # pydicom 3.0.2: UID.is_valid, a property matching RE_VALID_UID at each use, which
+    # pynetdicom's set_uid asks of every UID it sets.
+    if isinstance(UID.__dict__.get("is_valid"), property):
+        UID.is_valid = property(_uid_is_valid)  # type: ignore[method-assign,assignment]
 
 
 #: The most distinct UIDs whose verdicts are kept (a few hundred KB at most).
 _REMEMBERED_UIDS = 4096
+
+
+@functools.lru_cache(maxsize=_REMEMBERED_UIDS)
+def _valid_uid(value: str) -> bool:
+    return len(value) <= 64 and re.match(RE_VALID_UID, value) is not None
+
+
+def _uid_is_valid(uid: UID) -> bool:
+    """pydicom's ``UID.is_valid``, remembered (see :func:`remembered`)."""
+    return _valid_uid(str(uid))
 
 
 def remembered(validate: Callable[..., tuple[bool, str]]) -> Callable[..., tuple[bool, str]]:
@@ -410,6 +429,68 @@ def set_reactor_sleep(assoc: Association, *, sleep: bool) -> None:
     # pynetdicom 3.0.4: DULServiceProvider._run_loop_delay, 0.001 by default.
     dul: Any = assoc.dul
     dul._run_loop_delay = _REACTOR_SLEEP_SECONDS if sleep else 0
+
+
+class _ThrottledCheckpoint(threading.Event):
+    """The association reactor's checkpoint, waited on once per turn, that also holds each
+    turn back up to ``interval`` unless woken (see :func:`throttle_association_reactor`)."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.set()
+        self.interval = interval
+        self.woken = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.woken.wait(self.interval):
+            self.woken.clear()
+        return super().wait(timeout)
+
+
+def throttle_association_reactor(assoc: Association, interval: float) -> Callable[[], None]:
+    """Let the association's own reactor thread take a turn at most every ``interval``
+    seconds, or at once when the returned ``wake`` is called; return ``wake``.
+
+    pynetdicom's association thread turns every 1 ms to look for a DIMSE request, a release
+    or an abort, and a timed-out connection.  On an accepted association whose C-STOREs the
+    fast receiver handles in the DUL thread, those 1,000 turns a second found nothing and
+    took the GIL from the receiver.  The receiver calls ``wake`` whenever it hands pynetdicom
+    something to act on (:func:`association_has_work`), so a release or a C-ECHO is answered
+    as before; timers are looked at within ``interval``.  pynetdicom's own pause (clear the
+    checkpoint, wait for the reactor to stop at it) works as before.  Call before the
+    association thread starts.
+    """
+    # pynetdicom 3.0.4: Association._reactor_checkpoint, a threading.Event set except while
+    # a send_*() method pauses the reactor; _run_reactor() waits on it once per 1 ms turn.
+    checkpoint = _ThrottledCheckpoint(interval)
+    accepted: Any = assoc
+    accepted._reactor_checkpoint = checkpoint
+    return checkpoint.woken.set
+
+
+@contextmanager
+def association_reactor_paused(assoc: Association) -> Iterator[None]:
+    """Hold the association's own reactor thread at its checkpoint for the ``with`` block,
+    as pynetdicom's ``send_c_find`` and ``send_c_move`` do for the length of theirs.
+
+    For the fast channel's requests: that thread has nothing to do while the caller reads
+    every response itself, and its 1 ms turns would only take the GIL.  It is let go on the
+    way out, however the block ends (an abort from another thread sets it going too).
+    """
+    # pynetdicom 3.0.4: Association._reactor_checkpoint (see throttle_association_reactor).
+    checkpoint: threading.Event = getattr(assoc, "_reactor_checkpoint")  # noqa: B009
+    checkpoint.clear()
+    try:
+        yield
+    finally:
+        checkpoint.set()
+
+
+def association_has_work(assoc: Association) -> bool:
+    """True if the association's own thread has something to act on: a DIMSE message, or an
+    A-RELEASE or A-ABORT (or anything else) from the DUL."""
+    # pynetdicom 3.0.4: DIMSEServiceProvider.msg_queue, DULServiceProvider.to_user_queue
+    return not assoc.dimse.msg_queue.empty() or not assoc.dul.to_user_queue.empty()
 
 
 def read_pdu(assoc: Association) -> None:
