@@ -14,6 +14,7 @@ from typing import Any, Literal
 import pytest
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from structlog.testing import capture_logs
 
 from pacsman.config import PacsNode
@@ -295,3 +296,9 @@ def test_remembered_uid_verdicts_are_the_validators_own() -> None:
         assert valuerep.VALIDATORS["UI"]("UI", uid) == valuerep.VALIDATORS["UI"]("UI", uid)
     assert pynetdicom_config.VALIDATORS["UI"]("1.2." + "3" * 70)[0] is False
     assert hooks.remembered(lambda *v: (len(v) == 2, ""))("UI", ["1.2", "1.3"]) == (True, "")
+    assert [UID(u).is_valid for u in ("1.2.3", "1.2.abc", "1." + "2" * 70, "1.02")] == [
+        True,
+        False,
+        False,
+        False,
+    ]

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pacsman import __version__
 from pacsman.config import DEFAULT_SEARCH, ENV_VAR, jobstore_location, load_config
 from pacsman.config._values import Invalid
 from pacsman.errors import ConfigError, InputError
-from pacsman.jobstore import JobStore
+
+if TYPE_CHECKING:
+    from pacsman.jobstore import JobStore
 
 __all__ = [
     "LOG_LEVELS",
@@ -111,6 +114,8 @@ def open_jobstore(jobstore: Path | str | None, config: Path | None) -> JobStore:
         InputError: no job store given and no config found (the message says how to give it).
         JobStoreError: the file does not exist or cannot be read.
     """
+    from pacsman.jobstore import JobStore  # every command imports these options
+
     if jobstore is None:
         try:
             jobstore = load_config(config).jobstore

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from pacsman.config import _values as v
 from pacsman.config._reader import Section
-from pacsman.jobstore.jobs import PRIORITIES
 
 __all__ = [
     "EmailNotify",
@@ -185,6 +184,8 @@ def _parse_http(section: Section) -> HttpConfig:
 
 
 def _parse_inbox_job(section: Section) -> InboxJob:
+    from pacsman.jobstore.jobs import PRIORITIES  # the job store: not for --help, --version
+
     d = InboxJob
     result = InboxJob(
         save=section.get("save", v.boolean, d.save),

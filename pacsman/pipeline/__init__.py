@@ -33,10 +33,10 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import structlog
 
-from pacsman.anonymize import load_profile
 from pacsman.config import Config, PacsNode
 from pacsman.errors import InputError, LeaseLost
 from pacsman.jobstore import JobStore, Run
@@ -46,7 +46,6 @@ from pacsman.models import ItemState, QueryFile
 from pacsman.pipeline._disk import settle_series_on_disk
 from pacsman.pipeline._interrupt import INTERRUPTED, end_soon, interruptible
 from pacsman.pipeline.background import SUPERSEDED, DeidentifyPushProcess, Request
-from pacsman.pipeline.check import check_push_target
 from pacsman.pipeline.progress import Stage, Tracker, reporting
 from pacsman.pipeline.query import query_pending
 from pacsman.pipeline.reception import Reception
@@ -55,10 +54,11 @@ from pacsman.pipeline.retrieve import retrieve_pending
 from pacsman.pipeline.status import start_heartbeat
 from pacsman.pipeline.studies import work_by_study
 from pacsman.pipeline.summary import RunSummary, StageFigures, summarize
-from pacsman.push import check_anonymization
-from pacsman.push.targets import TargetKind
 from pacsman.queryfile import load_queryfile
 from pacsman.throttle import RetryPolicy
+
+if TYPE_CHECKING:
+    from pacsman.push.targets import TargetKind
 
 __all__ = [
     "INTERRUPTED",
@@ -196,7 +196,11 @@ def _load(options: RunOptions, config: Config) -> QueryFile:
         encoding=options.encoding,
     )
     _check_deidentification(config, options)
-    check_push_target(config, options.push, queryfile)  # XNAT ready? before any C-FIND
+    if options.push is not None:
+        # Imported here: the XNAT client and the de-identification tables, for --push only.
+        from pacsman.pipeline.check import check_push_target
+
+        check_push_target(config, options.push, queryfile)  # XNAT ready? before any C-FIND
     return queryfile
 
 
@@ -467,6 +471,8 @@ def _check_deidentification(config: Config, options: RunOptions) -> None:
         InputError: anonymization is switched off, or its profile is invalid.
     """
     if options.push is not None:
+        from pacsman.push import check_anonymization
+
         check_anonymization(config, kind=options.push)
     if not options.deidentify:
         return
@@ -481,6 +487,8 @@ def _check_deidentification(config: Config, options: RunOptions) -> None:
             "--anonymize was asked for but anonymization.enabled is false in the config; "
             "set it to true (the default) or drop --anonymize"
         )
+    from pacsman.anonymize import load_profile  # the PS3.15 tables: when de-identifying only
+
     load_profile(config.anonymization.profile)
 
 

@@ -48,7 +48,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
@@ -57,8 +57,10 @@ from pacsman.errors import FatalError, Halted, LeaseLost
 from pacsman.jobstore import Lease
 from pacsman.log import forward
 from pacsman.pipeline.progress import Tracker, apply
-from pacsman.push.targets import TargetKind
 from pacsman.throttle import check_halt
+
+if TYPE_CHECKING:
+    from pacsman.push.targets import TargetKind
 
 __all__ = ["SUPERSEDED", "DeidentifyPushProcess", "Request", "read_request"]
 

@@ -15,6 +15,7 @@ de-identify", "nothing to push" and the studies held back are said once, at the 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -192,7 +193,19 @@ def _write_line(line: str) -> None:
 
 
 def main() -> int:
-    """De-identify on every announcement and push beside it; once more at the end."""
+    """De-identify on every announcement and push beside it; once more at the end.
+
+    The process exits once this returns, and the run waits for that: its objects are frozen
+    first (:func:`gc.freeze`, as :func:`pacsman.cli.main` does), so that the interpreter's
+    last garbage collections skip them.
+    """
+    try:
+        return _work()
+    finally:
+        gc.freeze()
+
+
+def _work() -> int:
     stdin = sys.stdin.fileno()
     request = read_request(stdin)
     config = request.config

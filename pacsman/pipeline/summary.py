@@ -14,14 +14,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pacsman.config import Config
 from pacsman.jobstore import InfoRecord, JobStore, Run
 from pacsman.layout import ANONYMIZED_DIRECTORY
 from pacsman.models import ItemState
 from pacsman.pipeline._runview import RowView, Stages, row_views
-from pacsman.push.targets import TargetKind
+
+if TYPE_CHECKING:
+    from pacsman.push.targets import TargetKind
 
 __all__ = ["Attention", "RunSummary", "StageFigures", "summarize"]
 

@@ -16,10 +16,8 @@ import structlog
 from pacsman.config import Config
 from pacsman.errors import InputError
 from pacsman.push.credentials import resolve_credentials
-from pacsman.push.dicomstore import DicomStoreTarget
 from pacsman.push.folder import FolderTarget
 from pacsman.push.models import Target
-from pacsman.push.xnat import XnatTarget
 
 __all__ = ["TargetKind", "check_anonymization", "open_target"]
 
@@ -75,6 +73,8 @@ def open_target(
                 "push.dicom is not set; add push: {dicom: {host: ..., port: ..., "
                 "called_ae_title: ...}} to the config"
             )
+        from pacsman.push.dicomstore import DicomStoreTarget  # pynetdicom: for this target only
+
         return DicomStoreTarget(config.push.dicom, calling_ae_title=config.local.ae_title)
     if kind == "folder":
         if config.push.folder is None:
@@ -84,6 +84,8 @@ def open_target(
 
 
 def _xnat(config: Config, work_dir: Path | None, environ: Mapping[str, str] | None) -> Target:
+    from pacsman.push.xnat import XnatTarget  # the xnat client (and pandas): for XNAT only
+
     url = config.xnat.url
     if url is None:
         raise InputError("xnat.url is not set; add xnat: {url: https://your.xnat} to the config")
