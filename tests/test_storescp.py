@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -572,8 +573,12 @@ def test_echo_is_answered_on_the_fast_path(receiver: Callable[..., Receiver]) ->
     ae.add_requested_context("1.2.840.10008.1.1")
     for _ in range(2):
         echo = ae.associate("127.0.0.1", rx.scp.port, ae_title="PACSMAN")
+        started = time.monotonic()
         assert [echo.send_c_echo().Status for _ in range(3)] == [0x0000] * 3
         echo.release()
+        # The association's own thread, held back between turns while the receiver has
+        # nothing for it, is woken at once for a C-ECHO and for the release.
+        assert time.monotonic() - started < 0.5
 
 
 def test_echo_and_chunked_receive_use_the_standard_path(
