@@ -97,17 +97,20 @@ def test_version_imports_neither_logging_nor_dicom() -> None:
 
 def test_storage_scp_stops_at_once(tmp_path: Path) -> None:
     """stop() wakes the accept loop instead of waiting for its poll (0.5 s, and right after
-    start() the whole of it): it returns within a fraction of that, and the port is free."""
-    writer = InstanceWriter(unrouted_directory=tmp_path)
-    scp = StorageSCP(
-        writer, ae_title="PACSMAN", bind_host="127.0.0.1", port=0, allowed_calling_ae_titles=[]
-    ).start()
-    started = time.monotonic()
-    scp.stop()
-    seconds = time.monotonic() - started
-    assert seconds < 0.25, f"StorageSCP.stop() took {seconds:.3f} s"
-    with socket.socket() as again:
-        again.bind(("127.0.0.1", scp.port))  # nothing listens there any more
+    start() the whole of it): it returns within a fraction of that, and the port is free.
+    The quickest of three stops is judged, so that a loaded machine cannot fail it."""
+    took = []
+    for _ in range(3):
+        writer = InstanceWriter(unrouted_directory=tmp_path)
+        scp = StorageSCP(
+            writer, ae_title="PACSMAN", bind_host="127.0.0.1", port=0, allowed_calling_ae_titles=[]
+        ).start()
+        started = time.monotonic()
+        scp.stop()
+        took.append(time.monotonic() - started)
+        with socket.socket() as again:
+            again.bind(("127.0.0.1", scp.port))  # nothing listens there any more
+    assert min(took) < 0.25, f"StorageSCP.stop() took {min(took):.3f} s at best"
 
 
 def test_save_imports_only_what_it_uses_and_ends_without_waiting(
