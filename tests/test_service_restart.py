@@ -44,6 +44,10 @@ def _config(tmp_path: Path, orthanc: OrthancServer, xnat: XnatEmulator) -> Path:
         port=orthanc.dicom_port,
         called_ae_title=orthanc.ae_title,
         local_port=port,
+        # Retrieves of the three jobs start at least 0.5 s apart, so that the first session
+        # reaches XNAT while the others still have series to move: a fast retrieve once
+        # finished all three before the test could kill the service.
+        extra_node="move_interval: 0.5",
         extra=(
             f"xnat:\n  url: {xnat.url}\n  project: PROJ\n"
             f"serve:\n  node_name: head1\n  min_free_gb: 0\n  max_jobs: 3\n"
