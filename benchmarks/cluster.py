@@ -60,7 +60,7 @@ from itertools import count
 from pathlib import Path
 
 import psycopg
-from service import bytecode_cache, sigterm_as_interrupt  # benchmarks/service.py
+from service import bytecode_cache, run_script, sigterm_as_interrupt  # benchmarks/service.py
 
 from pacsman.jobstore import JobStore, Run
 from pacsman.jobstore.jobs import FINAL_STATES, JobOptions, JobState
@@ -745,8 +745,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process this script started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_script(main)

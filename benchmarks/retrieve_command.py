@@ -94,6 +94,7 @@ from service import (  # benchmarks/service.py
     count_instances,
     finish_submit,
     job_states,
+    run_script,
     service_running,
     sigterm_as_interrupt,
     status_kb,
@@ -1147,8 +1148,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process this script started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_script(main)

@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 from pacsman.jobstore import JobStore
 from pacsman.jobstore.jobs import FINAL_STATES, Job, JobState
@@ -848,6 +849,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def run_script(main: Callable[[], int]) -> NoReturn:
+    """Exit with ``main()``'s status; Ctrl-C (or SIGTERM, see :func:`sigterm_as_interrupt`)
+    exits 130 once every ``finally`` has stopped what it started."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every process this script started was stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, help="throughput runs per contender (default 3)")
@@ -905,8 +916,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process this script started was stopped", file=sys.stderr)
-        sys.exit(130)
+    run_script(main)
