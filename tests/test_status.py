@@ -319,7 +319,7 @@ def test_an_older_store_is_read_through_a_copy_and_left_as_it_was(tmp_path: Path
     assert _digest(path) == before
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta").fetchone()[0] == "6"
-    assert SCHEMA_VERSION == 9
+    assert SCHEMA_VERSION == 10
 
 
 def test_status_names_a_missing_job_store_and_the_fix(

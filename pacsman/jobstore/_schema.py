@@ -218,6 +218,13 @@ _VERSION_9 = (
     "pacs TEXT PRIMARY KEY, next_at DOUBLE PRECISION NOT NULL)",
 )
 
+#: Version 10, part 1: studies that XNAT's own DICOM Query-Retrieve (DQR) pulls from a PACS
+#: (``pacsman dqr``); one row per study of a dqr run, with its XNAT request and verdict.
+_VERSION_10_DQR: tuple[str, ...] = ()
+
+#: Version 10, part 2: each series' NIfTI conversion (dcm2niix) and its push.
+_VERSION_10_NIFTI: tuple[str, ...] = ()
+
 #: Every schema change, oldest first.  Append only: a released migration never changes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, query rows, studies, series and the transition log", _VERSION_1),
@@ -227,6 +234,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "heartbeat, process and outcome of runs; each row's Pacs cell", _VERSION_7),
     Migration(8, "jobs (the service's queue), their transitions, and service nodes", _VERSION_8),
     Migration(9, "leases: jobs and studies claimed by head nodes, with generations", _VERSION_9),
+    Migration(10, "XNAT DQR studies; NIfTI conversions", _VERSION_10_DQR + _VERSION_10_NIFTI),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
