@@ -3,7 +3,7 @@ and an exit code.
 
     pacsman --queryfile q.csv [--info] [--save] [--anonymize] [--push [xnat|dicom|folder]]
             [--workers N] [--out_directory DIR] [--pacs NAME] [--config PATH]
-            [--adopt-existing] [--new-run]
+            [--adopt-existing] [--new-run] [--nifti [--bids MAP]]
                                             the pipeline: validate, C-FIND, retrieve, verify,
                                             de-identify, push, verify on the target (here)
     pacsman validate q.csv [--config PATH]  check a query file, send nothing (here)
@@ -17,6 +17,8 @@ and an exit code.
     pacsman upload DIR --subject S --session E
                                             de-identify and push a local folder (pacsman.push.cli)
     pacsman xnat upload-resource|download   XNAT side tools (pacsman.push.cli)
+    pacsman dqr --queryfile q.csv [--pacs-id N | --pacs-ae AE]
+                                            XNAT's DQR pulls each study (pacsman.dqr.cli)
 
 ``COMMANDS`` below lists every command with its one-line description (``pacsman --help``);
 a name that is not a command gets "unknown command 'valdate'; did you mean 'validate'?".
@@ -78,7 +80,9 @@ COMMANDS: dict[str, str] = {
     "anonymize": "de-identify a local folder of DICOM files (PS3.15) into another folder",
     "mapping": "export the local pseudonym table (original IDs <-> labels; holds PHI)",
     "upload": "de-identify a local folder of DICOM files and push it (XNAT, DICOM, folder)",
+    "nifti": "convert a folder of de-identified DICOM series to NIfTI (dcm2niix), optional BIDS",
     "xnat": "XNAT side tools: upload-resource (derived files), download (sessions)",
+    "dqr": "XNAT pulls the query file's studies from the PACS itself (DQR), followed, verified",
     "init": "write the commented example config to PATH (default config/pacsman.yaml)",
     "serve": "run the service: job queue, Storage SCP, scheduler, inbox, web page and API",
     "submit": "queue a query file as a job of the service (validated first; sends nothing)",
@@ -103,6 +107,8 @@ _STAGE_COMMANDS: dict[str, tuple[str, str]] = {
     "mapping": ("pacsman.anonymize.cli", "mapping_main"),
     "xnat": ("pacsman.push.cli", "xnat_main"),
     "upload": ("pacsman.push.cli", "upload_main"),
+    "nifti": ("pacsman.nifti.cli", "nifti_main"),
+    "dqr": ("pacsman.dqr.cli", "dqr_main"),
     "check": ("pacsman.pipeline.check", "check_main"),
     "status": ("pacsman.pipeline.status", "status_main"),
     "runs": ("pacsman.pipeline.status", "runs_main"),
@@ -175,6 +181,22 @@ def _run_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="de-identification worker processes, 1-64 (default: 1)",
+    )
+    parser.add_argument(
+        "--nifti",
+        action="store_true",
+        help="convert each de-identified series with dcm2niix into "
+        "<out_directory>/nifti/<subject>/<session>/<SeriesNumber>/ (NIfTI + JSON sidecars, "
+        "leak-checked); with --push xnat also into each scan's NIFTI resource. Needs "
+        "--anonymize (or --push)",
+    )
+    parser.add_argument(
+        "--bids",
+        type=Path,
+        metavar="MAP",
+        help="with --nifti: also a BIDS folder <out_directory>/bids/sub-*/ses-*/<datatype>/, "
+        "from the SeriesDescription patterns of the mapping file MAP (series that match "
+        "nothing are listed, not guessed)",
     )
     add_push_option(parser)
     parser.add_argument(
@@ -368,6 +390,8 @@ def _run(args: argparse.Namespace) -> int:
         new_run=args.new_run,
         sheet=args.sheet,
         encoding=args.encoding,
+        nifti=args.nifti,
+        bids=args.bids,
     )
     summary = run_queryfile(options, config)
     _print_summary(summary)

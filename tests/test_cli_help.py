@@ -32,6 +32,7 @@ EVERY_COMMAND = (
     "runs",
     "report",
     "anonymize",
+    "nifti",
     "mapping",
     "upload",
     "xnat",
@@ -44,6 +45,7 @@ EVERY_COMMAND = (
     "resume",
     "retry-failed",
     "jobstore",
+    "dqr",
 )
 #: The argv that reaches each command's own parser (commands with subcommands: each one).
 LEAVES = [

@@ -307,6 +307,11 @@ def test_an_older_store_is_read_through_a_copy_and_left_as_it_was(tmp_path: Path
         db.execute("ALTER TABLE rows DROP COLUMN pacs_cell")
         for table in ("jobs", "job_transitions", "service_nodes", "study_claims", "pacs_pace"):
             db.execute(f"DROP TABLE {table}")  # versions 8 and 9
+        db.execute("DROP TABLE dqr_studies")  # version 10
+        for column in ("nifti", "nifti_detail", "nifti_directory", "nifti_tool", "nifti_files"):
+            db.execute(f"ALTER TABLE series DROP COLUMN {column}")
+        for column in ("nifti_push", "nifti_push_detail"):
+            db.execute(f"ALTER TABLE series DROP COLUMN {column}")
         db.execute(
             "INSERT INTO runs(id, queryfile, queryfile_sha256, config_sha256, created_at) "
             "VALUES (1, 'q.csv', 'k', 'c', '2026-01-01T00:00:00+00:00')"

@@ -25,6 +25,7 @@ import yaml
 from pacsman.config import _values as v
 from pacsman.config._reader import Problems, Section, scan_tree
 from pacsman.config._yaml import load_yaml, not_a_regular_file, read_config_text
+from pacsman.config.dqr import DqrConfig, parse_dqr
 from pacsman.config.push import DicomTarget, PushConfig, XnatConfig, parse_push, parse_xnat
 from pacsman.config.serve import ServeConfig, parse_serve
 from pacsman.config.tls import TlsConfig, parse_tls
@@ -35,6 +36,7 @@ __all__ = [
     "AnonymizationConfig",
     "Config",
     "DicomTarget",
+    "DqrConfig",
     "LocalAE",
     "LogConfig",
     "PacsNode",
@@ -189,6 +191,7 @@ class Config:
     anonymization: AnonymizationConfig = AnonymizationConfig()
     push: PushConfig = PushConfig()  # noqa: RUF009 - a frozen dataclass (_config_push)
     serve: ServeConfig = ServeConfig()  # noqa: RUF009 - a frozen dataclass (config/serve.py)
+    dqr: DqrConfig = DqrConfig()  # noqa: RUF009 - a frozen dataclass (config/dqr.py)
     source: Path | None = None
     #: Settings that work but need a look (e.g. ``bind_host: 0.0.0.0``), in file order.
     warnings: tuple[Problem, ...] = ()
@@ -370,6 +373,7 @@ def _parse_root(root: Section, source: str) -> Config | None:
     anonymization = _parse_anonymization(root.section("anonymization"))
     push = parse_push(root.section("push"))
     serve = parse_serve(root.section("serve"))
+    dqr = parse_dqr(root.section("dqr"))
     root.finish()
     if root.problems.found or default is None or None in nodes.values():
         return None
@@ -384,6 +388,7 @@ def _parse_root(root: Section, source: str) -> Config | None:
         anonymization=anonymization,
         push=push,
         serve=serve,
+        dqr=dqr,
         source=Path(source),
     )
 

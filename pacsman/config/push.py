@@ -73,6 +73,9 @@ class PushConfig:
     backoff_max: float = 60.0  # longest wait between two attempts, seconds
     dicom: DicomTarget | None = None
     folder: Path | None = None
+    #: ``--nifti --push xnat``: replace files of a scan's NIFTI resource that hold other
+    #: content (false: such a series' upload fails with the files named, nothing replaced).
+    nifti_overwrite: bool = False
 
 
 def parse_xnat(section: Section) -> XnatConfig:
@@ -111,6 +114,7 @@ def parse_push(section: Section) -> PushConfig:
         backoff_max=section.get("backoff_max", v.seconds(), d.backoff_max),
         dicom=_parse_dicom(dicom) if section.raw("dicom") is not None else None,
         folder=section.get("folder", v.file_path, d.folder),
+        nifti_overwrite=section.get("nifti_overwrite", v.boolean, d.nifti_overwrite),
     )
     section.finish()
     return result

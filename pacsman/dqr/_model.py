@@ -78,6 +78,7 @@ class PacsEntry:
     host: str = ""
     port: int = 0
     queryable: bool = True
+    default_query_retrieve: bool = False  # XNAT's defaultQueryRetrievePacs
 
 
 @dataclass(frozen=True)

@@ -219,11 +219,50 @@ _VERSION_9 = (
 )
 
 #: Version 10, part 1: studies that XNAT's own DICOM Query-Retrieve (DQR) pulls from a PACS
-#: (``pacsman dqr``); one row per study of a dqr run, with its XNAT request and verdict.
-_VERSION_10_DQR: tuple[str, ...] = ()
+#: (``pacsman dqr``); one row per study of a dqr run, with its XNAT request and verdict
+#: (:mod:`pacsman.jobstore.dqr`): labels, the expected series as JSON, the state
+#: (``DqrState``), XNAT's request id and last status, when that status was first seen and
+#: when the next attempt is due (epoch seconds), attempts, the reason, when it changed, and
+#: the key of its query row (its line follows the row's when the file is renumbered).
+_VERSION_10_DQR: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS dqr_studies (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    study_instance_uid TEXT NOT NULL,
+    line INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    session TEXT NOT NULL,
+    accession_number TEXT NOT NULL DEFAULT '',
+    study_date TEXT NOT NULL DEFAULT '',
+    expected_json TEXT NOT NULL DEFAULT '[]',
+    counts_verified INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    request_id BIGINT,
+    request_status TEXT NOT NULL DEFAULT '',
+    status_since DOUBLE PRECISION NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    files INTEGER,
+    detail TEXT NOT NULL DEFAULT '',
+    updated_at TEXT NOT NULL DEFAULT '',
+    row_key TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, study_instance_uid)
+)""",
+    "CREATE INDEX IF NOT EXISTS dqr_studies_by_line ON dqr_studies(run_id, line)",
+)
 
-#: Version 10, part 2: each series' NIfTI conversion (dcm2niix) and its push.
-_VERSION_10_NIFTI: tuple[str, ...] = ()
+#: Version 10, part 2: each series' NIfTI conversion (dcm2niix) and its push
+#: (:mod:`pacsman.jobstore.nifti`): the outcome (converted, skipped, failed, quarantined; ''
+#: not yet), its reason, the folder, the dcm2niix version and the files written; then the
+#: upload of those files to the scan's NIFTI resource on XNAT (DONE, FAILED; '' not yet).
+_VERSION_10_NIFTI: tuple[str, ...] = (
+    "ALTER TABLE series ADD COLUMN nifti TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE series ADD COLUMN nifti_detail TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE series ADD COLUMN nifti_directory TEXT",
+    "ALTER TABLE series ADD COLUMN nifti_tool TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE series ADD COLUMN nifti_files INTEGER",
+    "ALTER TABLE series ADD COLUMN nifti_push TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE series ADD COLUMN nifti_push_detail TEXT NOT NULL DEFAULT ''",
+)
 
 #: Every schema change, oldest first.  Append only: a released migration never changes.
 MIGRATIONS: tuple[Migration, ...] = (

@@ -36,6 +36,7 @@ TABLES = (
     "job_transitions",
     "service_nodes",
     "study_claims",
+    "dqr_studies",
 )
 #: Rows read and written per batch (a store of 10,000 studies has ~1 M transitions).
 _BATCH = 2000

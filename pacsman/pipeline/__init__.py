@@ -46,6 +46,7 @@ from pacsman.models import ItemState, QueryFile
 from pacsman.pipeline._disk import settle_series_on_disk
 from pacsman.pipeline._interrupt import INTERRUPTED, end_soon, interruptible
 from pacsman.pipeline.background import SUPERSEDED, DeidentifyPushProcess, Request
+from pacsman.pipeline.nifti import NiftiOptions
 from pacsman.pipeline.progress import Stage, Tracker, reporting
 from pacsman.pipeline.query import query_pending
 from pacsman.pipeline.reception import Reception
@@ -92,6 +93,10 @@ class RunOptions:
     #: (--encoding; default: detected).
     sheet: str | None = None
     encoding: str | None = None
+    #: Convert each de-identified series to NIfTI with dcm2niix (--nifti), with a BIDS copy
+    #: driven by this mapping file (--bids MAP).
+    nifti: bool = False
+    bids: Path | None = None
 
     @property
     def deidentify(self) -> bool:
@@ -196,6 +201,7 @@ def _load(options: RunOptions, config: Config) -> QueryFile:
         encoding=options.encoding,
     )
     _check_deidentification(config, options)
+    _check_nifti(options)
     if options.push is not None:
         # Imported here: the XNAT client and the de-identification tables, for --push only.
         from pacsman.pipeline.check import check_push_target
@@ -492,6 +498,27 @@ def _check_deidentification(config: Config, options: RunOptions) -> None:
     load_profile(config.anonymization.profile)
 
 
+def _check_nifti(options: RunOptions) -> None:
+    """--nifti: de-identified input, dcm2niix runnable, the BIDS mapping file valid.
+
+    Raises:
+        InputError: --nifti without de-identification, --bids without --nifti, or a bad
+            mapping file.
+    """
+    if options.bids is not None and not options.nifti:
+        raise InputError(f"--bids {options.bids} names the BIDS layout of --nifti: add --nifti")
+    if not options.nifti:
+        return
+    if not options.deidentify:
+        raise InputError(
+            "--nifti converts de-identified series only (sidecars must not carry identity): "
+            "add --anonymize (or --push, which implies it)"
+        )
+    from pacsman.pipeline.nifti import check_nifti
+
+    check_nifti(options.bids)
+
+
 def _deidentify_push(
     run: Run, config: Config, options: RunOptions, tracker: Tracker
 ) -> AbstractContextManager[DeidentifyPushProcess | None]:
@@ -506,6 +533,7 @@ def _deidentify_push(
         workers=options.workers,
         push=options.push,
         log_level=current_settings().level,
+        nifti=NiftiOptions(bids=options.bids) if options.nifti else None,
     )
     return DeidentifyPushProcess(request, tracker=tracker)
 
@@ -568,6 +596,7 @@ def _finish(
         retrieve=options.save,
         deidentify=options.deidentify,
         push=options.push,
+        nifti=options.nifti,
         moved_mb=moved,
         elapsed_s=tracker.elapsed(),
     )

@@ -154,6 +154,7 @@ class Stages:
     retrieve: bool = False
     deidentify: bool = False
     push: str = ""
+    nifti: bool = False
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Stages:
@@ -163,6 +164,7 @@ class Stages:
             retrieve=bool(options.get("save")),
             deidentify=bool(options.get("anonymize")) or bool(push),
             push=push,
+            nifti=bool(options.get("nifti")),
         )
 
     @classmethod
@@ -183,6 +185,7 @@ class Stages:
         asked = ["query"]
         asked += ["retrieve"] if self.retrieve else []
         asked += ["de-identify"] if self.deidentify else []
+        asked += ["NIfTI"] if self.nifti else []
         asked += [f"push to {self.push}"] if self.push else []
         return asked
 
@@ -207,6 +210,8 @@ def resume_command(options: Mapping[str, Any], *, here: Path | None = None) -> s
         words += ["--anonymize"]
     if not (options.get("save") or options.get("anonymize") or options.get("push")):
         words += ["--info"]
+    if options.get("nifti"):
+        words += ["--nifti", *(["--bids", str(options["bids"])] if options.get("bids") else [])]
     if int(options.get("workers") or 1) != 1:
         words += ["--workers", str(options["workers"])]
     for flag in ("out_directory", "pacs", "sheet", "encoding", "config"):

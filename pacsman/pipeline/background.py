@@ -56,6 +56,7 @@ from pacsman.config import Config
 from pacsman.errors import FatalError, Halted, LeaseLost
 from pacsman.jobstore import Lease
 from pacsman.log import forward
+from pacsman.pipeline.nifti import NiftiOptions
 from pacsman.pipeline.progress import Tracker, apply
 from pacsman.throttle import check_halt
 
@@ -97,6 +98,8 @@ class Request:
     push: TargetKind | None = None
     #: The run's log level (``--log-level`` or ``log.level``): the child logs as the run does.
     log_level: str = "info"
+    #: ``--nifti`` (and ``--bids MAP``): convert each de-identified series; None without.
+    nifti: NiftiOptions | None = None
 
 
 def _mapping_proxy(items: dict[Any, Any]) -> MappingProxyType[Any, Any]:

@@ -27,11 +27,19 @@ from pathlib import Path
 import pandas as pd
 
 from pacsman.config.options import add_store_options, open_jobstore
+from pacsman.dqr import resume_command as dqr_resume_command
 from pacsman.errors import EXIT_OK, InputError
 from pacsman.jobstore import RunRecord
 from pacsman.layout import csv_cell, open_private, private_directory, write_private_csv
 from pacsman.pipeline._runstatus import RunStatus, run_status
 from pacsman.pipeline._runview import RowView, options_of, resume_command
+from pacsman.pipeline.dqrstatus import (
+    DQR_REPORT_COLUMNS,
+    DqrRunStatus,
+    dqr_report_table,
+    dqr_run_status,
+    is_dqr_run,
+)
 from pacsman.pipeline.status import add_run_choice, check_run_choice, find_run
 from pacsman.queryfile import KNOWN_COLUMNS, column_number
 
@@ -239,7 +247,10 @@ def report_main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     check_run_choice(args)
     with open_jobstore(args.jobstore, args.config) as store:
-        status = run_status(store, find_run(store, args.queryfile, args.run_id, job_id=args.job_id))
+        record = find_run(store, args.queryfile, args.run_id, job_id=args.job_id)
+        if is_dqr_run(store, record):  # pacsman dqr: one line per row with its study's state
+            return _dqr_report(dqr_run_status(store, record), args)
+        status = run_status(store, record)
     out = args.out or default_path(status.record, fmt=args.fmt, failed_only=args.failed_only)
     _check_out(out, status.record)
     if args.failed_only and not status.attention:
@@ -248,6 +259,35 @@ def report_main(argv: Sequence[str]) -> int:
     written = write_report(status, out, fmt=args.fmt, failed_only=args.failed_only)
     for line in _notes(status, out, written, failed_only=args.failed_only, fmt=args.fmt):
         print(line)
+    return EXIT_OK
+
+
+def _dqr_report(dqr: DqrRunStatus, args: argparse.Namespace) -> int:
+    """``pacsman report`` of a ``pacsman dqr`` run: its rows with their study's state, XNAT
+    request, attempts, files and reason (``--failed-only --format csv``: a query file of the
+    rows that need attention, as for the pipeline's runs)."""
+    status = dqr.as_run_status()
+    out = args.out or default_path(status.record, fmt=args.fmt, failed_only=args.failed_only)
+    _check_out(out, status.record)
+    if args.failed_only and not dqr.attention:
+        print(f"run {status.record.id}: no row needs attention; nothing written")
+        return EXIT_OK
+    if args.failed_only and args.fmt == "csv":
+        written = write_report(status, out, fmt="csv", failed_only=True)
+    else:
+        columns = query_columns(status.rows, _original(status))
+        header = ["row", *columns, *DQR_REPORT_COLUMNS]
+        cells = dqr_report_table(dqr, columns, failed_only=args.failed_only)
+        if args.fmt == "csv":
+            write_private_csv(out, header, cells)
+        else:
+            _write_private(out, lambda fh: _write_xlsx(fh, header, cells))
+        written = len(cells)
+    print(f"run {status.record.id}: {written} row(s) written to {out}")
+    if args.failed_only and args.fmt == "csv":
+        options = {**options_of(status.record), "queryfile": str(out.resolve())}
+        print(f"check it: pacsman validate {out}")
+        print(f"re-run just those rows: {dqr_resume_command(options)}")
     return EXIT_OK
 
 

@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -34,6 +34,7 @@ from pacsman.jobstore import JobStore, Lease, Run
 from pacsman.log import bind_process, configure_logging, demoted
 from pacsman.pipeline.anonymize import anonymize_complete
 from pacsman.pipeline.background import SUPERSEDED, Request, read_request
+from pacsman.pipeline.nifti import convert_deidentified, push_converted
 from pacsman.pipeline.progress import PipeCounts
 from pacsman.pipeline.push import PushPass, log_push_passes, push_ready_sessions
 from pacsman.push import Target, open_target
@@ -61,14 +62,14 @@ class BackgroundPasses:
     leaving the block, so it ends the process like an error of its main thread.
     """
 
-    def __init__(self, work: Callable[[], int]) -> None:
+    def __init__(self, work: Callable[[], int], *, name: str = "pacsman-push") -> None:
         self._work = work
         self._wake = threading.Event()
         self._passes = threading.Condition()
         self._asked = self._ended = 0  # drains asked for, and the last one a pass ended
         self._closing = self._abandoned = False
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="pacsman-push", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         #: Items the passes did so far.
         self.worked = 0
 
@@ -235,7 +236,8 @@ def _work() -> int:
 
 
 class _Pusher:
-    """One push pass per call (for :class:`BackgroundPasses`); remembers the last one."""
+    """One push pass per call (for :class:`BackgroundPasses`); remembers the last one.
+    ``then`` is called after a pass that pushed something (the NIfTI uploads wait for it)."""
 
     def __init__(
         self, store: JobStore, run: Run, request: Request, target: Target | None, counts: PipeCounts
@@ -244,6 +246,7 @@ class _Pusher:
         self._target, self._counts = target, counts
         self._handled: set[tuple[str, str]] = set()
         self.last = PushPass()
+        self.then: Callable[[], None] = lambda: None
 
     def __call__(self) -> int:
         kind = self._request.push
@@ -260,7 +263,61 @@ class _Pusher:
             counts=self._counts,
             handled=self._handled,
         )
+        if self.last.pushed:
+            self.then()
         return self.last.pushed
+
+
+class _Nifti:
+    """``--nifti``: a conversion thread (dcm2niix is a subprocess: it uses the second core
+    while this process de-identifies), and with ``--push xnat`` an upload thread, so that a
+    session's NIFTI resources travel while the next session's DICOM is pushed.
+
+    Each conversion pass wakes the upload thread; so does each DICOM push pass (a converted
+    series is uploaded once its session's DICOM push is DONE).  :meth:`blocks` gives the
+    order of the ``with`` blocks: the upload thread's last pass comes after the push
+    thread's, which comes after the conversion thread's.
+    """
+
+    def __init__(self, store: JobStore, run: Run, request: Request, target: Target | None):
+        self._store, self.run, self._request, self._target = store, run, request, target
+        self._converted: set[str] = set()
+        self._uploaded: set[str] = set()
+        self.converting = BackgroundPasses(self._convert, name="pacsman-nifti")
+        self.uploading = BackgroundPasses(self._upload, name="pacsman-nifti-upload")
+
+    def _convert(self) -> int:
+        request = self._request
+        assert request.nifti is not None
+        converted = convert_deidentified(
+            self._store,
+            self.run,
+            request.config,
+            request.out_directory,
+            request.nifti,
+            handled=self._converted,
+        )
+        if converted:
+            self.uploading.wake()
+        return converted
+
+    def _upload(self) -> int:
+        if self._target is None:
+            return 0
+        config = self._request.config
+        return push_converted(
+            self._store,
+            self.run,
+            config,
+            self._target,
+            project=xnat_project(config),
+            handled=self._uploaded,
+        )
+
+    @property
+    def worked(self) -> int:
+        """Series converted and uploaded (known once the blocks are left)."""
+        return self.converting.worked + self.uploading.worked
 
 
 def _passes(
@@ -275,13 +332,26 @@ def _passes(
 
     Each study de-identified wakes the push thread, so pushing study k overlaps
     de-identifying study k+1 instead of waiting for it: a push mostly waits for the target,
-    and a real XNAT takes seconds to archive a session.
+    and a real XNAT takes seconds to archive a session.  With ``--nifti`` it wakes the
+    conversion thread too (:class:`_Nifti`).
     """
     config, out = request.config, request.out_directory
     pusher = _Pusher(store, run, request, target, counts)
+    nifti = None if request.nifti is None else _Nifti(store, run, request, target)
     handled: set[str] = set()
     deidentified = 0
-    with BackgroundPasses(pusher) as pushing:
+    with ExitStack() as blocks:
+        # Left in reverse: the last conversion pass, then the last push, then the uploads.
+        if nifti is not None and request.push == "xnat":
+            pusher.then = blocks.enter_context(nifti.uploading).wake
+        pushing = blocks.enter_context(BackgroundPasses(pusher))
+        converting = None if nifti is None else blocks.enter_context(nifti.converting)
+
+        def study_done() -> None:
+            pushing.wake()
+            if converting is not None:
+                converting.wake()
+
         more = True
         while more:
             lines = announcements.wait()
@@ -290,6 +360,8 @@ def _passes(
                 if line.startswith("lease ") and run.lease is not None:
                     lease = Lease(run.lease.node, int(line.split()[1]))
                     run = pusher.run = replace(run, lease=lease)
+                    if nifti is not None:
+                        nifti.run = run
             deidentified += anonymize_complete(
                 store,
                 run,
@@ -297,21 +369,26 @@ def _passes(
                 out,
                 project=xnat_project(config),
                 workers=request.workers,
-                on_study_done=pushing.wake,
+                on_study_done=study_done,
                 counts=counts,
                 handled=handled,
             )
             counts.flush()
-            pushing.wake()  # a study de-identified by an earlier run
+            study_done()  # a study de-identified by an earlier run
             if "sync" in lines:
+                if nifti is not None:
+                    nifti.converting.drain()
                 pushing.drain()
+                if nifti is not None and request.push == "xnat":
+                    nifti.uploading.drain()
                 counts.flush()
                 _message({"synced": True})
     if not deidentified:
         _log.info("nothing_to_anonymize", series=store.count_series(run))
     if request.push is not None:
         log_push_passes(pushing.worked, pusher.last)
-    return deidentified + pushing.worked  # after the block: the last push pass has ended
+    # after the blocks: the last conversion, push and upload passes have ended
+    return deidentified + pushing.worked + (0 if nifti is None else nifti.worked)
 
 
 if __name__ == "__main__":

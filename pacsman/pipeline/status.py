@@ -38,6 +38,7 @@ from pacsman.errors import (
 )
 from pacsman.jobstore import HeadNode, JobStore, NodeState, Run, RunRecord, StudyPlace
 from pacsman.jobstore.jobs import Job, JobState
+from pacsman.jobstore.nifti import nifti_counts
 from pacsman.pipeline._runstatus import (
     RunStatus,
     _duration,
@@ -48,6 +49,12 @@ from pacsman.pipeline._runstatus import (
     status_lines,
 )
 from pacsman.pipeline._runview import HEARTBEAT_SECONDS, options_of, show_time
+from pacsman.pipeline.dqrstatus import (
+    dqr_run_status,
+    dqr_status_json,
+    dqr_status_lines,
+    is_dqr_run,
+)
 from pacsman.queryfile import load_queryfile
 
 if TYPE_CHECKING:
@@ -83,6 +90,8 @@ def run_options(options: RunOptions, config: Config, previous: Mapping[str, Any]
         "pacs": options.pacs or "",
         "sheet": options.sheet or "",
         "encoding": options.encoding or "",
+        "nifti": options.nifti or bool(previous.get("nifti")),
+        "bids": str(options.bids.resolve()) if options.bids else previous.get("bids") or "",
         "cwd": os.getcwd(),
     }
 
@@ -320,21 +329,43 @@ def status_main(argv: Sequence[str]) -> int:
     with open_jobstore(args.jobstore, args.config) as store:
         if args.job_id is not None and store.job(args.job_id).run_id is None:
             return _not_started(store.job(args.job_id), as_json=args.json)
-        status = run_status(store, find_run(store, args.queryfile, args.run_id, job_id=args.job_id))
+        record = find_run(store, args.queryfile, args.run_id, job_id=args.job_id)
+        if is_dqr_run(store, record):  # pacsman dqr: XNAT pulled the studies
+            return _dqr_status(store, record, as_json=args.json)
+        status = run_status(store, record)
         if args.job_id is not None:  # a service job is resumed through the service
             status = replace(status, resume=_job_next_step(store.job(args.job_id)))
         nodes = store.head_nodes()
         places = store.study_places(args.job_id) if args.job_id is not None else []
+        nifti = nifti_counts(store, status.record)
     now = datetime.now(UTC)
     if args.json:
-        print(json.dumps(_status_json(status, nodes, places, now, job=args.job_id), indent=2))
+        found = _status_json(status, nodes, places, now, job=args.job_id)
+        print(json.dumps({**found, **({"nifti": nifti.to_json()} if nifti.any else {})}, indent=2))
     elif args.job_id is not None:
-        print(
-            "\n".join(status_lines(status, cluster=_study_lines(args.job_id, places, nodes, now)))
-        )
+        cluster = nifti.lines() + _study_lines(args.job_id, places, nodes, now)
+        print("\n".join(status_lines(status, cluster=cluster)))
     else:
-        print("\n".join(status_lines(status, cluster=_head_node_lines(nodes, now))))
+        cluster = nifti.lines() + _head_node_lines(nodes, now)
+        print("\n".join(status_lines(status, cluster=cluster)))
     return status.exit_code
+
+
+def _dqr_status(store: JobStore, record: RunRecord, *, as_json: bool) -> int:
+    """``pacsman status`` of a ``pacsman dqr`` run; returns its exit code."""
+    status = dqr_run_status(store, record)
+    if as_json:
+        print(json.dumps(dqr_status_json(status), indent=2))
+    else:
+        print("\n".join(dqr_status_lines(status)))
+    return status.exit_code
+
+
+def _run_status(store: JobStore, record: RunRecord) -> RunStatus:
+    """A run's status for ``pacsman runs``, a ``pacsman dqr`` run's too."""
+    if is_dqr_run(store, record):
+        return dqr_run_status(store, record).as_run_status()
+    return run_status(store, record)
 
 
 def _status_json(
@@ -365,7 +396,7 @@ def runs_main(argv: Sequence[str]) -> int:
     parser = _parser("runs", "List the runs of the job store; reads only the job store.")
     args = parser.parse_args(list(argv))
     with open_jobstore(args.jobstore, args.config) as store:
-        statuses = [run_status(store, record) for record in store.run_records()]
+        statuses = [_run_status(store, record) for record in store.run_records()]
     if args.json:
         print(json.dumps([run_line_json(s) for s in statuses], indent=2))
     else:

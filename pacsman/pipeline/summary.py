@@ -49,6 +49,8 @@ class StageFigures:
     retrieve: bool = False
     deidentify: bool = False
     push: TargetKind | None = None
+    #: --nifti: each de-identified series converted (and uploaded with --push xnat).
+    nifti: bool = False
     #: MB (10^6 bytes) moved by this command: retrieved, de-identified, pushed.
     moved_mb: dict[str, float] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -84,6 +86,9 @@ class RunSummary:
     places: dict[str, str] = field(default_factory=dict)
     attention: tuple[Attention, ...] = ()
     next_step: str = ""
+    #: --nifti: series per conversion outcome, and per upload state of their NIFTI resource.
+    nifti_states: dict[str, int] = field(default_factory=dict)
+    nifti_pushes: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -151,6 +156,15 @@ class RunSummary:
                     + _mb(moved.get("push")),
                 )
             )
+        if figures.nifti:
+            uploaded = self.nifti_pushes.get("DONE", 0)
+            texts.append(
+                (
+                    "NIfTI",
+                    f"{self.series} series: {_states(self.nifti_states) or 'none yet'}"
+                    + (f"; {uploaded} in their scan's NIFTI resource" if uploaded else ""),
+                )
+            )
         return texts
 
     def _place_lines(self) -> list[str]:
@@ -196,6 +210,9 @@ class RunSummary:
             "retrieved": retrieved,
             "deidentified": deidentified,
             "pushed": pushed,
+            "nifti": {"series": self.nifti_states, "uploads": self.nifti_pushes}
+            if figures.nifti
+            else None,
             "queried_now": self.queried_now,
             "worked_now": self.worked_now,
             "files": self.places,
@@ -263,6 +280,13 @@ def summarize(
         places=_places(config, figures, out_directory, info_csv, series),
         attention=_attention(views, failed),
     )
+    if figures.nifti:
+        from pacsman.jobstore.nifti import nifti_counts
+
+        nifti = nifti_counts(store, run)
+        summary = replace(
+            summary, nifti_states=dict(nifti.outcomes), nifti_pushes=dict(nifti.pushes)
+        )
     return replace(summary, next_step=_next_step(summary, views))
 
 
@@ -305,6 +329,8 @@ def _places(
         places["retrieved"] = str(out)
     if figures.deidentify:
         places["de-identified"] = str(out / ANONYMIZED_DIRECTORY)
+        if figures.nifti:
+            places["NIfTI"] = str(out / "nifti")
         quarantined = sum(1 for r in series if r.anonymization is ItemState.QUARANTINED)
         if quarantined:
             places["quarantined"] = (

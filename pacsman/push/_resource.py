@@ -22,7 +22,7 @@ from pacsman.push._xnat_connection import classify
 from pacsman.push._xnat_state import exists
 from pacsman.throttle import RetryPolicy
 
-__all__ = ["ResourceRequest", "remote_paths", "upload_resource"]
+__all__ = ["ResourceRequest", "RestResource", "remote_paths", "upload_files", "upload_resource"]
 
 T = TypeVar("T")
 _log = structlog.get_logger("pacsman.push.resource")
@@ -150,20 +150,52 @@ def upload_resource(
         retry, "finding or creating the scan", lambda: _holder(connection, experiment, request)
     )
     resource = _call(retry, "finding or creating the resource", lambda: _resource(holder, request))
+    upload_files(connection, resource, pairs, overwrite=request.overwrite, retry=retry)
+    return [f"{url}{resource.uri}/files/{name}" for _, name in pairs]
+
+
+class RestResource:
+    """A resource known by its URI (``.../resources/LABEL``), uploaded to with the session's
+    own calls: no object navigation, for callers that found the resource already."""
+
+    def __init__(self, connection: Any, uri: str, label: str) -> None:
+        self._connection, self.uri, self.label = connection, uri, label
+
+    def upload(self, path: Path, name: str, *, overwrite: bool, verbose: bool) -> None:
+        """PUT one file (as ``xnat``'s resource objects do)."""
+        uri = f"{self.uri}/files/{name}"
+        self._connection.upload_file(uri, path=path, overwrite=overwrite, verbose=verbose)
+
+
+def upload_files(
+    connection: Any,
+    resource: Any,
+    pairs: Sequence[tuple[Path, str]],
+    *,
+    overwrite: bool,
+    retry: RetryPolicy,
+    fix: str = "add --overwrite to replace them",
+) -> None:
+    """Send each (file, remote path) not already in ``resource`` with the same MD5.
+
+    Raises:
+        InputError: files with other content are there and ``overwrite`` is false (nothing
+            is sent; the message ends with ``fix``).
+        TransientError, ItemFailed, FatalError: as :func:`upload_resource`.
+    """
     remote = _call(retry, "listing the resource", lambda: _remote_digests(connection, resource))
     local = {name: _md5(path) for path, name in pairs}
     clashes = [n for n in local if n in remote and remote[n] != local[n]]
-    if clashes and not request.overwrite:
+    if clashes and not overwrite:
         listed = ", ".join(clashes[:10])
         raise InputError(
             f"{len(clashes)} file(s) already on XNAT with other content ({listed}); "
-            "nothing was sent: add --overwrite to replace them"
+            f"nothing was sent: {fix}"
         )
     for path, name in pairs:
         if remote.get(name) != local[name]:
             send = _sender(connection, resource, path, name, local[name], overwrite=name in remote)
             _call(retry, f"uploading {name}", send)
-    return [f"{url}{resource.uri}/files/{name}" for _, name in pairs]
 
 
 def _sender(

@@ -42,6 +42,7 @@ __all__ = [
     "ANSWER_TIMEOUT",
     "Rest",
     "SessionExpired",
+    "answer_error",
     "classify",
     "connect",
     "disconnect",
@@ -221,15 +222,41 @@ class Rest:
             TransientError: no answer in time, or no connection.
             FatalError: the TLS certificate is not trusted.
         """
+        return self.send("GET", path, params=params)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: str | bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """``method url + path`` (GET, POST, PUT, DELETE), announced and bounded as :meth:`get`;
+        any status is returned (the caller decides what it means).
+
+        Raises:
+            TransientError: no answer in time, or no connection.
+            FatalError: the TLS certificate is not trusted.
+        """
         timeouts = (min(_TCP_TIMEOUT, self.timeout), self.timeout)
         try:
-            with waiting_for(self.url, f"GET {path}", self.timeout):
-                return self._http.get(
-                    self.url + path, params=params, timeout=timeouts, verify=self.verify
+            with waiting_for(self.url, f"{method} {path}", self.timeout):
+                return self._http.request(
+                    method,
+                    self.url + path,
+                    params=params,
+                    json=json,
+                    data=data,
+                    headers=dict(headers) if headers else None,
+                    timeout=timeouts,
+                    verify=self.verify,
                 )
         except requests.exceptions.ReadTimeout:
             raise TransientError(
-                f"{self.what}: XNAT accepted the connection but did not answer GET {path} "
+                f"{self.what}: XNAT accepted the connection but did not answer {method} {path} "
                 f"within {self.timeout:g} s (is xnat.url the port of XNAT, not of another "
                 "service?)"
             ) from None
@@ -314,6 +341,12 @@ def _check_login(response: requests.Response, rest: Rest) -> None:
             f"({_short(response.text, 80)!r}); {_URL_FIX}"
         )
     raise _answer_error(response, rest.what)
+
+
+def answer_error(response: requests.Response, what: str) -> PacsmanError:
+    """What XNAT's answer ``response`` (not 2xx) to ``what`` means, with the fix: 408/429/5xx
+    :class:`TransientError`; 401, 403, 404 and other 4xx :class:`FatalError`."""
+    return _answer_error(response, what)
 
 
 def _answer_error(response: requests.Response, what: str) -> PacsmanError:

@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from pacsman.testing.xnat_emulator import _dqr_routes as dqr
 from pacsman.testing.xnat_emulator import _session_routes as session
+from pacsman.testing.xnat_emulator._anon_routes import anonymization_enabled, anonymization_script
 from pacsman.testing.xnat_emulator._archive_read import read_archive
 from pacsman.testing.xnat_emulator._archive_write import delete_archive, write_archive
 from pacsman.testing.xnat_emulator._context import Context, LoggedRequest
@@ -76,6 +78,15 @@ _ROUTES = (
     ),
     _route(_ANY, r"^/data/prearchive/projects(/.*)?$", prearchive),
     _route(_ANY, r"^/data/_emulator/faults$", session.faults_admin),
+    _route(_READ, r"^/xapi/pacs$", dqr.pacs_list),
+    _route(_READ, r"^/xapi/pacs/[^/]+$", dqr.pacs_one),
+    _route(_READ, r"^/xapi/pacs/[^/]+/status$", dqr.pacs_status),
+    _route(frozenset({"POST"}), r"^/xapi/dqr/query/studies$", dqr.dqr_query_studies),
+    _route(frozenset({"POST"}), r"^/xapi/dqr/import$", dqr.dqr_import),
+    _route(_READ, r"^/xapi/dqr/import/queue$", dqr.dqr_queue),
+    _route(_READ, r"^/xapi/dqr/query/history/user$", dqr.dqr_history),
+    _route(_READ | {"PUT"}, r"^/xapi/anonymize/projects/[^/]+$", anonymization_script),
+    _route(_READ | {"PUT"}, r"^/xapi/anonymize/projects/[^/]+/enabled$", anonymization_enabled),
     _route(_ANY, r"^/data/(projects|subjects|experiments)(/.*)?$", _archive),
 )
 

@@ -7,6 +7,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
+from pacsman.testing.xnat_emulator._dqr_model import AnonymizationScripts
+from pacsman.testing.xnat_emulator._dqr_queue import DqrService
 from pacsman.testing.xnat_emulator._faults import Faults
 from pacsman.testing.xnat_emulator._store import Store
 
@@ -29,12 +31,16 @@ class LoggedRequest:
 
 @dataclass
 class Context:
-    """Shared state of one emulator. ``strict_labels`` makes odd labels a 417 (contract §12)."""
+    """Shared state of one emulator. ``strict_labels`` makes odd labels a 417 (contract §12);
+    ``dqr`` is the DQR plugin (queue, worker, receiver), ``anonymization`` the project scripts.
+    """
 
     store: Store
     faults: Faults
     users: dict[str, str]
     strict_labels: bool = True
+    dqr: DqrService | None = None
+    anonymization: AnonymizationScripts = field(default_factory=AnonymizationScripts)
     sessions: dict[str, str] = field(default_factory=dict)
     log: deque[LoggedRequest] = field(default_factory=lambda: deque(maxlen=_LOG_LIMIT))
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -24,6 +24,7 @@ __all__ = [
     "UploadFormatError",
     "archive_members",
     "is_archive",
+    "stage_files",
     "stage_upload",
 ]
 
@@ -158,4 +159,15 @@ def stage_upload(upload: Path, staging: Path, *, ignore_unparsable: bool) -> Sta
             elif not ignore_unparsable:
                 session.error = parsed
                 break
+    return session
+
+
+def stage_files(paths: list[Path]) -> StagedSession:
+    """Group DICOM files already on disk by series, as :func:`stage_upload` does (unparseable
+    files are skipped)."""
+    session = StagedSession()
+    for path in paths:
+        parsed = _read(path, path.name)
+        if isinstance(parsed, Dataset):
+            _add(session, parsed, path)
     return session

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Self
+from typing import Any, Self
 
 from pacsman.closing import Started
 from pacsman.testing.xnat_emulator._app import App
 from pacsman.testing.xnat_emulator._context import Context, LoggedRequest
+from pacsman.testing.xnat_emulator._dqr_model import DqrPacs
+from pacsman.testing.xnat_emulator._dqr_queue import DqrService
 from pacsman.testing.xnat_emulator._faults import Faults
 from pacsman.testing.xnat_emulator._http import HttpServer
 from pacsman.testing.xnat_emulator._model import Experiment
@@ -58,6 +60,14 @@ class XnatEmulator(Started):
     :meth:`start` and :meth:`stop`. State lives in ``data_dir`` and survives restarts;
     login sessions do not. ``strict_labels`` answers 417 for labels outside
     ``[A-Za-z0-9_-]`` instead of rewriting them as XNAT's importer does.
+
+    DQR (contract §14): ``dqr_pacs`` are the PACS XNAT knows (ids from 1); with any, start()
+    also starts the receiver (a Storage SCP on 127.0.0.1, called AE ``dqr_receiver_ae_title``,
+    port ``dqr_receiver_port``, 0 = OS-chosen: see :attr:`dqr_receiver_port`).  One worker
+    moves each queued request through a real C-MOVE and builds its session once the
+    receiver has been idle ``dqr_session_idle`` seconds; it looks at the queue every
+    ``dqr_step`` seconds.  ``dqr_projects``: the DQR-enabled projects (None = all).
+    ``anonymization_scripts``: project -> enabled anonymization script.
     """
 
     def __init__(
@@ -68,11 +78,32 @@ class XnatEmulator(Started):
         projects: Iterable[str] = (),
         strict_labels: bool = True,
         port: int = 0,
+        dqr_pacs: Sequence[DqrPacs] = (),
+        dqr_receiver_ae_title: str = "XNAT",
+        dqr_receiver_port: int = 0,
+        dqr_session_idle: float = 0.5,
+        dqr_step: float = 0.05,
+        dqr_projects: Iterable[str] | None = None,
+        anonymization_scripts: Mapping[str, str] | None = None,
     ) -> None:
         self._store = Store(Path(data_dir))
-        self._context = Context(
-            self._store, Faults(), dict(users or {"admin": "secret"}), strict_labels
+        faults = Faults()
+        dqr = DqrService(
+            self._store,
+            faults,
+            dqr_pacs,
+            receiver_ae_title=dqr_receiver_ae_title,
+            receiver_port=dqr_receiver_port,
+            session_idle=dqr_session_idle,
+            step=dqr_step,
+            projects=dqr_projects,
+            strict_labels=strict_labels,
         )
+        self._context = Context(
+            self._store, faults, dict(users or {"admin": "secret"}), strict_labels, dqr
+        )
+        for project, script in (anonymization_scripts or {}).items():
+            self._context.anonymization.set(project, script)
         self._port = port
         self._server: HttpServer | None = None
         self._thread: threading.Thread | None = None
@@ -92,10 +123,13 @@ class XnatEmulator(Started):
                 daemon=True,
             )
             self._thread.start()
+            self._dqr.start()
         return self
 
     def stop(self) -> None:
-        """Stop accepting requests, then close the socket (the index is always saved)."""
+        """Stop the DQR worker and receiver, stop accepting requests, then close the socket
+        (the index is always saved)."""
+        self._dqr.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -136,6 +170,35 @@ class XnatEmulator(Started):
     def request_log(self) -> list[LoggedRequest]:
         """Every answered request so far, oldest first (bounded)."""
         return list(self._context.log)
+
+    @property
+    def _dqr(self) -> DqrService:
+        dqr = self._context.dqr
+        assert dqr is not None  # always set by __init__
+        return dqr
+
+    @property
+    def dqr_receiver_port(self) -> int:
+        """The port of the DQR receiver (register it at the PACS as the C-MOVE destination).
+
+        Raises:
+            RuntimeError: the receiver is not running (not started, or no ``dqr_pacs``).
+        """
+        port = self._dqr.receiver_port
+        if port == 0:
+            raise RuntimeError(
+                "the DQR receiver is not running; give dqr_pacs and call start() first"
+            )
+        return port
+
+    def dqr_requests(self) -> list[dict[str, Any]]:
+        """Every DQR request ever queued: its ``QueuedPacsRequest`` fields plus ``relabelMap``,
+        ``timeline`` (``[{"status", "time"}]``), ``statuses``, ``detail`` and ``fault``."""
+        return self._dqr.records()
+
+    def set_anonymization_script(self, project: str, script: str, enabled: bool = True) -> None:
+        """Give a project its anonymization script (what ``/xapi/anonymize`` answers)."""
+        self._context.anonymization.set(project, script, enabled=enabled)
 
     def add_project(self, project_id: str, *, name: str = "", description: str = "") -> None:
         """Create a project (admin-side in real XNAT); existing ones are left alone."""

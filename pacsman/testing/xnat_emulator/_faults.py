@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Faults", "ImportFault", "ImportFaultKind"]
+__all__ = ["DqrFault", "DqrFaultKind", "Faults", "ImportFault", "ImportFaultKind"]
 
 _MAX_COUNT = 100_000
 _MAX_SECONDS = 600.0
@@ -37,6 +37,25 @@ class ImportFault:
 
     kind: ImportFaultKind
     status: int = 0
+
+
+class DqrFaultKind(StrEnum):
+    """What happens to one DQR request when it leaves the queue."""
+
+    NONE = "none"
+    STUCK_PROCESSING = "stuck_processing"  # stays PROCESSING for ever
+    FAILED = "failed"  # PROCESSING -> FAILED, nothing moved
+    STUCK_ISSUED = "stuck_issued"  # ISSUED without a C-MOVE, never RECEIVED
+    PARTIAL = "partial"  # the receiver drops ``drop`` instances of the study
+    ZERO_FILES = "zero_files"  # the session is archived with its scans but 0 files
+
+
+@dataclass(frozen=True)
+class DqrFault:
+    """The fault chosen for one DQR request; ``drop`` counts instances dropped (PARTIAL)."""
+
+    kind: DqrFaultKind
+    drop: int = 0
 
 
 def _check_count(name: str, value: Any) -> None:
@@ -89,6 +108,11 @@ def _check_budget(name: str, value: Any) -> None:
         _check_count(name, value)
 
 
+def _check_projects(name: str, value: Any) -> None:
+    if not isinstance(value, list | tuple) or not all(isinstance(p, str) and p for p in value):
+        raise ValueError(f"fault {name!r}: {value!r} is not a list of project IDs")
+
+
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "status_on_import": _check_optional_status,
     "accept_then_fail_status": _check_required_status,
@@ -97,6 +121,9 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "route_latency": _check_route_latency,
     "route_status": _check_route_status,
     "request_budget": _check_budget,
+    "dqr_queue_stops_after": _check_budget,
+    "dqr_import_status": _check_optional_status,
+    "dqr_disabled_projects": _check_projects,
 }
 
 
@@ -118,6 +145,15 @@ class Faults:
       entries stay RECEIVING until listed this many times and this many seconds have passed.
     * ``upload_conflict_409``: a file PUT onto an existing file without ``overwrite=true``
       answers 409 (older XNATs) instead of 200 + ``{"duplicates": [...]}``.
+    * DQR (counted switches apply to the next N requests leaving the queue, one fault per
+      request, in this order): ``dqr_stuck_processing`` and ``dqr_stuck_issued`` (the
+      request never moves again), ``dqr_failed`` (FAILED, nothing moved), ``dqr_partial``
+      with ``dqr_partial_drop`` (the receiver drops that many instances of the study),
+      ``dqr_zero_files`` (the session is archived with its scans but 0 files).
+      ``dqr_queue_stops_after``: N more requests leave the queue, then it stops (0 = stopped
+      now; None = moving). ``dqr_import_status`` / ``dqr_import_status_count``: answer the
+      next N imports with this status, queueing nothing. ``dqr_disabled_projects``: imports
+      for these projects answer 403.
     * ``route_status`` maps a path prefix to an error status (400..599) answered, with
       XNAT's status page and nothing done, to every matching request (e.g.
       ``{"/data/auth": 403}`` for an account that may not use the REST API).
@@ -136,12 +172,24 @@ class Faults:
     prearchive_receiving_polls: int = 0
     prearchive_receiving_seconds: float = 0.0
     upload_conflict_409: bool = False
+    dqr_stuck_processing: int = 0
+    dqr_stuck_issued: int = 0
+    dqr_failed: int = 0
+    dqr_partial: int = 0
+    dqr_partial_drop: int = 1
+    dqr_zero_files: int = 0
+    dqr_queue_stops_after: int | None = None
+    dqr_import_status: int | None = None
+    dqr_import_status_count: int = 1
+    dqr_disabled_projects: tuple[str, ...] = ()
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _spent: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if not name.startswith("_"):
             _validate(name, value)
+        if name == "dqr_disabled_projects":
+            value = tuple(value)
         super().__setattr__(name, value)
         if name == "request_budget" and "_spent" in self.__dict__:
             with self._lock:
@@ -181,6 +229,38 @@ class Faults:
                     return ImportFault(kind, self.accept_then_fail_status)
             return ImportFault(ImportFaultKind.NONE)
 
+    def take_dqr_fault(self) -> DqrFault:
+        """Consume and return the fault for the next DQR request leaving the queue."""
+        with self._lock:
+            for name, kind in _DQR_COUNTED:
+                if getattr(self, name) > 0:
+                    setattr(self, name, getattr(self, name) - 1)
+                    drop = self.dqr_partial_drop if kind is DqrFaultKind.PARTIAL else 0
+                    return DqrFault(kind, drop)
+            return DqrFault(DqrFaultKind.NONE)
+
+    def take_dqr_import_status(self) -> int | None:
+        """Consume and return the status forced on the next DQR import, if any."""
+        with self._lock:
+            status = self.dqr_import_status
+            if status is None or self.dqr_import_status_count <= 0:
+                return None
+            self.dqr_import_status_count -= 1
+            if self.dqr_import_status_count == 0:  # used up: back to the defaults
+                self.dqr_import_status, self.dqr_import_status_count = None, 1
+            return status
+
+    def take_dqr_queue_slot(self) -> bool:
+        """Let one request leave the DQR queue; False while the queue is stopped."""
+        with self._lock:
+            left = self.dqr_queue_stops_after
+            if left is None:
+                return True
+            if left == 0:
+                return False
+            self.dqr_queue_stops_after = left - 1
+            return True
+
     def delay_for(self, path: str) -> float:
         """Seconds to wait before answering a request for ``path``."""
         extra = sum(s for prefix, s in self.route_latency.items() if path.startswith(prefix))
@@ -212,7 +292,21 @@ _COUNTED = (
     ("reset_after_import", ImportFaultKind.RESET),
     ("zero_file_success", ImportFaultKind.ZERO_FILES),
 )
+_DQR_COUNTED = (
+    ("dqr_stuck_processing", DqrFaultKind.STUCK_PROCESSING),
+    ("dqr_failed", DqrFaultKind.FAILED),
+    ("dqr_stuck_issued", DqrFaultKind.STUCK_ISSUED),
+    ("dqr_partial", DqrFaultKind.PARTIAL),
+    ("dqr_zero_files", DqrFaultKind.ZERO_FILES),
+)
 _COUNTS = {
+    "dqr_stuck_processing",
+    "dqr_stuck_issued",
+    "dqr_failed",
+    "dqr_partial",
+    "dqr_partial_drop",
+    "dqr_zero_files",
+    "dqr_import_status_count",
     "status_on_import_count",
     "accept_then_fail",
     "reset_after_import",

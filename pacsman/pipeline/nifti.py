@@ -1,0 +1,351 @@
+"""The NIfTI step (``--nifti``): each de-identified series through dcm2niix, then (with
+``--push xnat``) into its scan's NIFTI resource.
+
+Private to :mod:`pacsman.pipeline`; it runs in the de-identify/push process
+(:mod:`pacsman.pipeline.helper`), in a thread of its own beside de-identification and the
+push: dcm2niix is a subprocess, so the conversion uses the second core while this process
+de-identifies the next study and the run retrieves.  Output:
+``<out>/nifti/<subject>/<session>/<SeriesNumber>/`` (:func:`pacsman.nifti.nifti_directory`),
+and with ``--bids MAP`` a BIDS copy under ``<out>/bids/`` for the series the mapping file
+matches (the others are listed in the log, never guessed).
+
+Each series' sidecars are leak-checked against the originals of its raw series (read from
+its first raw file, when the run still has it).  The outcome, reason, folder, dcm2niix version
+and files are recorded per series (:mod:`pacsman.jobstore.nifti`); converted and skipped
+series are never converted again, so a run killed and started again goes on where it was.
+A failed or skipped conversion never holds anything back: the DICOM push does not look at it.
+
+The upload (:func:`push_converted`, :mod:`pacsman.push.nifti`) runs in a thread of its own,
+woken by each conversion pass and each DICOM push pass: a converted series goes to XNAT only
+once its session's DICOM push is DONE (verified), and its outcome is recorded
+(``nifti_push``); a session's NIFTI resources travel while the next session's DICOM is pushed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from pacsman.config import Config
+from pacsman.errors import InputError
+from pacsman.jobstore import JobStore, Run
+from pacsman.jobstore.nifti import (
+    NiftiSeries,
+    converted_series,
+    nifti_to_push,
+    record_nifti,
+    record_nifti_push,
+    series_for_nifti,
+)
+from pacsman.models import ItemState
+
+if TYPE_CHECKING:
+    from pacsman.anonymize import Originals
+    from pacsman.nifti import BidsMapping
+    from pacsman.push import Target
+
+__all__ = ["NiftiOptions", "check_nifti", "convert_deidentified", "push_converted"]
+
+_log = structlog.get_logger("pacsman.pipeline")
+#: What the leak check compares a sidecar with: the originals of the raw series' first file.
+_ORIGINAL_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID")
+
+
+@dataclass(frozen=True)
+class NiftiOptions:
+    """``--nifti`` and ``--bids MAP`` as the de-identify/push process gets them."""
+
+    bids: Path | None = None
+
+
+def check_nifti(bids: Path | None) -> str:
+    """Before anything is sent: dcm2niix is there and the BIDS mapping file reads; return
+    dcm2niix's version.
+
+    Raises:
+        InputError: the mapping file is invalid (it says where and how to fix it).
+        PacsmanError: dcm2niix cannot be run (pacsman.nifti says why).
+    """
+    from pacsman.nifti import bids_mapping, dcm2niix_version
+
+    version = dcm2niix_version()
+    if bids is not None:
+        if not bids.is_file():
+            raise InputError(f"--bids {bids}: no such file; give the BIDS mapping file")
+        bids_mapping(bids)
+    return version
+
+
+@dataclass
+class _Converter:
+    """What every conversion pass of one process shares."""
+
+    out_directory: Path
+    keep_institution: bool
+    bids: BidsMapping | None
+
+
+def convert_deidentified(
+    store: JobStore,
+    run: Run,
+    config: Config,
+    out_directory: Path,
+    options: NiftiOptions,
+    *,
+    handled: set[str],
+) -> int:
+    """Convert every de-identified series not converted (nor skipped) yet; return how many
+    were worked on.  ``handled`` holds the SeriesInstanceUIDs this process tried already: a
+    failed one is tried again by the next run, not by this one.
+
+    Raises:
+        LeaseLost: the run's lease no longer holds a series' study.
+        JobStoreError: the job store cannot be written.
+    """
+    todo = [s for s in series_for_nifti(store, run) if s.series_instance_uid not in handled]
+    if not todo:
+        return 0
+    handled.update(s.series_instance_uid for s in todo)
+    converter = _Converter(
+        out_directory,
+        _keep_institution(config.anonymization.profile),
+        _mapping(options.bids) if options.bids is not None else None,
+    )
+    for series in todo:
+        _convert(store, run, series, converter)
+    if converter.bids is not None:
+        _write_bids(store, run, converter, {(s.xnat_subject, s.xnat_session) for s in todo})
+    return len(todo)
+
+
+def _convert(store: JobStore, run: Run, series: NiftiSeries, converter: _Converter) -> None:
+    """Convert one series and record what came of it (a file system error too: it fails
+    the series, never the run)."""
+    from pacsman.nifti import (
+        NiftiOutcome,
+        NiftiResult,
+        convert_series,
+        dcm2niix_version,
+        nifti_directory,
+    )
+
+    started = time.monotonic()
+    target = nifti_directory(
+        converter.out_directory, series.xnat_subject, series.xnat_session, series.series_number
+    )
+    source = series.anonymized_directory
+    if source is None:
+        reason = (
+            f"series {series.series_number}: its de-identified folder is not in the job "
+            "store; run the same command again, which records it"
+        )
+        result = NiftiResult(NiftiOutcome.FAILED, reason, target)
+    else:
+        try:
+            result = convert_series(
+                source,
+                converter.out_directory,
+                subject=series.xnat_subject,
+                session=series.xnat_session,
+                series_number=series.series_number,
+                originals=_originals(series.raw_directory, converter.keep_institution),
+            )
+        except OSError as exc:  # e.g. the disk is full: this series fails, the run goes on
+            reason = (
+                f"series {series.series_number}: {exc.strerror or exc} writing its NIfTI "
+                f"under {converter.out_directory} ({type(exc).__name__}); free space or fix "
+                "the folder, then run the same command again"
+            )
+            result = NiftiResult(NiftiOutcome.FAILED, reason, target)
+    seconds = time.monotonic() - started
+    record_nifti(
+        store,
+        run,
+        series,
+        result.outcome.value,
+        detail=result.reason,
+        directory=result.directory,
+        tool=dcm2niix_version(),
+        files=len(result.files),
+    )
+    _log.info(
+        "series_converted",
+        row=series.line,
+        series_number=series.series_number,
+        outcome=result.outcome.value,
+        files=len(result.files),
+        instances=result.instances,
+        seconds=round(seconds, 3),
+        **({"reason": result.reason} if result.reason else {}),
+    )
+
+
+def _originals(raw_directory: Path | None, keep_institution: bool) -> Originals | None:
+    """The leak check's originals from the raw series' first file; None when it is gone."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from pacsman.anonymize import Originals
+
+    if raw_directory is None:
+        return None
+    try:
+        first = min(raw_directory.glob("*.dcm"), default=None)
+        if first is None:
+            return None
+        ds = dcmread(first, stop_before_pixels=True)
+    except (OSError, ValueError, EOFError, InvalidDicomError):  # gone: the PHI-key check only
+        return None
+    uids = [str(ds.get(keyword, "")) for keyword in _ORIGINAL_UIDS]
+    return Originals.from_dataset(ds, uids=uids, keep_institution=keep_institution)
+
+
+@lru_cache(maxsize=4)
+def _keep_institution(profile: Path | None) -> bool:
+    from pacsman.anonymize import Option, load_profile
+
+    return Option.RETAIN_INSTITUTION_IDENTITY in load_profile(profile).options
+
+
+@lru_cache(maxsize=4)
+def _mapping(path: Path) -> BidsMapping:
+    from pacsman.nifti import bids_mapping
+
+    return bids_mapping(path)
+
+
+def _write_bids(
+    store: JobStore, run: Run, converter: _Converter, sessions: set[tuple[str, str]]
+) -> None:
+    """Place every converted series of the ``sessions`` converted now in the BIDS folder
+    (each session whole, so that ``run-<N>`` numbering sees all of its series).
+
+    Matched on the SeriesDescription C-FIND gave (the de-identified copy may have lost it);
+    it names no file, and the log names series by number only.
+    """
+    from pacsman.nifti import PROVENANCE_FILE, BidsSeries, NiftiOutcome, NiftiResult, write_bids
+
+    assert converter.bids is not None
+    by_session: dict[tuple[str, str], list[BidsSeries]] = {}
+    for series in converted_series(store, run):
+        key = (series.xnat_subject, series.xnat_session)
+        if key not in sessions or series.nifti_directory is None:
+            continue
+        files = tuple(p for p in nifti_files(series.nifti_directory) if p.name != PROVENANCE_FILE)
+        result = NiftiResult(NiftiOutcome.CONVERTED, "", series.nifti_directory, files)
+        by_session.setdefault(key, []).append(
+            BidsSeries(series.series_number, series.series_description, result)
+        )
+    for (subject, session), members in by_session.items():
+        placement = write_bids(
+            converter.bids,
+            converter.out_directory / "bids",
+            subject=subject,
+            session=session,
+            series=members,
+        )
+        _log.info(
+            "bids_written",
+            session=f"{subject}/{session}",
+            placed=[number for number, _ in placement.placed],
+            unmatched=[number for number, _ in placement.unmatched],
+            not_placed=[f"{number}: {why}" for number, why in placement.not_placed],
+        )
+
+
+def nifti_files(directory: Path) -> tuple[Path, ...]:
+    """The files of a series' NIfTI folder, sorted ((), when it is gone)."""
+    if not directory.is_dir():
+        return ()
+    return tuple(sorted(p for p in directory.iterdir() if p.is_file()))
+
+
+# -- the upload to XNAT ----------------------------------------------------------------------
+
+
+def push_converted(
+    store: JobStore,
+    run: Run,
+    config: Config,
+    target: Target,
+    *,
+    project: str,
+    handled: set[str],
+) -> int:
+    """Upload each converted series of a session pushed (DONE) to XNAT into its scan's NIFTI
+    resource; return how many were worked on.  ``handled``: as :func:`convert_deidentified`.
+
+    Raises:
+        FatalError: XNAT refuses pacsman for good.
+        LeaseLost: the run's lease no longer holds a series' study.
+    """
+    from pacsman.push import retry_policy
+    from pacsman.push.nifti import NiftiUpload, push_nifti
+    from pacsman.push.xnat import XnatTarget
+
+    if not isinstance(target, XnatTarget):
+        return 0
+    todo = [s for s in nifti_to_push(store, run, "xnat") if s.series_instance_uid not in handled]
+    handled.update(s.series_instance_uid for s in todo)
+    retry = retry_policy(config.push)
+    for series in todo:
+        directory = series.nifti_directory
+        if directory is None or not directory.is_dir():
+            record_nifti(
+                store,
+                run,
+                series,
+                "failed",
+                detail=f"{directory}: the NIfTI folder is gone before its upload; "
+                "the next run converts the series again",
+                directory=directory or Path(),
+                tool="",
+                files=0,
+            )
+            continue
+        upload = NiftiUpload(
+            project=project,
+            subject=series.xnat_subject,
+            session=series.xnat_session,
+            series_number=series.series_number,
+            series_instance_uid=_deidentified_uid(series.anonymized_directory),
+            directory=directory,
+        )
+        outcome = push_nifti(target, upload, overwrite=config.push.nifti_overwrite, retry=retry)
+        detail = outcome.detail
+        if outcome.state != "DONE" and config.xnat.destination == "/prearchive":
+            detail += (
+                "; xnat.destination is /prearchive, and NIfTI files go to archived sessions "
+                "only: archive the session in XNAT, then run the same command again"
+            )
+        record_nifti_push(store, run, series, ItemState(outcome.state), detail=detail)
+        if outcome.state != "DONE":
+            _log.warning(
+                "nifti_push_failed",
+                row=series.line,
+                series_number=series.series_number,
+                reason=detail,
+            )
+    return len(todo)
+
+
+def _deidentified_uid(directory: Path | None) -> str:
+    """The de-identified SeriesInstanceUID (the scan's UID on XNAT), from the first file."""
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    if directory is None:
+        return ""
+    try:
+        first = min(directory.glob("*.dcm"), default=None)
+        if first is None:
+            return ""
+        ds = dcmread(first, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except (OSError, ValueError, EOFError, InvalidDicomError):
+        return ""
+    return str(ds.get("SeriesInstanceUID", ""))
