@@ -2,9 +2,11 @@
 
     python3 scripts/demo.py [--workdir DIR] [--keep-running]
 
-It runs `pacsman --queryfile queryfiles/example.csv --save --push --info`: query, retrieve
-(C-MOVE into pacsman's own Storage SCP), verify, de-identify, push to a local XNAT emulator
-(through the real `xnat` client) and verify there; then a per-row report.
+It runs `pacsman --queryfile queryfiles/example.csv --save --push --nifti --info`: query,
+retrieve (C-MOVE into pacsman's own Storage SCP), verify, de-identify, convert to NIfTI, push to
+a local XNAT emulator (through the real `xnat` client) and verify there; then a per-row report.
+Then `pacsman dqr` has the emulator's DQR pull the same studies from Orthanc into a second
+project, one study per call, followed and verified.
 
 Everything it writes goes to --workdir (default ./demo-work, from the current folder): the
 config, job store, log, info CSV, images, key, mapping table and the emulator's XNAT; Orthanc
@@ -26,7 +28,7 @@ from pathlib import Path
 from pacsman.testing.net import free_port
 from pacsman.testing.orthanc import OrthancServer
 from pacsman.testing.synthetic import DEMO_STUDIES, iter_datasets
-from pacsman.testing.xnat_emulator import XnatEmulator
+from pacsman.testing.xnat_emulator import DqrPacs, XnatEmulator
 
 ROOT = Path(__file__).resolve().parent.parent
 QUERYFILE = ROOT / "queryfiles" / "example.csv"
@@ -53,12 +55,24 @@ log:
   file: {work}/pacsman.log.jsonl
 """
 
+#: ``pacsman dqr``: the same PACS, XNAT's DQR pulling into project DEMO_DQR (whose
+#: anonymization script the emulator holds), counts verified by pacsman's own C-FIND.
+DQR_CONFIG = """\
+dqr:
+  receiver_port: {receiver_port}
+  query: pacs
+  interval: 1
+  poll_interval: 0.5
+"""
+DQR_PROJECT = "DEMO_DQR"
+DQR_SCRIPT = 'version "6.1"\n(0010,0030) := ""\n(0010,1040) := ""\n'
+
 
 def _report(path: Path, xnat: XnatEmulator) -> None:
     """Per query row: expected, received and pushed counts, the XNAT URI, the state."""
     with path.open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    on_xnat = {s.label: s.file_count for s in xnat.sessions("DEMO")}
+    on_xnat = {s.label: s.dicom_file_count for s in xnat.sessions("DEMO")}
     header = ("row", "subject", "session", "expected", "received", "on XNAT", "state", "XNAT URI")
     lines = [header]
     for line in dict.fromkeys(r["row"] for r in rows):
@@ -117,11 +131,13 @@ def _show_files(work: Path) -> None:
     print(f"  {_shown(sorted(raw)[0])}" if raw else "  (none)")
     print(f"de-identified, as pushed to XNAT: {len(anonymized)} files, e.g.")
     print(f"  {_shown(anonymized[0])}" if anonymized else "  (none)")
+    nifti = sorted((data / "nifti").rglob("*.nii.gz"))
+    print(f"NIfTI (dcm2niix), also on XNAT as each scan's NIFTI resource: {len(nifti)} files, e.g.")
+    print(f"  {_shown(nifti[0])}" if nifti else "  (none)")
 
 
-def _run_pacsman(work: Path, config: Path) -> int:
-    command = ["pacsman", "--queryfile", str(QUERYFILE), "--save", "--push", "--info"]
-    command += ["--config", str(config)]
+def _run_pacsman(work: Path, config: Path, *command: str) -> int:
+    command = ("pacsman", *command, "--config", str(config))
     print(f"$ cd {_shown(work)} && " + " ".join(command))
     env = {**os.environ, "XNAT_USER": "demo", "XNAT_PASS": "demo"}
     env["XDG_CONFIG_HOME"] = str(work / "state")  # the demo's key and mapping table
@@ -143,11 +159,18 @@ def main() -> int:
     args = parser.parse_args()
     work = _prepare(args.workdir)
     local_port = free_port()
-    xnat = XnatEmulator(work / "xnat", users={"demo": "demo"}, projects=("DEMO",)).start()
     orthanc = OrthancServer(
         ae_title="DEMOPACS", modalities={"pacsman": ("PACSMAN", "127.0.0.1", local_port)}
     ).start()
+    xnat = XnatEmulator(
+        work / "xnat",
+        users={"demo": "demo"},
+        projects=("DEMO", DQR_PROJECT),
+        dqr_pacs=[DqrPacs(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port, "Demo PACS")],
+        anonymization_scripts={DQR_PROJECT: DQR_SCRIPT},
+    ).start()
     try:
+        orthanc.add_modality("XNAT", "XNAT", "127.0.0.1", xnat.dqr_receiver_port)
         for spec in DEMO_STUDIES:
             orthanc.upload_datasets(iter_datasets(spec))
         print(
@@ -165,13 +188,25 @@ def main() -> int:
                 xnat_url=xnat.url,
             )
         )
-        status = _run_pacsman(work, config)
+        run = ("--queryfile", str(QUERYFILE), "--save", "--push", "--nifti", "--info")
+        status = _run_pacsman(work, config, *run)
         info = work / "data" / "example_info.csv"
         if info.exists():
             print(f"\nper row ({_shown(info)} has the per-series detail):")
             _report(info, xnat)
         _show_files(work)
         print(f"\npacsman exit code: {status}")
+        dqr_config = work / "pacsman-dqr.yaml"
+        dqr_config.write_text(
+            config.read_text().replace("project: DEMO\n", f"project: {DQR_PROJECT}\n")
+            + DQR_CONFIG.format(receiver_port=xnat.dqr_receiver_port)
+        )
+        print(f"\nXNAT's own DQR pulls the same studies into project {DQR_PROJECT}:")
+        dqr_status = _run_pacsman(work, dqr_config, "dqr", "--queryfile", str(QUERYFILE))
+        sessions = {s.label: s.dicom_file_count for s in xnat.sessions(DQR_PROJECT)}
+        print(f"sessions in {DQR_PROJECT}: {sessions}")
+        print(f"pacsman dqr exit code: {dqr_status}")
+        status = max(status, dqr_status)
         if args.keep_running:
             print("Orthanc keeps running; press Ctrl-C to stop it.")
             threading.Event().wait()

@@ -13,6 +13,7 @@ store's NIfTI records answer the same on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -102,6 +103,11 @@ def _events(stderr: str, name: str) -> list[dict[str, object]]:
     return found
 
 
+def _csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
@@ -153,6 +159,9 @@ def test_nifti_push_each_scan_gets_dicom_and_a_verified_nifti_resource_then_resu
         status_text = capfd.readouterr().out
         main(["status", "--json", "--config", str(tmp_path / "pacsman.yaml")])
         status_json = json.loads(capfd.readouterr().out)
+        report = tmp_path / "report.csv"
+        main(["report", "--config", str(tmp_path / "pacsman.yaml"), "--out", str(report)])
+        capfd.readouterr()
 
     assert (first, again) == (0, 0), err[-3000:]
     assert status == 0, status_text
@@ -193,6 +202,26 @@ def test_nifti_push_each_scan_gets_dicom_and_a_verified_nifti_resource_then_resu
     assert "to XNAT    1 DONE" in status_text
     assert status_json["nifti"]["outcomes"] == {"converted": 1, "failed": 1, "skipped": 1}
     assert status_json["nifti"]["pushes"] == {"DONE": 1}
+
+    # The info CSV: per series, the outcome, the reason and the upload (columns appended).
+    info = _csv(tmp_path / "data" / "q_info.csv")
+    assert list(info[0])[-4:] == ["query", "nifti", "nifti_detail", "nifti_push"]
+    by_number = {r["SeriesNumber"]: r for r in info}
+    assert [(by_number[n]["nifti"], by_number[n]["nifti_push"]) for n in ("1", "2", "3")] == [
+        ("converted", "DONE"),
+        ("failed", ""),
+        ("skipped", ""),
+    ]
+    assert by_number["1"]["nifti_detail"] == ""
+    assert by_number["2"]["nifti_detail"].startswith("series 2: ")
+    assert "slice" in by_number["2"]["nifti_detail"].lower()
+    assert by_number["3"]["nifti_detail"].startswith("series 3: ")
+    # pacsman report: the row's worst outcome, every reason, the worst upload state.
+    (row,) = _csv(report)
+    assert list(row)[-3:] == ["nifti", "nifti_detail", "nifti_push"]
+    assert (row["nifti"], row["nifti_push"]) == ("failed", "DONE")
+    assert "series 2: " in row["nifti_detail"]
+    assert "series 3: " in row["nifti_detail"]
 
 
 @pytest.mark.usefixtures("environment")

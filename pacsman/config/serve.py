@@ -90,6 +90,10 @@ class InboxJob:
     push: str | None = None  # "xnat", "dicom", "folder"
     pacs: str | None = None  # default: default_pacs
     priority: int = 0
+    #: Convert each de-identified series to NIfTI (needs anonymize or push), with a BIDS
+    #: folder from this mapping file.
+    nifti: bool = False
+    bids: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,8 @@ def _parse_inbox_job(section: Section) -> InboxJob:
         priority=section.get(
             "priority", v.int_between(PRIORITIES.start, PRIORITIES.stop - 1), d.priority
         ),
+        nifti=section.get("nifti", v.boolean, d.nifti),
+        bids=section.get("bids", v.file_path, d.bids),
     )
     section.finish()
     return result

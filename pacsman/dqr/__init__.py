@@ -11,8 +11,11 @@ status -> verify each session on arrival (scans and file counts) -> summary.
 
 Every step is recorded in the job store (:mod:`pacsman.jobstore.dqr`): the same command run
 again, after Ctrl-C or ``kill -9``, follows the requests XNAT holds and never imports a
-settled study again.  The loop is :mod:`._run`; what one poll means for a study is
-:mod:`._follow`; the summary and the info CSV are :mod:`._summary`.
+settled study again.  The run is wired in :mod:`._run`; the loop and its import step are
+:mod:`._loop`, the follow step :mod:`._poll`, each change of a study :mod:`._studies`; what
+one poll means for a study is :mod:`._follow`; XNAT's side is :mod:`._xapi` (answers read by
+:mod:`._answers`, their shapes checked by :mod:`._shapes`); the summary and the info CSV are
+:mod:`._summary`.
 """
 
 from __future__ import annotations

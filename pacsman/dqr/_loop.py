@@ -1,17 +1,18 @@
-"""The import-and-follow loop of ``pacsman dqr`` (private to the package).
+"""The import-and-follow loop of ``pacsman dqr``, and its import step (private to the
+package).
 
 One readable loop until every study is settled:
 
 * **poll** (every ``dqr.poll_interval``, while requests are in flight): XNAT's queue and
-  history once, then each study in flight judged (:func:`pacsman.dqr._follow.judge`), its
-  session looked at once its request is ISSUED or RECEIVED;
+  history once, then each study in flight judged, its session looked at once its request
+  is ISSUED or RECEIVED (:func:`pacsman.dqr._poll.poll`);
 * **import** the next PENDING study whose back-off has passed, while fewer than
   ``dqr.max_in_flight`` are in flight and ``dqr.interval`` has passed since the last call
   (the first call at once); a study asked for again is first looked up in the archive: a
   session that arrived meanwhile settles it, a partial one is replaced or reported;
 * **sleep** until the next of those is due.
 
-Every change of a study is one job-store call (:class:`pacsman.jobstore.dqr.DqrLedger`).
+Every change of a study is one job-store call (:class:`pacsman.dqr._studies.Studies`).
 Every import call counts as an attempt; a request given up (stale, FAILED or ERROR inside
 XNAT, vanished) sends the study back to PENDING with back-off, or FAILED after
 ``dqr.max_attempts``.  XNAT's 403 on an import (:class:`~pacsman.dqr._xapi.DqrRefused`)
@@ -28,24 +29,10 @@ import structlog
 
 from pacsman.config import Config
 from pacsman.dqr._arrival import check_arrival, labels_taken
-from pacsman.dqr._follow import (
-    Action,
-    Seen,
-    Verdict,
-    Watch,
-    arrival_text,
-    backoff,
-    followed_state,
-    judge,
-)
-from pacsman.dqr._model import (
-    ArrivalVerdict,
-    DqrState,
-    PacsEntry,
-    QueuedRequest,
-    RequestStatus,
-    SessionArrival,
-)
+from pacsman.dqr._follow import arrival_text
+from pacsman.dqr._model import ArrivalVerdict, DqrState, PacsEntry, RequestStatus, SessionArrival
+from pacsman.dqr._poll import poll
+from pacsman.dqr._studies import Studies
 from pacsman.dqr._xapi import DqrApi
 from pacsman.errors import ItemFailed, TransientError
 from pacsman.jobstore import Run
@@ -72,11 +59,9 @@ class Loop:
     def __init__(
         self, api: DqrApi, ledger: DqrLedger, run: Run, config: Config, pacs: PacsEntry
     ) -> None:
-        self._api, self._ledger, self._run, self._config = api, ledger, run, config
-        self._dqr = config.dqr
+        self._api, self._config, self._dqr = api, config, config.dqr
         self._target = _Target(pacs, (config.dqr.receiver_ae_title, config.dqr.receiver_port))
-        self._records = {r.study.study_instance_uid: r for r in ledger.studies(run)}
-        self._watch = Watch()
+        self._studies = Studies(api, ledger, run, config.dqr)
         #: Studies to look up in the archive before their first import (labels unchecked).
         self._look_first: set[str] = set()
         self._last_import = float("-inf")  # time.monotonic() of the last import call
@@ -98,57 +83,41 @@ class Loop:
         self._try_failed_again()
         self._adopt_queued()
         self._settle_existing()
-        while self._unsettled():
-            if self._in_flight() and time.monotonic() >= self._next_poll:
-                self._poll()
+        while self._studies.unsettled():
+            if self._studies.in_flight() and time.monotonic() >= self._next_poll:
+                poll(self._studies)
                 self._next_poll = time.monotonic() + self._dqr.poll_interval
             self._import_due()
             self._progress()
-            if self._unsettled():
+            if self._studies.unsettled():
                 time.sleep(self._pause())
         self._progress(force=True)
-
-    def _unsettled(self) -> bool:
-        return any(not r.state.settled for r in self._records.values())
-
-    def _in_flight(self) -> list[DqrStudyRecord]:
-        return [r for r in self._records.values() if r.in_flight]
 
     def _pause(self) -> float:
         """Seconds until the next poll, import or back-off is due (at most a second)."""
         now, wall = time.monotonic(), time.time()
         due = [now + _MAX_SLEEP]
-        if self._in_flight():
+        if self._studies.in_flight():
             due.append(self._next_poll)
-        if len(self._in_flight()) < self._dqr.max_in_flight:
+        if len(self._studies.in_flight()) < self._dqr.max_in_flight:
             pending = [
-                r.next_attempt_at for r in self._records.values() if r.state is DqrState.PENDING
+                r.next_attempt_at
+                for r in self._studies.records.values()
+                if r.state is DqrState.PENDING
             ]
             if pending:
                 backed_off = now + max(0.0, min(pending) - wall)
                 due.append(max(backed_off, self._last_import + self._dqr.interval))
         return min(max(0.0, min(due) - now), _MAX_SLEEP)
 
-    def _save(self, before: DqrStudyRecord, after: DqrStudyRecord) -> None:
-        saved = self._ledger.save(self._run, after, before=before)
-        self._records[saved.study.study_instance_uid] = saved
-        if saved.state is not before.state:
-            event = "dqr_study_settled" if saved.state.settled else "dqr_study"
-            _log.info(
-                event,
-                row=saved.line,
-                state=saved.state.value,
-                request_id=saved.request_id,
-                attempts=saved.attempts,
-                detail=saved.detail,
-            )
-
     def _progress(self, *, force: bool = False) -> None:
         if not force and time.monotonic() < self._next_progress:
             return
         self._next_progress = time.monotonic() + self._config.log.progress_interval
-        states = Counter(r.state.value for r in self._records.values())
-        _log.info("dqr_progress", studies=len(self._records), imports=self.imports, **states)
+        states = Counter(r.state.value for r in self._studies.records.values())
+        _log.info(
+            "dqr_progress", studies=len(self._studies.records), imports=self.imports, **states
+        )
 
     # -- before the first import ------------------------------------------------------------
 
@@ -156,7 +125,7 @@ class Loop:
         """A new invocation tries FAILED and PARTIAL studies again, with a fresh budget of
         ``dqr.max_attempts`` (what XNAT already holds is looked at first: nothing complete
         is asked for twice, a partial session is only replaced with ``dqr.replace_partial``)."""
-        for record in list(self._records.values()):
+        for record in list(self._studies.records.values()):
             if record.state in (DqrState.FAILED, DqrState.PARTIAL):
                 again = replace(
                     record,
@@ -166,7 +135,7 @@ class Loop:
                     next_attempt_at=0.0,
                     detail=f"tried again (was {record.state.name}: {record.detail})",
                 )
-                self._save(record, again)
+                self._studies.save(record, again)
 
     def _adopt_queued(self, only: DqrStudyRecord | None = None) -> bool:
         """Follow a request XNAT holds in its queue for a PENDING study (``only``: for that
@@ -174,12 +143,12 @@ class Loop:
         older one was given up).  It is there when the run was killed between an import call
         and recording it, or XNAT's answer to an import was not the one request expected.
         Returns True when a request was taken over."""
-        pending = {u: r for u, r in self._records.items() if r.state is DqrState.PENDING}
+        pending = {u: r for u, r in self._studies.records.items() if r.state is DqrState.PENDING}
         if only is not None:
             pending = {only.study.study_instance_uid: only}
         if not pending:
             return False
-        newest = max((r.request_id or 0 for r in self._records.values()), default=0)
+        newest = max((r.request_id or 0 for r in self._studies.records.values()), default=0)
         try:
             queued = self._api.queue()
         except TransientError as exc:
@@ -202,13 +171,13 @@ class Loop:
                 attempts=record.attempts + 1,
                 detail=f"XNAT request {request.id} found in its queue; followed",
             )
-            self._save(record, after)
+            self._studies.save(record, after)
         return adopted
 
     def _settle_existing(self) -> None:
         """Sessions already in the project: complete ones settle without an import, a label
         held by another study fails its row before any import (:func:`labels_taken`)."""
-        pending = [r.study for r in self._records.values() if r.state is DqrState.PENDING]
+        pending = [r.study for r in self._studies.records.values() if r.state is DqrState.PENDING]
         if not pending:
             return
         try:
@@ -218,7 +187,7 @@ class Loop:
             self._look_first.update(s.study_instance_uid for s in pending)
             return
         for study, arrival in taken:
-            record = self._records[study.study_instance_uid]
+            record = self._studies.records[study.study_instance_uid]
             self._existing(record, arrival, found="already in XNAT")
 
     def _existing(self, record: DqrStudyRecord, arrival: SessionArrival, *, found: str) -> bool:
@@ -237,7 +206,7 @@ class Loop:
                 if verdict is ArrivalVerdict.OTHER_STUDY
                 else ""
             )
-            self._save(
+            self._studies.save(
                 record,
                 replace(
                     record,
@@ -249,13 +218,13 @@ class Loop:
             return True
         if verdict is ArrivalVerdict.MISSING:
             return False
-        return self._partial(record, arrival, text, asked=False)
+        return self._studies.partial(record, arrival, text, asked=False)
 
     # -- import -----------------------------------------------------------------------------
 
     def _import_due(self) -> None:
         """Import PENDING studies while there is room in flight and the interval has passed."""
-        while len(self._in_flight()) < self._dqr.max_in_flight:
+        while len(self._studies.in_flight()) < self._dqr.max_in_flight:
             if time.monotonic() < self._last_import + self._dqr.interval:
                 return
             due = self._next_due()
@@ -271,7 +240,7 @@ class Loop:
         wall = time.time()
         due = [
             r
-            for r in self._records.values()
+            for r in self._studies.records.values()
             if r.state is DqrState.PENDING and r.next_attempt_at <= wall
         ]
         return min(due, key=lambda r: (r.line, r.study.study_instance_uid), default=None)
@@ -286,7 +255,7 @@ class Loop:
         except TransientError as exc:  # counted as an attempt: it cannot go on for ever
             tried = replace(record, attempts=record.attempts + 1)
             reason = f"checking session {record.study.session!r}: {exc}"
-            self._retry_or_fail(tried, reason, before=record)
+            self._studies.retry_or_fail(tried, reason, before=record)
             return True
         return self._existing(record, arrival, found="found in XNAT before asking again")
 
@@ -303,12 +272,12 @@ class Loop:
         try:
             request = self._api.import_study(target.pacs.id, target.receiver, record.study)
         except TransientError as exc:
-            self._retry_or_fail(tried, f"import call failed: {exc}", before=record)
+            self._studies.retry_or_fail(tried, f"import call failed: {exc}", before=record)
             return
         except ItemFailed as exc:
-            self._save(record, replace(tried, state=DqrState.FAILED, detail=str(exc)))
+            self._studies.save(record, replace(tried, state=DqrState.FAILED, detail=str(exc)))
             return
-        self._watch.forget(record.study.study_instance_uid)
+        self._studies.watch.forget(record.study.study_instance_uid)
         after = replace(
             tried,
             state=DqrState.QUEUED,
@@ -319,152 +288,7 @@ class Loop:
             detail=f"XNAT request {request.id} queued (attempt {tried.attempts} of "
             f"{self._dqr.max_attempts})",
         )
-        self._save(record, after)
+        self._studies.save(record, after)
         _log.info(
             "dqr_request_queued", row=record.line, request_id=request.id, attempt=tried.attempts
         )
-
-    def _retry_or_fail(
-        self, record: DqrStudyRecord, reason: str, *, before: DqrStudyRecord | None = None
-    ) -> None:
-        """Give the study's request up: PENDING with back-off, or FAILED after
-        ``dqr.max_attempts`` (``before``: the record as stored, when ``record`` is not)."""
-        before = before or record
-        now, most = time.time(), self._dqr.max_attempts
-        if record.attempts >= most:
-            detail = (
-                f"{reason}; gave up after {record.attempts} attempt(s) (dqr.max_attempts {most})"
-            )
-            self._save(before, replace(record, state=DqrState.FAILED, detail=detail))
-            return
-        wait = backoff(record.attempts, self._dqr)
-        after = replace(  # request_id stays: the last request, never taken over again
-            record,
-            state=DqrState.PENDING,
-            request_status="",
-            status_since=now,
-            next_attempt_at=now + wait,
-            detail=f"{reason}; asking again in {wait:g} s "
-            f"(attempt {record.attempts + 1} of {most})",
-        )
-        self._save(before, after)
-        _log.info("dqr_retry", row=record.line, attempts=record.attempts, wait_s=wait)
-
-    def _partial(
-        self, record: DqrStudyRecord, arrival: SessionArrival, text: str, *, asked: bool
-    ) -> bool:
-        """A partial or empty session: deleted (``dqr.replace_partial``, attempts left) and
-        asked for again, else PARTIAL.  ``asked``: our request delivered it (the study is in
-        flight).  Returns True when the study is settled or waits (no import now)."""
-        attempts_left = record.attempts < self._dqr.max_attempts
-        if not (self._dqr.replace_partial and attempts_left):
-            fix = (
-                "" if self._dqr.replace_partial else "; set dqr.replace_partial: true to replace it"
-            )
-            done = replace(record, state=DqrState.PARTIAL, files=arrival.files, detail=text + fix)
-            self._save(record, done)
-            return True
-        try:
-            self._api.delete_session(record.study.session)
-        except TransientError as exc:  # before an import, counted as an attempt
-            tried = record if asked else replace(record, attempts=record.attempts + 1)
-            self._retry_or_fail(tried, f"{text}; deleting it failed: {exc}", before=record)
-            return True
-        _log.info("dqr_session_replaced", row=record.line, files=arrival.files)
-        self._watch.forget(record.study.study_instance_uid)
-        if asked:
-            self._retry_or_fail(record, f"{text}: deleted, to be asked for again")
-            return True
-        return False
-
-    # -- follow -----------------------------------------------------------------------------
-
-    def _poll(self) -> None:
-        """One look at XNAT's queue and history, then each study in flight judged."""
-        try:  # the queue first: a request leaving it meanwhile is then in the history
-            queued = self._api.queue()
-            seen = {q.id: q for q in [*queued, *self._api.history()]}
-        except TransientError as exc:
-            _log.warning("dqr_poll_failed", problem=str(exc))
-            return
-        for record in self._in_flight():
-            self._follow(record, seen)
-
-    def _follow(self, record: DqrStudyRecord, seen: dict[int, QueuedRequest]) -> None:
-        assert record.request_id is not None
-        found = seen.get(record.request_id)
-        missing = 0
-        if found is None:
-            missing = self._watch.missing(record.request_id)
-        else:
-            self._watch.present(record.request_id)
-        shown = "" if found is None else (found.status_text or found.status.value)
-        now = time.time()
-        since = record.status_since if shown in ("", record.request_status) else now
-        arrival, looks = self._look(record, found)
-        view = Seen(record.state, record.request_id, found, missing, since, arrival, looks)
-        self._apply(
-            record,
-            judge(view, record.study.session, now, self._dqr),
-            shown or record.request_status,
-            since,
-            arrival,
-        )
-
-    def _look(
-        self, record: DqrStudyRecord, found: QueuedRequest | None
-    ) -> tuple[SessionArrival | None, int]:
-        """The session, once the request was ISSUED or RECEIVED (else None)."""
-        if found is None:
-            return None, 0
-        if followed_state(found.status) not in (DqrState.ISSUED, DqrState.RECEIVED):
-            return None, 0
-        try:
-            arrival = check_arrival(self._api, record.study)
-        except TransientError as exc:
-            _log.warning("dqr_arrival_check_failed", row=record.line, problem=str(exc))
-            return None, 0
-        return arrival, self._watch.look(record.study.study_instance_uid, arrival)
-
-    def _apply(
-        self,
-        record: DqrStudyRecord,
-        verdict: Verdict,
-        status: str,
-        since: float,
-        arrival: SessionArrival | None,
-    ) -> None:
-        files = record.files if arrival is None else arrival.files
-        if verdict.action is Action.WAIT:
-            detail = verdict.detail or record.detail
-            after = replace(
-                record,
-                state=verdict.state,
-                request_status=status,
-                status_since=since,
-                files=files,
-                detail=detail,
-            )
-            if after != record:
-                self._save(record, after)
-        elif verdict.action is Action.SETTLE:
-            self._save(
-                record,
-                replace(
-                    record,
-                    state=verdict.state,
-                    request_status=status,
-                    files=files,
-                    detail=verdict.detail,
-                ),
-            )
-        elif verdict.action is Action.GIVE_UP:
-            self._retry_or_fail(record, verdict.detail)
-        else:
-            assert arrival is not None
-            self._partial(
-                replace(record, request_status=status, files=files),
-                arrival,
-                verdict.detail,
-                asked=True,
-            )

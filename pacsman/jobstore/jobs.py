@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from pacsman.errors import InputError
@@ -77,6 +78,10 @@ class JobOptions:
     pacs: str | None = None
     sheet: str | None = None
     encoding: str | None = None
+    #: ``--nifti``: convert each de-identified series (dcm2niix); ``--bids MAP``: the BIDS
+    #: mapping file, an absolute path on the head node.
+    nifti: bool = False
+    bids: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -92,6 +97,8 @@ class JobOptions:
         parts = ["--save"] if self.save else []
         parts += ["--anonymize"] if self.anonymize else []
         parts += [f"--push {self.push}"] if self.push else []
+        parts += ["--nifti"] if self.nifti else []
+        parts += [f"--bids {Path(self.bids).name}"] if self.bids else []
         parts += [f"--pacs {self.pacs}"] if self.pacs else []
         return " ".join(parts) or "query only"
 

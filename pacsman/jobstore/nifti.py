@@ -25,7 +25,11 @@ __all__ = [
     "NiftiCounts",
     "NiftiProblem",
     "NiftiSeries",
+    "RowNifti",
+    "SeriesNifti",
     "converted_series",
+    "nifti_by_line",
+    "nifti_by_series",
     "nifti_counts",
     "nifti_to_push",
     "record_nifti",
@@ -254,3 +258,85 @@ def nifti_counts(store: JobStore, run: Run | RunRecord) -> NiftiCounts:
                 )
             )
     return NiftiCounts(outcomes, pushes, tuple(tools), tuple(problems))
+
+
+# -- per series and per row, for the info CSV and ``pacsman report`` ---------------------------
+
+#: A row's ``nifti`` cell: the first of its series' outcomes in this order ("pending": a
+#: de-identified series not converted yet).
+_ROW_ORDER = ("quarantined", "failed", "pending", "converted", "skipped")
+#: A row's ``nifti_push`` cell: the first of its converted series' upload states.
+_ROW_PUSH_ORDER = (ItemState.FAILED.value, ItemState.PENDING.value, ItemState.DONE.value)
+
+
+@dataclass(frozen=True)
+class SeriesNifti:
+    """One series' NIfTI conversion and upload, as the info CSV shows them."""
+
+    line: int
+    series_number: str
+    outcome: str  # "" until converted (or tried)
+    detail: str
+    push: str  # "" until uploaded (or tried)
+    push_detail: str
+
+    @property
+    def reason(self) -> str:
+        """Why the series needs a look: its conversion's reason (skipped ones too) and a
+        failed upload's (``NIFTI upload: ...``); "" when converted and uploaded."""
+        parts = [self.detail] if self.outcome != _CONVERTED else []
+        if self.push == ItemState.FAILED.value:
+            parts.append(f"series {self.series_number}: NIFTI upload: {self.push_detail}")
+        return "; ".join(part for part in parts if part)
+
+
+@dataclass(frozen=True)
+class RowNifti:
+    """A query row's NIfTI cells in ``pacsman report``: the worst outcome of its series, the
+    reasons, and the worst upload state of its converted series."""
+
+    outcome: str
+    detail: str
+    push: str
+
+
+def nifti_by_series(store: JobStore, run: Run | RunRecord) -> dict[tuple[str, str], SeriesNifti]:
+    """Every series of ``run`` by (PACS node, SeriesInstanceUID), read-only."""
+    rows = store._read(
+        "SELECT pacs, series_instance_uid, line, series_number, nifti, nifti_detail, "
+        "nifti_push, nifti_push_detail FROM series WHERE run_id = ?",
+        (run.id,),
+    )
+    return {
+        (str(pacs), str(uid)): SeriesNifti(
+            int(line), str(number), str(outcome), str(detail), str(push), str(push_detail)
+        )
+        for pacs, uid, line, number, outcome, detail, push, push_detail in rows
+    }
+
+
+def nifti_by_line(store: JobStore, run: Run | RunRecord, *, uploads: bool) -> dict[int, RowNifti]:
+    """Each query row's :class:`RowNifti` (rows with no de-identified series have none);
+    ``uploads``: the run pushes to XNAT, so a converted series not uploaded is PENDING."""
+    rows = store._read(
+        "SELECT line, series_number, nifti, nifti_detail, nifti_push, nifti_push_detail "
+        "FROM series WHERE run_id = ? AND (anonymization = ? OR nifti != '') "
+        "ORDER BY line, CAST(series_number AS INTEGER), series_instance_uid",
+        (run.id, ItemState.ANONYMIZED.value),
+    )
+    by_line: dict[int, list[SeriesNifti]] = {}
+    for line, number, outcome, detail, push, push_detail in rows:
+        one = SeriesNifti(
+            int(line), str(number), str(outcome), str(detail), str(push), str(push_detail)
+        )
+        by_line.setdefault(one.line, []).append(one)
+    return {line: _row(series, uploads=uploads) for line, series in by_line.items()}
+
+
+def _row(series: list[SeriesNifti], *, uploads: bool) -> RowNifti:
+    outcomes = {s.outcome or "pending" for s in series}
+    outcome = next(o for o in (*_ROW_ORDER, *sorted(outcomes)) if o in outcomes)
+    pushes = {s.push or ItemState.PENDING.value for s in series if s.outcome == _CONVERTED}
+    push = next((p for p in _ROW_PUSH_ORDER if p in pushes), "") if uploads else ""
+    detail = "; ".join(s.reason for s in series if s.reason)
+    return RowNifti(outcome, detail, push)

@@ -428,6 +428,7 @@ def _tracker(store: JobStore, run: Run, queryfile: QueryFile, options: RunOption
     stages = [Stage.QUERY]
     stages += [Stage.RETRIEVE] if options.save else []
     stages += [Stage.DEIDENTIFY] if options.deidentify else []
+    stages += [Stage.NIFTI] if options.nifti else []
     stages += [Stage.PUSH] if options.push is not None else []
     tracker = Tracker(stages)
     settled = Counter(store.row_states(run).values())
@@ -458,6 +459,18 @@ def _plan(tracker: Tracker, store: JobStore, run: Run, options: RunOptions) -> N
         instances_total=expected,
         instances=sum(r.anonymized_instances or 0 for r in anonymized),
     )
+    if options.nifti:  # settled: converted or skipped (a failed series is tried again)
+        from pacsman.jobstore.nifti import NIFTI_SETTLED, nifti_by_series
+
+        done = {k for k, v in nifti_by_series(store, run).items() if v.outcome in NIFTI_SETTLED}
+        settled = [r for r in anonymized if (r.pacs, r.series_instance_uid) in done]
+        tracker.plan(
+            Stage.NIFTI,
+            total=len(series),
+            done=len(settled),
+            instances_total=expected,
+            instances=sum(r.anonymized_instances or 0 for r in settled),
+        )
     if options.push is not None:
         pushed = [p for p in store.push_states(run, options.push).values()]
         done_pushes = [p for p in pushed if p.state is ItemState.DONE]
@@ -505,18 +518,10 @@ def _check_nifti(options: RunOptions) -> None:
         InputError: --nifti without de-identification, --bids without --nifti, or a bad
             mapping file.
     """
-    if options.bids is not None and not options.nifti:
-        raise InputError(f"--bids {options.bids} names the BIDS layout of --nifti: add --nifti")
-    if not options.nifti:
-        return
-    if not options.deidentify:
-        raise InputError(
-            "--nifti converts de-identified series only (sidecars must not carry identity): "
-            "add --anonymize (or --push, which implies it)"
-        )
-    from pacsman.pipeline.nifti import check_nifti
+    if options.nifti or options.bids is not None:
+        from pacsman.pipeline.nifti import check_nifti_options
 
-    check_nifti(options.bids)
+        check_nifti_options(nifti=options.nifti, bids=options.bids, deidentify=options.deidentify)
 
 
 def _deidentify_push(
@@ -590,7 +595,14 @@ def _finish(
 ) -> RunSummary:
     """Write the info CSV; the summary of every stage this command was asked for."""
     records = store.info_records(run)
-    csv_path = write_info_csv(info_path(options.out_directory, queryfile.path), records)
+    nifti = None
+    if options.nifti:  # its columns: outcome, reason, upload per series
+        from pacsman.jobstore.nifti import nifti_by_series
+
+        nifti = nifti_by_series(store, run)
+    csv_path = write_info_csv(
+        info_path(options.out_directory, queryfile.path), records, nifti=nifti
+    )
     moved = {stage.key: tracker.size(stage) / 1e6 for stage in tracker.stages}
     figures = StageFigures(
         retrieve=options.save,

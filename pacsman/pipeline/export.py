@@ -21,7 +21,7 @@ import argparse
 import csv
 import io
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +30,7 @@ from pacsman.config.options import add_store_options, open_jobstore
 from pacsman.dqr import resume_command as dqr_resume_command
 from pacsman.errors import EXIT_OK, InputError
 from pacsman.jobstore import RunRecord
+from pacsman.jobstore.nifti import RowNifti, nifti_by_line
 from pacsman.layout import csv_cell, open_private, private_directory, write_private_csv
 from pacsman.pipeline._runstatus import RunStatus, run_status
 from pacsman.pipeline._runview import RowView, options_of, resume_command
@@ -43,7 +44,7 @@ from pacsman.pipeline.dqrstatus import (
 from pacsman.pipeline.status import add_run_choice, check_run_choice, find_run
 from pacsman.queryfile import KNOWN_COLUMNS, column_number
 
-__all__ = ["REPORT_COLUMNS", "query_columns", "report_main", "write_report"]
+__all__ = ["NIFTI_REPORT_COLUMNS", "REPORT_COLUMNS", "query_columns", "report_main", "write_report"]
 
 #: The columns after the row's own query values (the query columns come between ``row`` and
 #: these).  Appended to, never re-ordered.
@@ -61,6 +62,10 @@ REPORT_COLUMNS: tuple[str, ...] = (
     "attention",
     "reason",
 )
+#: Appended to :data:`REPORT_COLUMNS` for a run that converts to NIfTI (``--nifti``): the
+#: worst outcome of the row's de-identified series (quarantined, failed, pending, converted,
+#: skipped), their reasons, and the worst upload state to the scans' NIFTI resources.
+NIFTI_REPORT_COLUMNS: tuple[str, ...] = ("nifti", "nifti_detail", "nifti_push")
 _SHEET = "report"
 
 
@@ -133,14 +138,34 @@ def _report_cells(row: RowView, columns: Sequence[str]) -> list[str | int | None
     ]
 
 
-def _table(status: RunStatus, failed_only: bool) -> tuple[list[str], list[list[str | int | None]]]:
+def _table(
+    status: RunStatus, failed_only: bool, nifti: Mapping[int, RowNifti] | None = None
+) -> tuple[list[str], list[list[str | int | None]]]:
     columns = query_columns(status.rows, _original(status))
     rows = status.attention if failed_only else list(status.rows)
-    return ["row", *columns, *REPORT_COLUMNS], [_report_cells(r, columns) for r in rows]
+    header = ["row", *columns, *REPORT_COLUMNS]
+    if nifti is None:
+        return header, [_report_cells(r, columns) for r in rows]
+    empty = RowNifti("", "", "")
+    return [*header, *NIFTI_REPORT_COLUMNS], [
+        [*_report_cells(r, columns), *_nifti_cells(nifti.get(r.query.line, empty))] for r in rows
+    ]
 
 
-def write_report(status: RunStatus, path: Path, *, fmt: str, failed_only: bool) -> int:
-    """Write the report of ``status`` to ``path``; returns how many rows it holds.
+def _nifti_cells(row: RowNifti) -> list[str | int | None]:
+    return [row.outcome, row.detail, row.push]
+
+
+def write_report(
+    status: RunStatus,
+    path: Path,
+    *,
+    fmt: str,
+    failed_only: bool,
+    nifti: Mapping[int, RowNifti] | None = None,
+) -> int:
+    """Write the report of ``status`` to ``path``; returns how many rows it holds (with
+    ``nifti``, each row's NIfTI cells by query-file line: :data:`NIFTI_REPORT_COLUMNS`).
 
     Raises:
         OSError: the file cannot be written.
@@ -150,7 +175,7 @@ def write_report(status: RunStatus, path: Path, *, fmt: str, failed_only: bool) 
         rows = [_query_values(row, columns) for row in status.attention]
         _write_private(path, lambda fh: fh.write(_query_file_text(columns, rows)))
         return len(rows)
-    header, cells = _table(status, failed_only)
+    header, cells = _table(status, failed_only, nifti)
     if fmt == "csv":
         write_private_csv(path, header, cells)
     else:
@@ -251,12 +276,14 @@ def report_main(argv: Sequence[str]) -> int:
         if is_dqr_run(store, record):  # pacsman dqr: one line per row with its study's state
             return _dqr_report(dqr_run_status(store, record), args)
         status = run_status(store, record)
+        uploads = status.stages.push == "xnat"
+        nifti = nifti_by_line(store, record, uploads=uploads) if status.stages.nifti else None
     out = args.out or default_path(status.record, fmt=args.fmt, failed_only=args.failed_only)
     _check_out(out, status.record)
     if args.failed_only and not status.attention:
         print(f"run {status.record.id}: no row needs attention; nothing written")
         return EXIT_OK
-    written = write_report(status, out, fmt=args.fmt, failed_only=args.failed_only)
+    written = write_report(status, out, fmt=args.fmt, failed_only=args.failed_only, nifti=nifti)
     for line in _notes(status, out, written, failed_only=args.failed_only, fmt=args.fmt):
         print(line)
     return EXIT_OK

@@ -279,8 +279,16 @@ class _Nifti:
     thread's, which comes after the conversion thread's.
     """
 
-    def __init__(self, store: JobStore, run: Run, request: Request, target: Target | None):
+    def __init__(
+        self,
+        store: JobStore,
+        run: Run,
+        request: Request,
+        target: Target | None,
+        counts: PipeCounts | None = None,
+    ):
         self._store, self.run, self._request, self._target = store, run, request, target
+        self._counts = counts
         self._converted: set[str] = set()
         self._uploaded: set[str] = set()
         self.converting = BackgroundPasses(self._convert, name="pacsman-nifti")
@@ -296,6 +304,7 @@ class _Nifti:
             request.out_directory,
             request.nifti,
             handled=self._converted,
+            counts=self._counts,
         )
         if converted:
             self.uploading.wake()
@@ -337,7 +346,7 @@ def _passes(
     """
     config, out = request.config, request.out_directory
     pusher = _Pusher(store, run, request, target, counts)
-    nifti = None if request.nifti is None else _Nifti(store, run, request, target)
+    nifti = None if request.nifti is None else _Nifti(store, run, request, target, counts)
     handled: set[str] = set()
     deidentified = 0
     with ExitStack() as blocks:

@@ -43,13 +43,20 @@ from pacsman.jobstore.nifti import (
     series_for_nifti,
 )
 from pacsman.models import ItemState
+from pacsman.pipeline.progress import Counts, Stage
 
 if TYPE_CHECKING:
     from pacsman.anonymize import Originals
     from pacsman.nifti import BidsMapping
     from pacsman.push import Target
 
-__all__ = ["NiftiOptions", "check_nifti", "convert_deidentified", "push_converted"]
+__all__ = [
+    "NiftiOptions",
+    "check_nifti",
+    "check_nifti_options",
+    "convert_deidentified",
+    "push_converted",
+]
 
 _log = structlog.get_logger("pacsman.pipeline")
 #: What the leak check compares a sidecar with: the originals of the raw series' first file.
@@ -61,6 +68,27 @@ class NiftiOptions:
     """``--nifti`` and ``--bids MAP`` as the de-identify/push process gets them."""
 
     bids: Path | None = None
+
+
+def check_nifti_options(*, nifti: bool, bids: Path | None, deidentify: bool) -> None:
+    """``--nifti``/``--bids`` as the command, ``pacsman submit``, the inbox and the HTTP API
+    take them: de-identified input, dcm2niix runnable, the BIDS mapping file valid.
+
+    Raises:
+        InputError: --nifti without de-identification, --bids without --nifti, or a missing
+            or invalid mapping file.
+        PacsmanError: dcm2niix cannot be run (pacsman.nifti says why).
+    """
+    if bids is not None and not nifti:
+        raise InputError(f"--bids {bids} names the BIDS layout of --nifti: add --nifti")
+    if not nifti:
+        return
+    if not deidentify:
+        raise InputError(
+            "--nifti converts de-identified series only (sidecars must not carry identity): "
+            "add --anonymize (or --push, which implies it)"
+        )
+    check_nifti(bids)
 
 
 def check_nifti(bids: Path | None) -> str:
@@ -88,6 +116,7 @@ class _Converter:
     out_directory: Path
     keep_institution: bool
     bids: BidsMapping | None
+    counts: Counts | None = None
 
 
 def convert_deidentified(
@@ -98,10 +127,12 @@ def convert_deidentified(
     options: NiftiOptions,
     *,
     handled: set[str],
+    counts: Counts | None = None,
 ) -> int:
     """Convert every de-identified series not converted (nor skipped) yet; return how many
     were worked on.  ``handled`` holds the SeriesInstanceUIDs this process tried already: a
-    failed one is tried again by the next run, not by this one.
+    failed one is tried again by the next run, not by this one.  ``counts``: the run's
+    progress (:attr:`Stage.NIFTI`).
 
     Raises:
         LeaseLost: the run's lease no longer holds a series' study.
@@ -115,7 +146,10 @@ def convert_deidentified(
         out_directory,
         _keep_institution(config.anonymization.profile),
         _mapping(options.bids) if options.bids is not None else None,
+        counts,
     )
+    if counts is not None:
+        counts.start(Stage.NIFTI)
     for series in todo:
         _convert(store, run, series, converter)
     if converter.bids is not None:
@@ -163,6 +197,15 @@ def _convert(store: JobStore, run: Run, series: NiftiSeries, converter: _Convert
             )
             result = NiftiResult(NiftiOutcome.FAILED, reason, target)
     seconds = time.monotonic() - started
+    settled = result.outcome in (NiftiOutcome.CONVERTED, NiftiOutcome.SKIPPED)
+    if converter.counts is not None:
+        converter.counts.add(
+            Stage.NIFTI,
+            units=int(settled),
+            failed=int(not settled),
+            instances=series.anonymized_instances or result.instances,
+            size=sum(_size(path) for path in result.files),
+        )
     record_nifti(
         store,
         run,
@@ -173,7 +216,8 @@ def _convert(store: JobStore, run: Run, series: NiftiSeries, converter: _Convert
         tool=dcm2niix_version(),
         files=len(result.files),
     )
-    _log.info(
+    log = _log.info if settled else _log.warning  # a failed series needs a look
+    log(
         "series_converted",
         row=series.line,
         series_number=series.series_number,
@@ -183,6 +227,14 @@ def _convert(store: JobStore, run: Run, series: NiftiSeries, converter: _Convert
         seconds=round(seconds, 3),
         **({"reason": result.reason} if result.reason else {}),
     )
+
+
+def _size(path: Path) -> int:
+    """Bytes of ``path`` (0 when it is gone)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _originals(raw_directory: Path | None, keep_institution: bool) -> Originals | None:

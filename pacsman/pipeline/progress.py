@@ -1,8 +1,9 @@
 """How far a run is: counters per stage, shown live on a terminal, logged as events otherwise.
 
 Stages and their units: query (rows), retrieve (series; instances and bytes as they arrive
-in the Storage SCP), de-identify (series; instances written), push (sessions; files verified
-on the target).  Each stage counts what an earlier run of the job store settled as done, so
+in the Storage SCP), de-identify (series; instances written), NIfTI with ``--nifti`` (series;
+their instances, and the bytes of NIfTI written), push (sessions; files verified on the
+target).  Each stage counts what an earlier run of the job store settled as done, so
 a resumed run starts where it stopped; its rate (MB/s) and ETA count only what this command
 moved since the stage started.  MB are 10^6 bytes.
 
@@ -56,6 +57,9 @@ class Stage(StrEnum):
     QUERY = "query"
     RETRIEVE = "retrieve"
     DEIDENTIFY = "de-identify"
+    #: ``--nifti``: series converted by dcm2niix (skipped ones count as done, failed and
+    #: quarantined ones as failed).
+    NIFTI = "NIfTI"
     PUSH = "push"
 
     @property
@@ -70,6 +74,7 @@ class Stage(StrEnum):
 
 
 _UNITS = {Stage.QUERY: "rows", Stage.RETRIEVE: "series", Stage.DEIDENTIFY: "series"}
+_UNITS[Stage.NIFTI] = "series"
 _UNITS[Stage.PUSH] = "sessions"
 
 

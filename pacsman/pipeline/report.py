@@ -13,13 +13,17 @@ left out) and ``push to <target>: ...`` (why the push failed), joined with ``; `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pacsman.jobstore import InfoRecord
 from pacsman.layout import write_private_csv
 
-__all__ = ["INFO_COLUMNS", "info_path", "write_info_csv"]
+if TYPE_CHECKING:
+    from pacsman.jobstore.nifti import SeriesNifti
+
+__all__ = ["INFO_COLUMNS", "NIFTI_INFO_COLUMNS", "info_path", "write_info_csv"]
 
 INFO_COLUMNS: tuple[str, ...] = (
     "row",
@@ -46,6 +50,10 @@ INFO_COLUMNS: tuple[str, ...] = (
     "xnat_uri",
     "query",
 )
+#: Appended to :data:`INFO_COLUMNS` when the run converts to NIfTI (``--nifti``): the
+#: series' outcome (converted, skipped, failed, quarantined; "" when not tried), why (also
+#: why its upload failed), and its upload to the scan's NIFTI resource (DONE, FAILED, "").
+NIFTI_INFO_COLUMNS: tuple[str, ...] = ("nifti", "nifti_detail", "nifti_push")
 
 
 def info_path(out_directory: Path, queryfile: Path) -> Path:
@@ -95,10 +103,29 @@ def _detail(record: InfoRecord) -> str:
     return "; ".join(part for part in parts if part)
 
 
-def write_info_csv(path: Path, records: Sequence[InfoRecord]) -> Path:
-    """Write ``records`` to ``path``: atomically, mode 0600, formulas neutralized.
+def write_info_csv(
+    path: Path,
+    records: Sequence[InfoRecord],
+    *,
+    nifti: Mapping[tuple[str, str], SeriesNifti] | None = None,
+) -> Path:
+    """Write ``records`` to ``path``: atomically, mode 0600, formulas neutralized; with
+    ``nifti`` (each series' NIfTI state by PACS node and SeriesInstanceUID, ``--nifti``)
+    :data:`NIFTI_INFO_COLUMNS` too.
 
     Raises:
         OSError: the file cannot be written.
     """
-    return write_private_csv(path, INFO_COLUMNS, (_cells(r) for r in records))
+    if nifti is None:
+        return write_private_csv(path, INFO_COLUMNS, (_cells(r) for r in records))
+    header = (*INFO_COLUMNS, *NIFTI_INFO_COLUMNS)
+    return write_private_csv(path, header, (_cells(r) + _nifti_cells(r, nifti) for r in records))
+
+
+def _nifti_cells(
+    record: InfoRecord, nifti: Mapping[tuple[str, str], SeriesNifti]
+) -> list[str | int | None]:
+    series = nifti.get((record.pacs, record.series_instance_uid))
+    if series is None:  # a row that selected no series
+        return ["", "", ""]
+    return [series.outcome, series.reason, series.push]

@@ -81,7 +81,18 @@ __all__ = [
 ]
 
 #: The fields of a submission (the multipart upload ``file`` besides), as ``pacsman submit``.
-FORM_FIELDS = ("save", "anonymize", "push", "pacs", "sheet", "encoding", "priority", "name")
+FORM_FIELDS = (
+    "save",
+    "anonymize",
+    "push",
+    "nifti",
+    "pacs",
+    "sheet",
+    "encoding",
+    "priority",
+    "name",
+    "bids",  # refused: it would name a file of the service's host
+)
 _TRUE = frozenset({"1", "true", "on", "yes"})
 _FALSE = frozenset({"", "0", "false", "off", "no"})
 _PRIORITY = PRIORITIES
@@ -325,6 +336,13 @@ def _priority(form: FormData) -> int:
 
 
 def _options(form: FormData) -> JobOptions:
+    if _text(form, "bids"):
+        raise Refused(
+            400,
+            "bids: a BIDS mapping file is not taken over HTTP (it would name a file on the "
+            "service's host); send nifti alone, or queue the job on the head node with "
+            "'pacsman submit --nifti --bids MAP', or set serve.inbox_job.bids",
+        )
     return JobOptions(
         save=_flag(form, "save"),
         anonymize=_flag(form, "anonymize"),
@@ -332,6 +350,7 @@ def _options(form: FormData) -> JobOptions:
         pacs=_text(form, "pacs"),
         sheet=_text(form, "sheet"),
         encoding=_text(form, "encoding"),
+        nifti=_flag(form, "nifti"),
     )
 
 

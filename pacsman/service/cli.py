@@ -75,6 +75,19 @@ def _submit_parser() -> argparse.ArgumentParser:
     )
     add_push_option(parser)
     parser.add_argument(
+        "--nifti",
+        action="store_true",
+        help="as in the one-shot command: convert each de-identified series with dcm2niix "
+        "(with --push xnat also into each scan's NIFTI resource). Needs --anonymize (or --push)",
+    )
+    parser.add_argument(
+        "--bids",
+        type=Path,
+        metavar="MAP",
+        help="with --nifti: also a BIDS folder, from the mapping file MAP (checked here; the "
+        "service reads it from the same path when the job runs)",
+    )
+    parser.add_argument(
         "--pacs",
         metavar="NAME",
         help="PACS node for rows without a Pacs column (default: default_pacs, else the "
@@ -104,6 +117,8 @@ def _job_options(args: argparse.Namespace) -> JobOptions:
         pacs=args.pacs,
         sheet=args.sheet,
         encoding=args.encoding,
+        nifti=args.nifti,
+        bids=None if args.bids is None else str(args.bids.absolute()),
     )
 
 

@@ -12,8 +12,8 @@ Routes (JSON unless said)::
     GET  /readyz                     200 ready / 503 not, with each check and problem
     GET  /metrics                    Prometheus text (404 when the service has none)
     GET  /api/jobs                   every job, newest first, with counts per stage
-    POST /api/jobs                   multipart: file + save, anonymize, push, pacs, sheet,
-                                     encoding, priority, name -> 201; 400 bad option;
+    POST /api/jobs                   multipart: file + save, anonymize, push, nifti, pacs,
+                                     sheet, encoding, priority, name -> 201; 400 bad option;
                                      422 bad query file (every located problem)
     GET  /api/jobs/{id}              one job: counts per stage, progress, rates, ETA
     GET  /api/jobs/{id}/rows         each row's state and reasons per stage

@@ -93,7 +93,12 @@ def inbox_options(job: InboxJob) -> JobOptions:
     """The job options of ``serve.inbox_job`` (``push`` implies save and anonymize)."""
     pushes = job.push is not None
     return JobOptions(
-        save=job.save or pushes, anonymize=job.anonymize or pushes, push=job.push, pacs=job.pacs
+        save=job.save or pushes,
+        anonymize=job.anonymize or pushes,
+        push=job.push,
+        pacs=job.pacs,
+        nifti=job.nifti,
+        bids=None if job.bids is None else str(job.bids.absolute()),
     )
 
 

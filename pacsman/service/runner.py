@@ -178,4 +178,6 @@ def _run_options(job: Job, queryfile: Path) -> RunOptions:
         pacs=options.pacs,
         sheet=options.sheet,
         encoding=options.encoding,
+        nifti=options.nifti,
+        bids=Path(options.bids) if options.bids else None,
     )

@@ -36,7 +36,9 @@ def check_options(config: Config, options: JobOptions) -> None:
 
     Raises:
         ConfigError: ``options.pacs`` names no PACS node.
-        InputError: the push target is unknown, or de-identification is switched off.
+        InputError: the push target is unknown, de-identification is switched off, or
+            --nifti/--bids do not fit (no de-identification, a missing mapping file).
+        PacsmanError: --nifti, and dcm2niix cannot be run.
     """
     if options.pacs is not None:
         config.node(options.pacs)
@@ -49,6 +51,13 @@ def check_options(config: Config, options: JobOptions) -> None:
             "the job asks for de-identification (--anonymize or --push), but "
             "anonymization.enabled is false in the config; set it to true or drop the option"
         )
+    if options.nifti or options.bids:
+        # the command's checks and messages: de-identified input, the mapping file there
+        from pacsman.pipeline.nifti import check_nifti_options
+
+        bids = Path(options.bids) if options.bids else None
+        deidentify = options.anonymize or bool(options.push)
+        check_nifti_options(nifti=options.nifti, bids=bids, deidentify=deidentify)
 
 
 def validate_content(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Self
@@ -33,11 +33,18 @@ class SessionSummary:
     xsi_type: str
     uid: str
     scan_file_counts: Mapping[str, int]
+    #: Files in each scan's DICOM resource only (not NIFTI or other derived resources).
+    dicom_file_counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def file_count(self) -> int:
         """Files in all the session's scans."""
         return sum(self.scan_file_counts.values())
+
+    @property
+    def dicom_file_count(self) -> int:
+        """Files in the DICOM resources of the session's scans."""
+        return sum(self.dicom_file_counts.values())
 
 
 @dataclass(frozen=True)
@@ -212,12 +219,14 @@ class XnatEmulator(Started):
     # -- inspection -------------------------------------------------------------------------
 
     def _summary(self, experiment: Experiment) -> SessionSummary:
-        counts = {}
+        counts, dicom = {}, {}
         for scan in experiment.scans.values():
             holder = self._store.scan_holder(experiment, scan, "")
-            counts[scan.id] = sum(
-                len(list_files(holder.files_dir(r))) for r in scan.resources.values()
-            )
+            files = {
+                label: len(list_files(holder.files_dir(r))) for label, r in scan.resources.items()
+            }
+            counts[scan.id] = sum(files.values())
+            dicom[scan.id] = sum(n for label, n in files.items() if label.upper() == "DICOM")
         subject = self._store.subjects[experiment.subject_id]
         return SessionSummary(
             experiment.project,
@@ -227,6 +236,7 @@ class XnatEmulator(Started):
             experiment.xsi_type,
             experiment.uid,
             MappingProxyType(counts),
+            MappingProxyType(dicom),
         )
 
     def sessions(self, project: str | None = None) -> list[SessionSummary]:
