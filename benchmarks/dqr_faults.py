@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.errors import InvalidDicomError
 
 from pacsman.testing.orthanc import OrthancServer
 from pacsman.testing.synthetic import StudySpec, benchmark_cohort, iter_datasets
@@ -205,8 +206,11 @@ def settle(xnat: XnatEmulator, quiet: float, deadline: float) -> float:
 def _sop_uids(files: Sequence[Path]) -> set[str]:
     found = set()
     for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        found.add(str(ds.SOPInstanceUID))
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            found.add(str(ds.SOPInstanceUID))
+        except (InvalidDicomError, AttributeError):  # not DICOM (e.g. a catalog): not counted
+            continue
     return found
 
 

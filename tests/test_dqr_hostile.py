@@ -941,3 +941,120 @@ def test_a_run_survives_a_lying_dqr(
     assert ["POST /xapi/dqr/import"] == [s for s in xnat.seen if s.startswith("POST /xapi/dqr/i")]
     assert [] == [word for word in PHI if word in out + err + stored]
     assert '"event": "dqr_poll_failed"' in err  # main() logs JSON lines to stderr
+
+
+class Doubling:
+    """A DQR that answers an import with two QUEUED requests for the study (7 and 8, where
+    one was expected) and really queues both; request 7 leaves the queue RECEIVED after two
+    more looks at the queue, with the session in the archive.  ``stale_first``: the first
+    import is answered honestly with request 5, which then stays QUEUED for ever (given up
+    as stale, still listed); the second import gets the two."""
+
+    def __init__(self, xnat: HostileXnat, *, stale_first: bool) -> None:
+        self.imports = 0
+        self.after_lie = 0
+        self.stale_first = stale_first
+        xnat.answer(*IMPORT, self.import_answer)
+        xnat.answer(*QUEUE, self.queue)
+        xnat.answer(*HISTORY, self.history)
+        xnat.answer(*EXPERIMENTS, self.experiments)
+        query = {"studyInstanceUid": UID, "accessionNumber": "ACC1", "studyDate": "20240105"}
+        xnat.answer("POST", "/xapi/dqr/query/studies", as_json([query]))
+        uri = "/data/experiments/XNAT_E00001/scans/1/resources/DICOM/files/{}.dcm"
+        files = [{"URI": uri.format(n), "collection": "DICOM"} for n in range(3)]
+        xnat.answer("GET", "/data/experiments/XNAT_E00001/scans/ALL/files", result_set(*files))
+
+    @property
+    def lied(self) -> bool:
+        return self.imports >= (2 if self.stale_first else 1)
+
+    @property
+    def received(self) -> bool:
+        return self.after_lie > 2
+
+    def import_answer(self, handler: BaseHTTPRequestHandler, _: bytes) -> None:
+        self.imports += 1
+        entries = [request_entry(7), request_entry(8)] if self.lied else [request_entry(5)]
+        send(handler, 200, json.dumps(entries).encode())
+
+    def queue(self, handler: BaseHTTPRequestHandler, _: bytes) -> None:
+        entries = [request_entry(5)] if self.stale_first and self.imports else []
+        if self.lied:
+            self.after_lie += 1
+            entries += [] if self.received else [request_entry(7)]
+            entries.append(request_entry(8))
+        send(handler, 200, json.dumps(entries).encode())
+
+    def history(self, handler: BaseHTTPRequestHandler, _: bytes) -> None:
+        entries = [request_entry(7, "RECEIVED")] if self.received else []
+        send(handler, 200, json.dumps(entries).encode())
+
+    def experiments(self, handler: BaseHTTPRequestHandler, _: bytes) -> None:
+        row = {"ID": "XNAT_E00001", "label": "SESS01", "subject_label": "SUBJ01", "UID": UID}
+        answer = {"ResultSet": {"Result": [row] if self.received else []}}
+        send(handler, 200, json.dumps(answer).encode())
+
+
+def run_dqr_command(xnat: HostileXnat, tmp_path: Path, *, stale: float = 30.0) -> int:
+    """``pacsman dqr`` of one row (ACC1 -> SUBJ01/SESS01) against the hostile XNAT, tiny
+    intervals, every staleness timer ``stale`` seconds; returns the exit code."""
+    dqr = {"query": "xnat", "interval": 0, "poll_interval": 0.05, "backoff_max": 0.1}
+    extra = (
+        f"xnat:\n  url: {xnat.url}\n  project: P1\n"
+        + "dqr:\n"
+        + "".join(f"  {k}: {v}\n" for k, v in dqr.items())
+        + "  stale_after:\n"
+        + "".join(f"    {k}: {stale}\n" for k in ("queued", "processing", "issued", "received"))
+    )
+    config = write_config(tmp_path, port=free_port(), called_ae_title="ORTHANC", extra=extra)
+    queryfile = write_queryfile(tmp_path, "AccessionNumber,Subject,Session\nACC1,SUBJ01,SESS01\n")
+    return main(["dqr", "--queryfile", str(queryfile), "--config", str(config)])
+
+
+def the_study(tmp_path: Path) -> Any:
+    """The one study of the job store's newest run."""
+    with JobStore(tmp_path / "jobs.sqlite", read_only=True) as store:
+        run = store.run_by_id(max(r.id for r in store.run_records()))
+        [study] = DqrLedger(store).studies(run)
+    return study
+
+
+@pytest.mark.parametrize("stale_first", [False, True], ids=["lie", "stale-then-lie"])
+def test_a_refused_import_answer_is_followed_not_asked_again(
+    xnat: HostileXnat, tmp_path: Path, capsys: pytest.CaptureFixture[str], stale_first: bool
+) -> None:
+    """XNAT answers an import with two requests where one was expected: pacsman refuses the
+    answer (an attempt), but before asking again it finds the request XNAT queued for the
+    study in its queue, newer than any it recorded, and follows it: one import, request 7
+    followed to RECEIVED.  A request given up as stale that XNAT still lists (5) is never
+    taken over again, and does not hide the newer one."""
+    doubling = Doubling(xnat, stale_first=stale_first)
+    started = time.monotonic()
+    status = run_dqr_command(xnat, tmp_path, stale=1.0)
+    assert time.monotonic() - started < 30.0
+    _, err = capsys.readouterr()
+    assert EXIT_OK == status, err
+    study = the_study(tmp_path)
+    assert (DqrState.UNVERIFIED, 7) == (study.state, study.request_id)
+    assert (2 if stale_first else 1) == doubling.imports
+    assert "XNAT request 7 found in its queue; followed" in err
+    assert '"event": "dqr_retry"' in err  # the answer of two was refused: an attempt
+
+
+def test_an_archive_listing_of_another_shape_holds_no_run(
+    xnat: HostileXnat, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The project's session listing answers JSON of another shape when the run checks which
+    labels are taken: the run goes on (dqr_labels_unchecked), looks the study up before its
+    import instead, finds the session there and settles it without an import."""
+    listings = iter([as_json({"ResultSet": {"Result": {"ID": "x"}}})])
+    archive(xnat, "SUBJ01", UID)
+    honest = xnat.routes[EXPERIMENTS]
+    xnat.answer(*EXPERIMENTS, lambda handler, body: next(listings, honest)(handler, body))
+    query = {"studyInstanceUid": UID, "accessionNumber": "ACC1", "studyDate": "20240105"}
+    xnat.answer("POST", "/xapi/dqr/query/studies", as_json([query]))
+    assert EXIT_OK == run_dqr_command(xnat, tmp_path)
+    _, err = capsys.readouterr()
+    assert '"event": "dqr_labels_unchecked"' in err
+    assert DqrState.UNVERIFIED == the_study(tmp_path).state
+    assert [] == [s for s in xnat.seen if s == "POST /xapi/dqr/import"]

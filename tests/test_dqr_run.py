@@ -29,8 +29,11 @@ from pacsman.dqr._model import (
     ArrivalVerdict,
     QueuedRequest,
     RequestStatus,
+    RowProblem,
+    RowProblemKind,
     SessionArrival,
 )
+from pacsman.dqr._run import _row_outcomes
 from pacsman.jobstore import JobStore, RowQuery, RunRecord
 from pacsman.jobstore.dqr import DqrLedger, DqrRow, DqrStudyRecord
 from pacsman.models import ItemState, QueryFile, QueryRow
@@ -503,6 +506,35 @@ def test_ledger_records_runs_studies_and_lines_on_both_backends(location: Path |
     assert (6, DqrState.QUEUED, 7, 1) == (found.line, found.state, found.request_id, found.attempts)
     assert {5: ItemState.NO_MATCH, 6: ItemState.QUERIED} == states
     assert fresh.id not in (run.id, pipeline_run.id)
+
+
+def test_row_states_come_from_the_kind_of_each_row_problem() -> None:
+    """A row's state is the kind of its problems, never their wording: only DUPLICATE ones
+    (also a study an earlier resolve gave another line) -> DUPLICATE, only NO_MATCH ones ->
+    NO_MATCH, any other or a mix -> FAILED; a row that selected a study is QUERIED."""
+    dup, none, refused = RowProblemKind.DUPLICATE, RowProblemKind.NO_MATCH, RowProblemKind.REFUSED
+    rows = [QueryRow(line, {"AccessionNumber": f"A{line}"}) for line in range(2, 9)]
+    problems = [
+        RowProblem(2, dup, "first"),
+        RowProblem(3, none, "no study at PACS node 'p' matches this row exactly"),
+        RowProblem(4, refused, "is already selected by line 9, in its wording only"),
+        RowProblem(5, dup, "first"),
+        RowProblem(5, refused, "second"),
+        RowProblem(7, none, "no study"),
+        RowProblem(7, none, "still none"),
+    ]
+    studies = [DqrStudy(6, "1.2.6", "S6", "E6"), DqrStudy(8, "1.2.8", "S8", "E8")]
+    kept, outcomes = _row_outcomes(rows, studies, problems, {"1.2.8": 2})
+    assert [6] == [s.line for s in kept]
+    assert [
+        (2, ItemState.DUPLICATE, "first"),
+        (3, ItemState.NO_MATCH, "no study at PACS node 'p' matches this row exactly"),
+        (4, ItemState.FAILED, "is already selected by line 9, in its wording only"),
+        (5, ItemState.FAILED, "first; second"),
+        (6, ItemState.QUERIED, ""),
+        (7, ItemState.NO_MATCH, "no study; still none"),
+        (8, ItemState.DUPLICATE, "StudyInstanceUID 1.2.8 is already selected by line 2"),
+    ] == outcomes
 
 
 def test_status_of_a_running_dqr_run_lists_what_is_in_flight() -> None:

@@ -30,6 +30,7 @@ from pacsman.dqr._model import (
     ExpectedSeries,
     PacsEntry,
     RequestStatus,
+    RowProblemKind,
 )
 from pacsman.dqr._preflight import Preflight, choose_pacs, preflight
 from pacsman.dqr._resolve import dqr_criteria, resolve_studies
@@ -341,8 +342,15 @@ def test_resolve_through_dqr(api: DqrApi, config: Config, mapping: MappingTable)
         for s in resolved.studies
     )
     assert all(not s.counts_verified and s.expected == () for s in resolved.studies)
-    problems = dict(resolved.row_problems)
+    problems = {p.line: p.reason for p in resolved.row_problems}
+    kinds = {p.line: p.kind for p in resolved.row_problems}
     assert [4, 5, 6, 7, 8] == sorted(problems)
+    duplicate, no_match, refused = (
+        RowProblemKind.DUPLICATE,
+        RowProblemKind.NO_MATCH,
+        RowProblemKind.REFUSED,
+    )
+    assert {4: duplicate, 5: no_match, 6: refused, 7: refused, 8: duplicate} == kinds
     assert (
         f"StudyInstanceUID {CHEST.study_instance_uid} is already selected by line 3" == problems[4]
     )

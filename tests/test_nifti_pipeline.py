@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import sqlite3
+import stat
 import subprocess
 import sys
 from dataclasses import replace
@@ -27,9 +28,10 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
+from pacsman.anonymize import Deidentifier, load_profile
 from pacsman.cli import main
 from pacsman.config import load_config
-from pacsman.jobstore import JobStore
+from pacsman.jobstore import JobStore, Run
 from pacsman.jobstore.nifti import (
     converted_series,
     nifti_counts,
@@ -38,6 +40,7 @@ from pacsman.jobstore.nifti import (
     record_nifti_push,
     series_for_nifti,
 )
+from pacsman.layout import anonymized_series_directory
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
 from pacsman.pipeline._runview import resume_command
 from pacsman.push import open_target, retry_policy
@@ -472,3 +475,142 @@ def test_nifti_records_settle_converted_and_skipped_and_wait_for_the_dicom_push(
     assert [(p.series_number, p.outcome, p.detail) for p in counts.problems] == [
         ("3", "failed", "why")
     ]
+
+
+# -- the conversion pass on its own: a series without its folder, modes, progress --------------
+
+
+def _deidentified_run(store: JobStore, tmp_path: Path) -> Run:
+    """A run of one study with two de-identified MR series (4 instances each); series 1's
+    de-identified folder is recorded, series 2's is not (as an older release left it)."""
+    spec = StudySpec(
+        patient_id="NIFTIUNIT1",
+        patient_name="Poe^Ida",
+        study_date="20240808",
+        accession_number="NU1",
+        study_description="nifti unit",
+        series=tuple(
+            SeriesSpec(series_number=k, series_description=f"T{k} AX", n_instances=4)
+            for k in (1, 2)
+        ),
+    )
+    engine = Deidentifier(load_profile(None), key=b"u" * 32, project=PROJECT)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for ds in iter_datasets(spec):
+        path = raw / f"{ds.SeriesNumber}-{ds.InstanceNumber}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        folder = anonymized_series_directory(
+            tmp_path / "out", subject=SUBJECT, session=SESSION, series_number=str(ds.SeriesNumber)
+        )
+        assert not engine.deidentify_file(
+            path, folder, subject=SUBJECT, session=SESSION
+        ).quarantined
+    rows = (
+        QueryRow(line=2, keys={"PatientID": spec.patient_id}, subject=SUBJECT, session=SESSION),
+    )
+    queryfile = QueryFile(path=tmp_path / "q.csv", sha256="b" * 64, rows=rows)
+    uid = str(spec.study_instance_uid)
+    series = tuple(
+        SeriesMatch(
+            uid,
+            f"{uid}.{k}",
+            series_number=str(k),
+            series_description=f"T{k} AX",
+            modality="MR",
+            expected_instances=4,
+        )
+        for k in (1, 2)
+    )
+    run = store.open_run(queryfile, "c" * 64, default_pacs="main")
+    store.add_rows(run, [(rows[0], "main")])
+    store.record_query(run, RowResult(rows[0], "main", (StudyMatch(uid, "P", series=series),)))
+    for one in store.series_for_retrieve(run):
+        store.update_series(run, one, ItemState.COMPLETE, received=4)
+    for one in store.series_for_anonymize(run):
+        folder = anonymized_series_directory(
+            tmp_path / "out", subject=SUBJECT, session=SESSION, series_number=one.series_number
+        )
+        store.record_anonymization(
+            run,
+            one,
+            ItemState.ANONYMIZED,
+            written=4,
+            detail="",
+            experiment=(SUBJECT, SESSION),
+            directory=folder,
+        )
+    return run
+
+
+def _forget_folder(path: Path, series_number: str) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE series SET anonymized_directory = '' WHERE series_number = ?",
+            (series_number,),
+        )
+    db.close()
+
+
+def _modes(root: Path) -> dict[str, set[str]]:
+    """Every folder and file under ``root`` (root too) by its mode, as ``0o700`` text."""
+    found: dict[str, set[str]] = {}
+    for path in [root, *root.rglob("*")]:
+        mode = oct(stat.S_IMODE(path.lstat().st_mode))
+        found.setdefault(mode, set()).add("dir" if path.is_dir() else "file")
+    return found
+
+
+def test_a_series_without_its_folder_fails_and_the_outputs_are_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A de-identified series whose folder the job store does not know fails with the reason
+    (the current folder, here series 1's de-identified files, is never read); the other is
+    converted, with folders 0700 and files 0600 under <out>/nifti and <out>/bids, the BIDS
+    files hard links of the NIfTI ones (one inode, one mode), dataset_description.json 0600;
+    the progress counts one NIfTI series done and one failed."""
+    from pacsman.pipeline.nifti import NiftiOptions, convert_deidentified
+    from pacsman.pipeline.progress import Stage, Tracker
+
+    config = load_config(write_config(tmp_path, port=free_port(), called_ae_title="NOBODY"))
+    mapping = tmp_path / "bids-map.yaml"
+    mapping.write_text("version: 1\nrules:\n  - {match: 't1', datatype: anat, suffix: T1w}\n")
+    out = tmp_path / "out"
+    with JobStore(tmp_path / "jobs.sqlite") as store:
+        run = _deidentified_run(store, tmp_path)
+    _forget_folder(tmp_path / "jobs.sqlite", "2")
+    monkeypatch.chdir(
+        anonymized_series_directory(out, subject=SUBJECT, session=SESSION, series_number="1")
+    )
+    tracker = Tracker([Stage.DEIDENTIFY, Stage.NIFTI])
+    tracker.plan(Stage.NIFTI, total=2)
+    with JobStore(tmp_path / "jobs.sqlite") as store:
+        worked = convert_deidentified(
+            store,
+            run,
+            config,
+            out,
+            NiftiOptions(bids=mapping),
+            handled=set(),
+            counts=tracker,
+        )
+        counts = nifti_counts(store, run)
+    assert worked == 2
+    assert dict(counts.outcomes) == {"converted": 1, "failed": 1}
+    (problem,) = counts.problems
+    assert problem.series_number == "2"
+    assert "de-identified folder is not in the job store" in problem.detail
+    assert not (out / "nifti" / SUBJECT / SESSION / "2").exists()
+
+    assert _modes(out / "nifti") == {"0o700": {"dir"}, "0o600": {"file"}}
+    assert _modes(out / "bids") == {"0o700": {"dir"}, "0o600": {"file"}}
+    assert stat.S_IMODE((out / "bids" / "dataset_description.json").stat().st_mode) == 0o600
+    anat = out / "bids" / f"sub-{SUBJECT}" / f"ses-{SESSION}" / "anat"
+    nifti = out / "nifti" / SUBJECT / SESSION / "1"
+    assert len(list(anat.iterdir())) == 2  # the NIfTI and its sidecar
+    for placed in anat.iterdir():
+        source = nifti / f"series-1{''.join(placed.suffixes)}"
+        assert placed.stat().st_ino == source.stat().st_ino  # a hard link: the same mode
+    (view,) = [v for v in tracker.views() if v.stage is Stage.NIFTI]
+    assert (view.done, view.failed, view.total) == (1, 1, 2)
+    assert view.text().startswith("NIfTI 1/2 series")

@@ -139,10 +139,11 @@ class Loop:
 
     def _adopt_queued(self, only: DqrStudyRecord | None = None) -> bool:
         """Follow a request XNAT holds in its queue for a PENDING study (``only``: for that
-        one) instead of asking twice: one newer than every request the run recorded (an
-        older one was given up).  It is there when the run was killed between an import call
-        and recording it, or XNAT's answer to an import was not the one request expected.
-        Returns True when a request was taken over."""
+        one) instead of asking twice: the oldest one newer than every request the run
+        recorded (an older one was given up, even when XNAT still lists it).  It is there
+        when the run was killed between an import call and recording it, or XNAT's answer to
+        an import was not the one QUEUED request expected (the import was refused, but XNAT
+        may have queued it).  Returns True when a request was taken over."""
         pending = {u: r for u, r in self._studies.records.items() if r.state is DqrState.PENDING}
         if only is not None:
             pending = {only.study.study_instance_uid: only}
@@ -155,10 +156,11 @@ class Loop:
             _log.warning("dqr_poll_failed", problem=str(exc))
             return False
         adopted = False
-        for request in sorted(queued, key=lambda q: q.id):
-            record = pending.pop(request.study_instance_uid, None)
-            if record is None or request.id <= newest:
+        for request in sorted(queued, key=lambda q: q.id):  # the oldest newer one of each
+            record = pending.get(request.study_instance_uid)
+            if record is None or request.id <= newest:  # an older one: given up, never again
                 continue
+            del pending[request.study_instance_uid]
             adopted = True
             processing = request.status is RequestStatus.PROCESSING
             state = DqrState.PROCESSING if processing else DqrState.QUEUED

@@ -18,6 +18,8 @@ __all__ = [
     "PacsEntry",
     "QueuedRequest",
     "RequestStatus",
+    "RowProblem",
+    "RowProblemKind",
     "SessionArrival",
 ]
 
@@ -144,3 +146,22 @@ class SessionArrival:
     files: int = 0
     scans: tuple[tuple[str, int], ...] = ()  # (scan ID, files), in XNAT's order
     detail: str = ""
+
+
+class RowProblemKind(StrEnum):
+    """Why a query-file row gave no study to import (or gave one another row already gave):
+    it decides the row's state in the job store."""
+
+    NO_MATCH = "no_match"  # nothing at the PACS matches the row exactly -> NO_MATCH
+    DUPLICATE = "duplicate"  # the study is already selected by an earlier line -> DUPLICATE
+    REFUSED = "refused"  # the row cannot be asked for, or its labels break a rule -> FAILED
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One problem of one query-file row: its line, its kind, and the reason (the row's
+    detail in the job store; no patient identifiers)."""
+
+    line: int
+    kind: RowProblemKind
+    reason: str

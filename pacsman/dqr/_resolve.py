@@ -33,7 +33,8 @@ import structlog
 from pacsman.config import Config
 from pacsman.dicom.client import DicomPeer
 from pacsman.dicom.matching import matches
-from pacsman.dqr._model import DqrStudy, ExpectedSeries, PacsEntry
+from pacsman.dqr._model import DqrStudy, ExpectedSeries, PacsEntry, RowProblem, RowProblemKind
+from pacsman.dqr._shapes import study_value
 from pacsman.dqr._xapi import DqrApi
 from pacsman.errors import ItemFailed
 from pacsman.models import IMAGE_LEVEL_KEYS, SERIES_LEVEL_KEYS, QueryRow, StudyMatch
@@ -68,10 +69,10 @@ _DQR_ATTEMPTS = 3
 @dataclass(frozen=True)
 class Resolved:
     """The studies to import, in query-file order, and the rows that gave none (or gave
-    some twice) with the reason: ``(line, reason)``."""
+    some twice), each with its kind and reason, by line."""
 
     studies: tuple[DqrStudy, ...]
-    row_problems: tuple[tuple[int, str], ...]
+    row_problems: tuple[RowProblem, ...]
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def resolve_studies(
         FatalError: XNAT or the PACS refuses pacsman for good.
         InputError: an anonymization label template is invalid.
     """
-    problems: list[tuple[int, str]] = []
+    problems: list[RowProblem] = []
     owners: dict[str, int] = {}
     claimed: list[_Claimed] = []
     with _Finder(config, api, pacs) as finder:
@@ -110,7 +111,10 @@ def resolve_studies(
             try:
                 found = finder.find(row)
             except ItemFailed as exc:
-                problems.append((row.line, str(exc)))
+                problems.append(RowProblem(row.line, RowProblemKind.REFUSED, str(exc)))
+                continue
+            if not found:
+                problems.append(RowProblem(row.line, RowProblemKind.NO_MATCH, finder.none(row)))
                 continue
             claimed += _claim(row, found, owners, problems)
     labelled = [_labelled(config, api.project, c.row, c.found, mapping) for c in claimed]
@@ -122,7 +126,7 @@ def resolve_studies(
         row_problems=len(problems),
         query=config.dqr.query,
     )
-    return Resolved(tuple(kept), tuple(sorted(problems)))
+    return Resolved(tuple(kept), tuple(sorted(problems, key=lambda p: (p.line, p.reason))))
 
 
 # -- finding ----------------------------------------------------------------------------------
@@ -146,10 +150,11 @@ class _Finder:
         self._stack.close()
 
     def find(self, row: QueryRow) -> list[_Found]:
-        """The row's exact matches (may be empty: then ItemFailed says so).
+        """The row's exact matches (none: :meth:`none` says why).
 
         Raises:
-            ItemFailed: the row cannot be asked for this way, or nothing matches it.
+            ItemFailed: the row cannot be asked for this way, or it names a Session and
+                matches several studies.
         """
         refused = [k for k in row.keys if k in _NOT_FOR_DQR]
         if refused:
@@ -159,9 +164,6 @@ class _Finder:
                 "holding such a series), or use 'pacsman run', which retrieves series"
             )
         found = self._by_cfind(row) if self._config.dqr.query == "pacs" else self._by_dqr(row)
-        if not found:
-            where = self._where(row)
-            raise ItemFailed(f"no study at {where} matches this row exactly")
         if row.session and len(found) > 1:
             dates = ", ".join(sorted({f.study_date or "no date" for f in found}))
             raise ItemFailed(
@@ -171,10 +173,13 @@ class _Finder:
             )
         return found
 
-    def _where(self, row: QueryRow) -> str:
+    def none(self, row: QueryRow) -> str:
+        """The reason of a row nothing matches."""
         if self._config.dqr.query == "pacs":
-            return f"PACS node {row.pacs or self._config.default_pacs!r}"
-        return f"PACS {self._pacs.id} ({self._pacs.ae_title}) through XNAT's DQR"
+            where = f"PACS node {row.pacs or self._config.default_pacs!r}"
+        else:
+            where = f"PACS {self._pacs.id} ({self._pacs.ae_title}) through XNAT's DQR"
+        return f"no study at {where} matches this row exactly"
 
     # -- dqr.query: xnat ----------------------------------------------------------------------
 
@@ -247,49 +252,12 @@ def dqr_criteria(row: QueryRow) -> dict[str, str]:
     return criteria
 
 
-def _answer_value(answer: Mapping[str, Any], key: str) -> list[str]:
-    """What one DQR Study answer holds for a query-file column (several for Modality)."""
-    patient = answer.get("patient")
-    patient = patient if isinstance(patient, Mapping) else {}
-    if key == "Modality":
-        modalities = answer.get("modalitiesInStudy")
-        return [str(m) for m in modalities] if isinstance(modalities, list) else []
-    value: object = {
-        "StudyInstanceUID": answer.get("studyInstanceUid"),
-        "AccessionNumber": answer.get("accessionNumber"),
-        "StudyDate": answer.get("studyDate"),
-        "StudyDescription": answer.get("studyDescription"),
-        "PatientID": patient.get("id"),
-        "PatientName": patient.get("name"),
-        "PatientBirthDate": patient.get("birthDate"),
-    }.get(key)
-    return [_dicom_date(value) if key.endswith("Date") else _text(value)]
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, Mapping):  # a PersonName as an object: its alphabetic form
-        return _text(value.get("alphabetic") or value.get("Alphabetic") or "")
-    return str(value).strip()
-
-
-def _dicom_date(value: object) -> str:
-    """A DICOM date (YYYYMMDD) from DQR's date (``20230105``, ``2023-01-05`` or [y, m, d])."""
-    if isinstance(value, list) and len(value) == 3 and all(isinstance(p, int) for p in value):
-        return f"{value[0]:04d}{value[1]:02d}{value[2]:02d}"
-    text = _text(value)
-    if len(text) == 10 and text[4] == "-" and text[7] == "-":
-        return text.replace("-", "")
-    return text
-
-
 def _dqr_match(row: QueryRow, answer: Mapping[str, Any]) -> bool:
     checked = (*_CRITERIA, "StudyDate", *_CHECKED_ONLY)
     for key, pattern in row.keys.items():
         if key not in checked:
             continue
-        values = _answer_value(answer, key)
+        values = study_value(answer, key)
         if not any(matches(key, pattern, value) for value in values):
             return False
     return True
@@ -307,7 +275,7 @@ def _require_checkable(row: QueryRow, answers: Sequence[Mapping[str, Any]]) -> N
         for key, pattern in row.keys.items()
         if answers
         and not matches(key, pattern, "")
-        and not any(v for a in answers for v in _answer_value(a, key))
+        and not any(v for a in answers for v in study_value(a, key))
     ]
     if blind:
         raise ItemFailed(
@@ -320,10 +288,10 @@ def _require_checkable(row: QueryRow, answers: Sequence[Mapping[str, Any]]) -> N
 
 def _found_from_dqr(answer: Mapping[str, Any]) -> _Found:
     return _Found(
-        study_instance_uid=_text(answer.get("studyInstanceUid")),
-        patient_id=_answer_value(answer, "PatientID")[0],
-        study_date=_answer_value(answer, "StudyDate")[0],
-        accession_number=_text(answer.get("accessionNumber")),
+        study_instance_uid=study_value(answer, "StudyInstanceUID")[0],
+        patient_id=study_value(answer, "PatientID")[0],
+        study_date=study_value(answer, "StudyDate")[0],
+        accession_number=study_value(answer, "AccessionNumber")[0],
     )
 
 
@@ -370,7 +338,7 @@ class _Claimed:
 
 
 def _claim(
-    row: QueryRow, found: Sequence[_Found], owners: dict[str, int], problems: list[tuple[int, str]]
+    row: QueryRow, found: Sequence[_Found], owners: dict[str, int], problems: list[RowProblem]
 ) -> list[_Claimed]:
     """The row's studies no earlier row selected; the others are noted (first line wins)."""
     claimed = []
@@ -380,21 +348,21 @@ def _claim(
         if owner == row.line:
             claimed.append(_Claimed(row, one))
         else:
-            problems.append(
-                (row.line, f"StudyInstanceUID {uid} is already selected by line {owner}")
-            )
+            reason = f"StudyInstanceUID {uid} is already selected by line {owner}"
+            problems.append(RowProblem(row.line, RowProblemKind.DUPLICATE, reason))
             _log.warning("study_duplicate", row=row.line, first_row=owner, study_uid=uid)
     return claimed
 
 
 def _labelled(
     config: Config, project: str, row: QueryRow, found: _Found, mapping: MappingTable
-) -> DqrStudy | tuple[int, str]:
-    """The study with its labels, or ``(line, reason)`` when no subject label can be made."""
+) -> DqrStudy | RowProblem:
+    """The study with its labels, or the row's problem when no subject label can be made."""
     templates = config.anonymization
     if not row.subject and not found.patient_id:
-        return (
+        return RowProblem(
             row.line,
+            RowProblemKind.REFUSED,
             f"the PACS returned no PatientID for study {found.study_instance_uid}, so the "
             "mapping table cannot give it a subject label; give the row a Subject",
         )
@@ -417,11 +385,11 @@ def _labelled(
 
 
 def _label_rules(
-    project: str, labelled: Sequence[DqrStudy | tuple[int, str]], problems: list[tuple[int, str]]
+    project: str, labelled: Sequence[DqrStudy | RowProblem], problems: list[RowProblem]
 ) -> list[DqrStudy]:
     """The studies whose labels break none of the push's rules; the others become problems."""
     studies = [s for s in labelled if isinstance(s, DqrStudy)]
-    problems += [p for p in labelled if not isinstance(p, DqrStudy)]
+    problems += [p for p in labelled if isinstance(p, RowProblem)]
     uploads = {
         SessionUpload(project, s.subject, s.session, Path(), s.study_instance_uid, 0): s
         for s in studies
@@ -430,5 +398,7 @@ def _label_rules(
     for problem in local_problems(list(uploads)):
         broken.setdefault(uploads[problem.upload], []).append(problem.message)
     for study, messages in broken.items():
-        problems += [(study.line, m) for m in dict.fromkeys(messages)]
+        problems += [
+            RowProblem(study.line, RowProblemKind.REFUSED, m) for m in dict.fromkeys(messages)
+        ]
     return [s for s in studies if s not in broken]

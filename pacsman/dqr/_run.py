@@ -19,7 +19,7 @@ from pacsman.anonymize import MappingTable
 from pacsman.anonymize.locations import mapping_location
 from pacsman.config import Config
 from pacsman.dqr._loop import Loop
-from pacsman.dqr._model import DqrStudy, PacsEntry
+from pacsman.dqr._model import DqrStudy, PacsEntry, RowProblem, RowProblemKind
 from pacsman.dqr._preflight import preflight
 from pacsman.dqr._resolve import resolve_studies
 from pacsman.dqr._summary import (
@@ -43,9 +43,11 @@ __all__ = ["dqr_config_sha256", "run"]
 _log = structlog.get_logger("pacsman.dqr")
 #: How often the run beats its heartbeat (as the pipeline's runs: ``pacsman status`` reads it).
 _HEARTBEAT_SECONDS = 5.0
-#: A row problem that means "another row already selected this study".
-_DUPLICATE = "is already selected by line"
-_NO_MATCH = "no study at "
+#: The row's state when every problem it has is of one kind (else FAILED).
+_ROW_STATE = {
+    RowProblemKind.DUPLICATE: ItemState.DUPLICATE,
+    RowProblemKind.NO_MATCH: ItemState.NO_MATCH,
+}
 
 
 def run(options: DqrOptions, config: Config) -> DqrSummary:
@@ -149,21 +151,22 @@ def _resolve(
 def _row_outcomes(
     rows: Sequence[QueryRow],
     studies: Sequence[DqrStudy],
-    problems: Sequence[tuple[int, str]],
+    problems: Sequence[RowProblem],
     known: dict[str, int],
 ) -> tuple[list[DqrStudy], list[tuple[int, ItemState, str]]]:
     """The new studies to record, and each row's state and reason: QUERIED (it selected a
     study), DUPLICATE (only studies another row selected), NO_MATCH, or FAILED."""
-    reasons: dict[int, list[str]] = {}
-    for line, reason in problems:
-        reasons.setdefault(line, []).append(reason)
+    reasons: dict[int, list[RowProblem]] = {}
+    for problem in problems:
+        reasons.setdefault(problem.line, []).append(problem)
     kept, lines = [], set()
     for study in studies:
         owner = known.get(study.study_instance_uid, study.line)
         if owner != study.line:
-            reasons.setdefault(study.line, []).append(
-                f"StudyInstanceUID {study.study_instance_uid} {_DUPLICATE} {owner}"
-            )
+            uid = study.study_instance_uid
+            reason = f"StudyInstanceUID {uid} is already selected by line {owner}"
+            duplicate = RowProblem(study.line, RowProblemKind.DUPLICATE, reason)
+            reasons.setdefault(study.line, []).append(duplicate)
             continue
         kept.append(study)
         lines.add(study.line)
@@ -173,14 +176,16 @@ def _row_outcomes(
     return kept, outcomes
 
 
-def _row_outcome(line: int, selected: bool, reasons: list[str]) -> tuple[int, ItemState, str]:
-    detail = "; ".join(reasons)
+def _row_outcome(
+    line: int, selected: bool, problems: list[RowProblem]
+) -> tuple[int, ItemState, str]:
+    detail = "; ".join(p.reason for p in problems)
     if selected:
         return line, ItemState.QUERIED, detail
-    if reasons and all(_DUPLICATE in r for r in reasons):
-        return line, ItemState.DUPLICATE, detail
-    if reasons and all(r.startswith(_NO_MATCH) for r in reasons):
-        return line, ItemState.NO_MATCH, detail
+    kinds = {p.kind for p in problems}
+    state = _ROW_STATE.get(kinds.pop()) if len(kinds) == 1 else None
+    if state is not None:
+        return line, state, detail
     return line, ItemState.FAILED, detail or "the row resolved to no study"
 
 

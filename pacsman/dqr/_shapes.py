@@ -11,6 +11,8 @@
   :class:`TransientError` (:func:`archive_answer`);
 * a DicomEdit script's blank lines, comments and ``version`` line instruct nothing
   (:func:`instructions`).
+* a DQR study answer's values are read per query-file column, dates as YYYYMMDD
+  (:func:`study_value`).
 
 QueuedPacsRequests carry the patient's name and ID: they are read, never put in a message.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "queued_answer",
     "queued_request",
     "study_entry",
+    "study_value",
 ]
 
 _LONG = 2**63
@@ -235,3 +238,41 @@ def instructions(script: str) -> int:
     """How many lines of a DicomEdit script instruct something."""
     text = _BLOCK_COMMENT.sub("\n", script)
     return sum(1 for line in text.splitlines() if not _NO_INSTRUCTION.fullmatch(line))
+
+
+def study_value(answer: Mapping[str, Any], key: str) -> list[str]:
+    """What one DQR Study answer (``POST /xapi/dqr/query/studies``) holds for a query-file
+    column (several for Modality; a date as YYYYMMDD; text stripped)."""
+    patient = answer.get("patient")
+    patient = patient if isinstance(patient, Mapping) else {}
+    if key == "Modality":
+        modalities = answer.get("modalitiesInStudy")
+        return [str(m) for m in modalities] if isinstance(modalities, list) else []
+    value: object = {
+        "StudyInstanceUID": answer.get("studyInstanceUid"),
+        "AccessionNumber": answer.get("accessionNumber"),
+        "StudyDate": answer.get("studyDate"),
+        "StudyDescription": answer.get("studyDescription"),
+        "PatientID": patient.get("id"),
+        "PatientName": patient.get("name"),
+        "PatientBirthDate": patient.get("birthDate"),
+    }.get(key)
+    return [_dicom_date(value) if key.endswith("Date") else _text(value)]
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Mapping):  # a PersonName as an object: its alphabetic form
+        return _text(value.get("alphabetic") or value.get("Alphabetic") or "")
+    return str(value).strip()
+
+
+def _dicom_date(value: object) -> str:
+    """A DICOM date (YYYYMMDD) from DQR's date (``20230105``, ``2023-01-05`` or [y, m, d])."""
+    if isinstance(value, list) and len(value) == 3 and all(isinstance(p, int) for p in value):
+        return f"{value[0]:04d}{value[1]:02d}{value[2]:02d}"
+    text = _text(value)
+    if len(text) == 10 and text[4] == "-" and text[7] == "-":
+        return text.replace("-", "")
+    return text
