@@ -8,8 +8,10 @@ One readable loop until every study is settled:
   is ISSUED or RECEIVED (:func:`pacsman.dqr._poll.poll`);
 * **import** the next PENDING study whose back-off has passed, while fewer than
   ``dqr.max_in_flight`` are in flight and ``dqr.interval`` has passed since the last call
-  (the first call at once); a study asked for again is first looked up in the archive: a
-  session that arrived meanwhile settles it, a partial one is replaced or reported;
+  (the first call at once); a study asked for again is first looked for in XNAT's queue
+  (a request newer than any the run recorded is followed, not asked for twice: the import
+  answer was refused, or the run was killed) and then in the archive: a session that
+  arrived meanwhile settles it, a partial one is replaced or reported;
 * **sleep** until the next of those is due.
 
 Every change of a study is one job-store call (:class:`pacsman.dqr._studies.Studies`).
