@@ -414,15 +414,20 @@ class JobStore(OperatorViews, JobQueue, StudyClaims, MetricsViews, ClusterViews)
             elif found:
                 db.execute("UPDATE runs SET queryfile_sha256 = ? WHERE id = ?", (key, found[0]))
                 return Run(found[0], found[1], found[2], resumed=True)
-            created = _now()
-            cursor = db.execute(
-                "INSERT INTO runs(queryfile, queryfile_sha256, config_sha256, created_at) "
-                "VALUES (?,?,?,?) RETURNING id",
-                (str(queryfile.path), key, config_sha256, created),
-            )
-            run_id = int(cursor.fetchone()[0])
-            self._transition(db, run_id, "run", str(run_id), "CREATED", str(queryfile.path))
-            return Run(run_id, str(queryfile.path), created, resumed=False)
+            return self._create_run(db, str(queryfile.path), key, config_sha256)
+
+    def _create_run(self, db: Database, path: str, key: str, config_sha256: str) -> Run:
+        """A new run of the query file at ``path`` under run key ``key`` (in ``db``'s
+        transaction), its creation logged."""
+        created = _now()
+        cursor = db.execute(
+            "INSERT INTO runs(queryfile, queryfile_sha256, config_sha256, created_at) "
+            "VALUES (?,?,?,?) RETURNING id",
+            (path, key, config_sha256, created),
+        )
+        run_id = int(cursor.fetchone()[0])
+        self._transition(db, run_id, "run", str(run_id), "CREATED", path)
+        return Run(run_id, path, created, resumed=False)
 
     def _retire(self, db: Database, run_id: int) -> None:
         db.execute(

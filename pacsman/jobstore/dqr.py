@@ -126,15 +126,7 @@ class DqrLedger:
                 return Run(int(found[0]), str(found[1]), str(found[2]), resumed=True)
             if found:
                 store._retire(db, int(found[0]))
-            created = _now()
-            cursor = db.execute(
-                "INSERT INTO runs(queryfile, queryfile_sha256, config_sha256, created_at) "
-                "VALUES (?,?,?,?) RETURNING id",
-                (str(queryfile.path), key, config_sha256, created),
-            )
-            run_id = int(cursor.fetchone()[0])
-            store._transition(db, run_id, "run", str(run_id), "CREATED", str(queryfile.path))
-            return Run(run_id, str(queryfile.path), created, resumed=False)
+            return store._create_run(db, str(queryfile.path), key, config_sha256)
 
     def is_dqr_run(self, run_id: int) -> bool:
         """True for a run ``pacsman dqr`` made."""

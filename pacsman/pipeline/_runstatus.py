@@ -254,11 +254,9 @@ def _next_lines(status: RunStatus) -> list[str]:
     """What to do next, and the exit code."""
     state, run = status.activity.state, status.record.id
     report = f"pacsman report --run {run} --failed-only --out FILE.csv"
-    if state is RunActivity.RUNNING:
-        return [f"still running (exit {EXIT_RUNNING}); ask again later"]
-    if state in (RunActivity.INTERRUPTED, RunActivity.STOPPED):
-        fix = "fix what stopped it, then " if state is RunActivity.STOPPED else ""
-        return [f"not finished (exit {EXIT_SOME_FAILED}); {fix}resume with:", f"  {status.resume}"]
+    unfinished = unfinished_lines(state, status.resume)
+    if unfinished:
+        return unfinished
     done = "finished" if state is RunActivity.FINISHED else "not known whether it finished"
     if status.attention:
         retry = any(row.query.state.value != "NO_MATCH" for row in status.attention)
@@ -268,6 +266,16 @@ def _next_lines(status: RunStatus) -> list[str]:
             f"  those rows as a query file, to correct and run: {report}",
         ]
     return [f"{done}; nothing needs attention (exit {EXIT_OK})"]
+
+
+def unfinished_lines(state: RunActivity, resume: str) -> list[str]:
+    """What next for a run still going or stopped before its end; [] for a finished one."""
+    if state is RunActivity.RUNNING:
+        return [f"still running (exit {EXIT_RUNNING}); ask again later"]
+    if state in (RunActivity.INTERRUPTED, RunActivity.STOPPED):
+        fix = "fix what stopped it, then " if state is RunActivity.STOPPED else ""
+        return [f"not finished (exit {EXIT_SOME_FAILED}); {fix}resume with:", f"  {resume}"]
+    return []
 
 
 def status_json(status: RunStatus) -> dict[str, Any]:

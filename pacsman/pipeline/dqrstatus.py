@@ -21,7 +21,7 @@ from pacsman.dqr import DqrState, resume_command
 from pacsman.errors import EXIT_OK, EXIT_RUNNING, EXIT_SOME_FAILED
 from pacsman.jobstore import JobStore, RowOutcome, RunRecord, Throughput
 from pacsman.jobstore.dqr import DqrLedger, DqrRow, DqrStudyRecord
-from pacsman.pipeline._runstatus import RunStatus, _duration
+from pacsman.pipeline._runstatus import RunStatus, _duration, unfinished_lines
 from pacsman.pipeline._runview import (
     Activity,
     RowView,
@@ -183,12 +183,9 @@ def dqr_status_lines(status: DqrRunStatus) -> list[str]:
 
 
 def _next_lines(status: DqrRunStatus) -> list[str]:
-    state = status.activity.state
-    if state is RunActivity.RUNNING:
-        return [f"still running (exit {EXIT_RUNNING}); ask again later"]
-    if state in (RunActivity.INTERRUPTED, RunActivity.STOPPED):
-        fix = "fix what stopped it, then " if state is RunActivity.STOPPED else ""
-        return [f"not finished (exit {EXIT_SOME_FAILED}); {fix}resume with:", f"  {status.resume}"]
+    unfinished = unfinished_lines(status.activity.state, status.resume)
+    if unfinished:
+        return unfinished
     if status.attention:
         return [
             f"finished; rows need attention (exit {EXIT_SOME_FAILED})",
