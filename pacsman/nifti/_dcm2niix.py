@@ -108,6 +108,7 @@ def version() -> str:
     return found.group(0)
 
 
+@lru_cache(maxsize=1)
 def wheel_version() -> str:
     """The installed wheel's version (``1.0.20260724``), or ``"unknown"``."""
     try:

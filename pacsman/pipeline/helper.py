@@ -34,7 +34,7 @@ from pacsman.jobstore import JobStore, Lease, Run
 from pacsman.log import bind_process, configure_logging, demoted
 from pacsman.pipeline.anonymize import anonymize_complete
 from pacsman.pipeline.background import SUPERSEDED, Request, read_request
-from pacsman.pipeline.nifti import convert_deidentified, push_converted
+from pacsman.pipeline.nifti import ConversionWorker, convert_deidentified, push_converted
 from pacsman.pipeline.progress import PipeCounts
 from pacsman.pipeline.push import PushPass, log_push_passes, push_ready_sessions
 from pacsman.push import Target, open_target
@@ -269,9 +269,11 @@ class _Pusher:
 
 
 class _Nifti:
-    """``--nifti``: a conversion thread (dcm2niix is a subprocess: it uses the second core
-    while this process de-identifies), and with ``--push xnat`` an upload thread, so that a
-    session's NIFTI resources travel while the next session's DICOM is pushed.
+    """``--nifti``: a conversion thread that hands each series to the conversion process
+    (:class:`~pacsman.pipeline.nifti.ConversionWorker`: its Python never takes this
+    process's GIL; dcm2niix is its subprocess) and records what came of it, and with
+    ``--push xnat`` an upload thread, so that a session's NIFTI resources travel while the
+    next session's DICOM is pushed.
 
     Each conversion pass wakes the upload thread; so does each DICOM push pass (a converted
     series is uploaded once its session's DICOM push is DONE).  :meth:`blocks` gives the
@@ -291,6 +293,8 @@ class _Nifti:
         self._counts = counts
         self._converted: set[str] = set()
         self._uploaded: set[str] = set()
+        #: The conversions' own process (entered before :attr:`converting`, left after it).
+        self.worker = ConversionWorker(run_id=run.id)
         self.converting = BackgroundPasses(self._convert, name="pacsman-nifti")
         self.uploading = BackgroundPasses(self._upload, name="pacsman-nifti-upload")
 
@@ -305,6 +309,7 @@ class _Nifti:
             request.nifti,
             handled=self._converted,
             counts=self._counts,
+            worker=self.worker,
         )
         if converted:
             self.uploading.wake()
@@ -354,6 +359,8 @@ def _passes(
         if nifti is not None and request.push == "xnat":
             pusher.then = blocks.enter_context(nifti.uploading).wake
         pushing = blocks.enter_context(BackgroundPasses(pusher))
+        if nifti is not None:
+            blocks.enter_context(nifti.worker)
         converting = None if nifti is None else blocks.enter_context(nifti.converting)
 
         def study_done() -> None:

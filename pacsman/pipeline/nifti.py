@@ -1,10 +1,12 @@
 """The NIfTI step (``--nifti``): each de-identified series through dcm2niix, then (with
 ``--push xnat``) into its scan's NIFTI resource.
 
-Private to :mod:`pacsman.pipeline`; it runs in the de-identify/push process
-(:mod:`pacsman.pipeline.helper`), in a thread of its own beside de-identification and the
-push: dcm2niix is a subprocess, so the conversion uses the second core while this process
-de-identifies the next study and the run retrieves.  Output:
+Private to :mod:`pacsman.pipeline`; it is driven from the de-identify/push process
+(:mod:`pacsman.pipeline.helper`), by a thread of its own beside de-identification and the
+push.  Each conversion runs in a process of its own (:class:`ConversionWorker`, started
+once): its header reads, nibabel and leak checks never take the de-identification's GIL
+(dcm2niix is a subprocess of it, on the second core).  The thread only hands over the
+series and records what came of it.  Output:
 ``<out>/nifti/<subject>/<session>/<SeriesNumber>/`` (:func:`pacsman.nifti.nifti_directory`),
 and with ``--bids MAP`` a BIDS copy under ``<out>/bids/`` for the series the mapping file
 matches (the others are listed in the log, never guessed).
@@ -23,10 +25,15 @@ once its session's DICOM push is DONE (verified), and its outcome is recorded
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import structlog
@@ -42,15 +49,17 @@ from pacsman.jobstore.nifti import (
     record_nifti_push,
     series_for_nifti,
 )
+from pacsman.log import LogSettings, bind_process, configure_logging, current_settings
 from pacsman.models import ItemState
 from pacsman.pipeline.progress import Counts, Stage
 
 if TYPE_CHECKING:
     from pacsman.anonymize import Originals
-    from pacsman.nifti import BidsMapping
+    from pacsman.nifti import BidsMapping, NiftiResult
     from pacsman.push import Target
 
 __all__ = [
+    "ConversionWorker",
     "NiftiOptions",
     "check_nifti",
     "check_nifti_options",
@@ -117,6 +126,7 @@ class _Converter:
     keep_institution: bool
     bids: BidsMapping | None
     counts: Counts | None = None
+    worker: ConversionWorker | None = None
 
 
 def convert_deidentified(
@@ -128,11 +138,12 @@ def convert_deidentified(
     *,
     handled: set[str],
     counts: Counts | None = None,
+    worker: ConversionWorker | None = None,
 ) -> int:
     """Convert every de-identified series not converted (nor skipped) yet; return how many
     were worked on.  ``handled`` holds the SeriesInstanceUIDs this process tried already: a
     failed one is tried again by the next run, not by this one.  ``counts``: the run's
-    progress (:attr:`Stage.NIFTI`).
+    progress (:attr:`Stage.NIFTI`).  ``worker``: the process that converts (None: this one).
 
     Raises:
         LeaseLost: the run's lease no longer holds a series' study.
@@ -147,6 +158,7 @@ def convert_deidentified(
         _keep_institution(config.anonymization.profile),
         _mapping(options.bids) if options.bids is not None else None,
         counts,
+        worker,
     )
     if counts is not None:
         counts.start(Stage.NIFTI)
@@ -158,15 +170,9 @@ def convert_deidentified(
 
 
 def _convert(store: JobStore, run: Run, series: NiftiSeries, converter: _Converter) -> None:
-    """Convert one series and record what came of it (a file system error too: it fails
-    the series, never the run)."""
-    from pacsman.nifti import (
-        NiftiOutcome,
-        NiftiResult,
-        convert_series,
-        dcm2niix_version,
-        nifti_directory,
-    )
+    """Convert one series (in the worker process, when there is one) and record what came
+    of it (a file system error too: it fails the series, never the run)."""
+    from pacsman.nifti import NiftiOutcome, NiftiResult, dcm2niix_version, nifti_directory
 
     started = time.monotonic()
     target = nifti_directory(
@@ -180,22 +186,17 @@ def _convert(store: JobStore, run: Run, series: NiftiSeries, converter: _Convert
         )
         result = NiftiResult(NiftiOutcome.FAILED, reason, target)
     else:
-        try:
-            result = convert_series(
-                source,
-                converter.out_directory,
-                subject=series.xnat_subject,
-                session=series.xnat_session,
-                series_number=series.series_number,
-                originals=_originals(series.raw_directory, converter.keep_institution),
-            )
-        except OSError as exc:  # e.g. the disk is full: this series fails, the run goes on
-            reason = (
-                f"series {series.series_number}: {exc.strerror or exc} writing its NIfTI "
-                f"under {converter.out_directory} ({type(exc).__name__}); free space or fix "
-                "the folder, then run the same command again"
-            )
-            result = NiftiResult(NiftiOutcome.FAILED, reason, target)
+        job = _Job(
+            source,
+            converter.out_directory,
+            series.xnat_subject,
+            series.xnat_session,
+            series.series_number,
+            series.raw_directory,
+            converter.keep_institution,
+        )
+        worker = converter.worker
+        result = _convert_job(job) if worker is None else worker.convert(job)
     seconds = time.monotonic() - started
     settled = result.outcome in (NiftiOutcome.CONVERTED, NiftiOutcome.SKIPPED)
     if converter.counts is not None:
@@ -227,6 +228,122 @@ def _convert(store: JobStore, run: Run, series: NiftiSeries, converter: _Convert
         seconds=round(seconds, 3),
         **({"reason": result.reason} if result.reason else {}),
     )
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One series to convert, as the worker process gets it (plain, picklable values)."""
+
+    source: Path
+    out_directory: Path
+    subject: str
+    session: str
+    series_number: str
+    raw_directory: Path | None
+    keep_institution: bool
+
+    def failed(self, reason: str) -> NiftiResult:
+        """A FAILED result for this series (its NIfTI folder as the place)."""
+        from pacsman.nifti import NiftiOutcome, NiftiResult, nifti_directory
+
+        target = nifti_directory(self.out_directory, self.subject, self.session, self.series_number)
+        return NiftiResult(NiftiOutcome.FAILED, f"series {self.series_number}: {reason}", target)
+
+
+def _convert_job(job: _Job) -> NiftiResult:
+    """Convert one series (the worker process runs this; so does the caller without one)."""
+    from pacsman.nifti import convert_series
+
+    try:
+        return convert_series(
+            job.source,
+            job.out_directory,
+            subject=job.subject,
+            session=job.session,
+            series_number=job.series_number,
+            originals=_originals(job.raw_directory, job.keep_institution),
+        )
+    except OSError as exc:  # e.g. the disk is full: this series fails, the run goes on
+        return job.failed(
+            f"{exc.strerror or exc} writing its NIfTI under {job.out_directory} "
+            f"({type(exc).__name__}); free space or fix the folder, then run the same "
+            "command again"
+        )
+
+
+class ConversionWorker:
+    """The process that converts, started once per de-identify/push process (a ``with``
+    block): a fresh interpreter (spawn: a threaded process is never forked) that logs as
+    this one does.  One series at a time.
+
+    A worker that dies (killed, out of memory) fails the series it had, with the reason,
+    and is started again for the next one.
+    """
+
+    def __init__(self, *, run_id: int | None = None) -> None:
+        self._run_id = run_id
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> ConversionWorker:
+        self._start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=exc is None, cancel_futures=True)
+            self._pool = None
+
+    def _start(self) -> None:
+        settings = current_settings()
+        self._pool = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_started,
+            initargs=(settings, self._run_id),
+        )
+        self._pool.submit(_warm)  # imports and dcm2niix's version while the run retrieves
+
+    def convert(self, job: _Job) -> NiftiResult:
+        """Convert ``job`` in the worker process; wait for it.
+
+        Raises:
+            FatalError: the dcm2niix wheel or its binary is missing.
+        """
+        if self._pool is None:
+            self._start()
+        assert self._pool is not None
+        try:
+            return self._pool.submit(_convert_job, job).result()
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._start()
+            return job.failed(
+                "the conversion process ended while it converted the series (killed, or out "
+                "of memory); run the same command again"
+            )
+
+
+def _worker_started(settings: LogSettings, run_id: int | None) -> None:
+    """The worker process's start: log as the parent does."""
+    configure_logging(
+        level=settings.level,
+        file=settings.file,
+        console=settings.console,
+        stream=sys.stderr,
+    )
+    if run_id is not None:
+        bind_process(run_id=run_id)
+
+
+def _warm() -> str:
+    from pacsman.nifti import dcm2niix_version  # and nibabel's import, once
+
+    return dcm2niix_version()
 
 
 def _size(path: Path) -> int:
@@ -337,7 +454,7 @@ def push_converted(
         LeaseLost: the run's lease no longer holds a series' study.
     """
     from pacsman.push import retry_policy
-    from pacsman.push.nifti import NiftiUpload, push_nifti
+    from pacsman.push.nifti import NiftiUpload, ScanIds, push_nifti
     from pacsman.push.xnat import XnatTarget
 
     if not isinstance(target, XnatTarget):
@@ -345,6 +462,7 @@ def push_converted(
     todo = [s for s in nifti_to_push(store, run, "xnat") if s.series_instance_uid not in handled]
     handled.update(s.series_instance_uid for s in todo)
     retry = retry_policy(config.push)
+    scans = ScanIds()  # a session's series share one read of its scans
     for series in todo:
         directory = series.nifti_directory
         if directory is None or not directory.is_dir():
@@ -368,7 +486,9 @@ def push_converted(
             series_instance_uid=_deidentified_uid(series.anonymized_directory),
             directory=directory,
         )
-        outcome = push_nifti(target, upload, overwrite=config.push.nifti_overwrite, retry=retry)
+        outcome = push_nifti(
+            target, upload, overwrite=config.push.nifti_overwrite, retry=retry, scans=scans
+        )
         detail = outcome.detail
         if outcome.state != "DONE" and config.xnat.destination == "/prearchive":
             detail += (

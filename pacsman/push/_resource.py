@@ -175,15 +175,20 @@ def upload_files(
     overwrite: bool,
     retry: RetryPolicy,
     fix: str = "add --overwrite to replace them",
-) -> None:
-    """Send each (file, remote path) not already in ``resource`` with the same MD5.
+    empty: bool = False,
+) -> dict[str, str]:
+    """Send each (file, remote path) not already in ``resource`` with the same MD5; return
+    each remote path's MD5 (as read once, here).  ``empty``: the caller created the
+    resource just now, so it is not listed first (it holds nothing to skip or replace).
 
     Raises:
         InputError: files with other content are there and ``overwrite`` is false (nothing
             is sent; the message ends with ``fix``).
         TransientError, ItemFailed, FatalError: as :func:`upload_resource`.
     """
-    remote = _call(retry, "listing the resource", lambda: _remote_digests(connection, resource))
+    remote: dict[str, str] = {}
+    if not empty:
+        remote = _call(retry, "listing the resource", lambda: _remote_digests(connection, resource))
     local = {name: _md5(path) for path, name in pairs}
     clashes = [n for n in local if n in remote and remote[n] != local[n]]
     if clashes and not overwrite:
@@ -196,6 +201,7 @@ def upload_files(
         if remote.get(name) != local[name]:
             send = _sender(connection, resource, path, name, local[name], overwrite=name in remote)
             _call(retry, f"uploading {name}", send)
+    return local
 
 
 def _sender(

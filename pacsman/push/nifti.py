@@ -7,11 +7,13 @@ scan that is not there fails the upload: NIfTI files never create a scan of thei
 
 The files go through the upload-resource code of ``pacsman xnat upload-resource``
 (:func:`~pacsman.push._resource.upload_files`, on the resource found by its URI: one read of
-the session, one of the scan's resources, then the files; about 7 requests a series): files
-already there with the same MD5 are skipped, so a run that resumes sends nothing twice; files
-there with other content are replaced only with ``push.nifti_overwrite: true``, otherwise the
-upload fails and nothing is sent.  Then the resource is listed again: the upload is DONE only
-when every file is there with its MD5 (or, where XNAT gives no digest, its size).
+the session (shared by the session's series: :class:`ScanIds`), one of the scan's resources,
+then the files): in a resource that was there already, files with the same MD5 are skipped,
+so a run that resumes sends nothing twice, and files with other content are replaced only
+with ``push.nifti_overwrite: true``, otherwise the upload fails and nothing is sent; a
+resource created now is not listed before (it holds nothing).  Then the resource is listed:
+the upload is DONE only when every file is there with its MD5 (each file is read once for
+it), or, where XNAT gives no digest, its size.  About 6 requests a series.
 """
 
 from __future__ import annotations
@@ -24,11 +26,18 @@ from typing import Any, Literal, TypeVar
 import structlog
 
 from pacsman.errors import FatalError, PacsmanError
-from pacsman.push._resource import RestResource, _md5, remote_paths, upload_files
+from pacsman.push._resource import RestResource, remote_paths, upload_files
 from pacsman.push.xnat import XnatTarget
 from pacsman.throttle import RetryPolicy
 
-__all__ = ["NIFTI_RESOURCE", "NiftiUpload", "NiftiUploadOutcome", "nifti_files", "push_nifti"]
+__all__ = [
+    "NIFTI_RESOURCE",
+    "NiftiUpload",
+    "NiftiUploadOutcome",
+    "ScanIds",
+    "nifti_files",
+    "push_nifti",
+]
 
 T = TypeVar("T")
 #: The label of the scan resource that holds a series' NIfTI files and sidecars.
@@ -70,18 +79,38 @@ class NiftiUploadOutcome:
     files: int = 0
 
 
-def _scan_id(connection: Any, upload: NiftiUpload) -> str | None:
-    """The ID of the scan built from the series, from one read of the session (its scans
-    are children of ``GET <session>?format=json``): by UID, else by SeriesNumber."""
-    uri = f"/data/projects/{upload.project}/subjects/{upload.subject}/experiments/{upload.session}"
-    found = connection.get_json(uri)
-    scans = [
+class ScanIds:
+    """The scans of each session, read once (``GET <session>?format=json``: its scans are
+    its children) for all of its series; read again when a series' scan is not among them."""
+
+    def __init__(self) -> None:
+        self._scans: dict[str, list[dict[str, Any]]] = {}
+
+    def find(self, connection: Any, upload: NiftiUpload) -> str | None:
+        """The ID of the scan built from the series: by UID, else by SeriesNumber."""
+        uri = (
+            f"/data/projects/{upload.project}/subjects/{upload.subject}/experiments/"
+            f"{upload.session}"
+        )
+        known = self._scans.get(uri)
+        found = None if known is None else _scan_id(known, upload)
+        if found is None:
+            self._scans[uri] = known = _scans(connection.get_json(uri))
+            found = _scan_id(known, upload)
+        return found
+
+
+def _scans(session: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
         scan.get("data_fields", {})
-        for item in found.get("items", [])
+        for item in session.get("items", [])
         for child in item.get("children", [])
         if child.get("field") == "scans/scan"
         for scan in child.get("items", [])
     ]
+
+
+def _scan_id(scans: list[dict[str, Any]], upload: NiftiUpload) -> str | None:
     if upload.series_instance_uid:
         for scan in scans:
             if scan.get("UID") == upload.series_instance_uid:
@@ -90,33 +119,36 @@ def _scan_id(connection: Any, upload: NiftiUpload) -> str | None:
     return wanted if any(str(scan.get("ID")) == wanted for scan in scans) else None
 
 
-def _resource(connection: Any, upload: NiftiUpload, scan: str) -> RestResource:
-    """The scan's NIFTI resource, created (format NIFTI) when it is not there."""
+def _resource(connection: Any, upload: NiftiUpload, scan: str) -> tuple[RestResource, bool]:
+    """The scan's NIFTI resource, created (format NIFTI) when it is not there; and whether
+    it was created now."""
     scan_uri = (
         f"/data/projects/{upload.project}/subjects/{upload.subject}/experiments/"
         f"{upload.session}/scans/{scan}"
     )
     rows = connection.get_json(f"{scan_uri}/resources")["ResultSet"]["Result"]
     uri = f"{scan_uri}/resources/{NIFTI_RESOURCE}"
-    if not any(row.get("label") == NIFTI_RESOURCE for row in rows):
+    created = not any(row.get("label") == NIFTI_RESOURCE for row in rows)
+    if created:
         connection.put(uri, query={"format": "NIFTI"})
         _log.info("xnat_resource_created", resource=NIFTI_RESOURCE, scan=scan)
-    return RestResource(connection, uri, NIFTI_RESOURCE)
+    return RestResource(connection, uri, NIFTI_RESOURCE), created
 
 
-def _verify(connection: Any, resource_uri: str, files: tuple[Path, ...], base: Path) -> str:
-    """'' when every file is in the resource with its MD5 (or, without one, its size); else
-    what differs."""
+def _verify(
+    connection: Any, resource_uri: str, pairs: list[tuple[Path, str]], digests: dict[str, str]
+) -> str:
+    """'' when every file is in the resource with its MD5 (``digests``, by remote path) or,
+    without one, its size; else what differs."""
     rows = connection.get_json(f"{resource_uri}/files")["ResultSet"]["Result"]
     remote = {row["URI"].split("/files/", 1)[1]: row for row in rows}
     wrong = []
-    for path in files:
-        name = path.relative_to(base).as_posix()
+    for path, name in pairs:
         row = remote.get(name)
         if row is None:
             wrong.append(f"{name} missing")
         elif row.get("digest"):
-            if row["digest"] != _md5(path):
+            if row["digest"] != digests[name]:
                 wrong.append(f"{name} has another MD5")
         elif str(row.get("Size", "")) != str(path.stat().st_size):
             wrong.append(f"{name} has another size")
@@ -124,9 +156,15 @@ def _verify(connection: Any, resource_uri: str, files: tuple[Path, ...], base: P
 
 
 def push_nifti(
-    target: XnatTarget, upload: NiftiUpload, *, overwrite: bool, retry: RetryPolicy
+    target: XnatTarget,
+    upload: NiftiUpload,
+    *,
+    overwrite: bool,
+    retry: RetryPolicy,
+    scans: ScanIds | None = None,
 ) -> NiftiUploadOutcome:
     """Upload a converted series' files to its scan's NIFTI resource and verify them.
+    ``scans``: the sessions' scans read so far (one for all the uploads of a run).
 
     Returns DONE or FAILED with the reason (no scan for the series, files with other content
     already there, XNAT refused or kept failing, a file not verified).
@@ -151,8 +189,9 @@ def push_nifti(
 
         return retry.call(attempt, operation="xnat_nifti_upload", step=name)
 
+    scan_ids = scans or ScanIds()
     try:
-        scan = step("finding the scan", lambda c: _scan_id(c, upload))
+        scan = step("finding the scan", lambda c: scan_ids.find(c, upload))
         if scan is None:
             return NiftiUploadOutcome(
                 upload,
@@ -161,18 +200,20 @@ def push_nifti(
                 f"with the series' UID or ID {upload.series_number or '0'!r}; push the "
                 "session's DICOM first (the next run uploads the NIfTI files then)",
             )
-        resource = step("finding the NIFTI resource", lambda c: _resource(c, upload, scan))
-        upload_files(
+        resource, created = step("finding the NIFTI resource", lambda c: _resource(c, upload, scan))
+        pairs = remote_paths(files, upload.directory)
+        digests = upload_files(
             target._connected(),
             resource,
-            remote_paths(files, upload.directory),
+            pairs,
             overwrite=overwrite,
             retry=retry,
             fix="set push.nifti_overwrite: true to replace them",
+            empty=created,
         )
         wrong = step(
             "verifying the NIFTI resource",
-            lambda c: _verify(c, resource.uri, files, upload.directory),
+            lambda c: _verify(c, resource.uri, pairs, digests),
         )
     except FatalError:
         raise
