@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from push_e2e import children_cpu, emulator_process  # benchmarks/push_e2e.py
 from retrieve_command import _events, _when  # benchmarks/retrieve_command.py
 from retrieve_throughput import Cohort, _load, _thirty_studies  # benchmarks/retrieve_throughput.py
 from service import bytecode_cache, run_script, sigterm_as_interrupt  # benchmarks/service.py
@@ -75,19 +75,6 @@ class Void(Exception):
     """A run that does not count (the reason)."""
 
 
-def _emulator(data: Path) -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, "-m", "pacsman.testing.xnat_emulator", "--data", str(data)]
-    command += ["--user", "bench", "--password", "bench", "--project", "BENCH"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None
-    return process, process.stdout.readline().strip()
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _queryfile(work: Path, cohort: Cohort) -> Path:
     lines = ["PatientID,StudyInstanceUID,Subject,Session"]
     lines += [
@@ -116,7 +103,7 @@ def run_once(
 ) -> Measured:
     """One whole command against a fresh emulator; raises :class:`Void`."""
     work.mkdir(parents=True)
-    emulator, url = _emulator(work / "xnat")
+    emulator, url = emulator_process(work / "xnat")
     try:
         local_port = free_port()
         orthanc.add_modality("pacsman", "PACSMAN", "127.0.0.1", local_port)
@@ -134,7 +121,7 @@ def run_once(
         env["XDG_CONFIG_HOME"] = str(work / "state")
         command = [*_pacsman(), "-q", str(queryfile), "--save", "--anonymize", "--push", "xnat"]
         command += ["--config", str(config), *(["--nifti"] if nifti else [])]
-        cpu_before = _children_cpu()
+        cpu_before = children_cpu()
         start = time.perf_counter()
         result = subprocess.run(
             command, env=env, capture_output=True, text=True, check=False, timeout=RUN_TIMEOUT
@@ -143,7 +130,7 @@ def run_once(
     finally:
         emulator.terminate()
         emulator.wait(timeout=30)
-    cpu = _children_cpu() - cpu_before
+    cpu = children_cpu() - cpu_before
     if keep_log is not None:
         keep_log.write_text(result.stderr, encoding="utf-8")
     if result.returncode != 0:

@@ -38,7 +38,7 @@ xnat: {{url: "{url}", project: BENCH}}
 """
 
 
-def _emulator(data: Path) -> tuple[subprocess.Popen[str], str]:
+def emulator_process(data: Path) -> tuple[subprocess.Popen[str], str]:
     command = [sys.executable, "-m", "pacsman.testing.xnat_emulator", "--data", str(data)]
     command += ["--user", "bench", "--password", "bench", "--project", "BENCH"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -46,7 +46,7 @@ def _emulator(data: Path) -> tuple[subprocess.Popen[str], str]:
     return process, process.stdout.readline().strip()
 
 
-def _cpu() -> float:
+def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -54,8 +54,8 @@ def _cpu() -> float:
 def _run(work: Path, orthanc: OrthancServer, queryfile: Path, *, push: bool) -> tuple[float, float]:
     """Wall seconds, and CPU seconds of pacsman (with its helper process) and the emulator."""
     work.mkdir(parents=True)
-    cpu_before = _cpu()
-    process, url = _emulator(work / "xnat")
+    cpu_before = children_cpu()
+    process, url = emulator_process(work / "xnat")
     try:
         config = work / "pacsman.yaml"
         local_port = free_port()
@@ -81,7 +81,7 @@ def _run(work: Path, orthanc: OrthancServer, queryfile: Path, *, push: bool) -> 
     finally:
         process.terminate()
         process.wait(timeout=30)
-    return elapsed, _cpu() - cpu_before
+    return elapsed, children_cpu() - cpu_before
 
 
 def _pushed_files(work: Path) -> int:
