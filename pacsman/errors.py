@@ -32,6 +32,7 @@ __all__ = [
     "Halted",
     "InputError",
     "ItemFailed",
+    "JobStoreConnectionLost",
     "JobStoreError",
     "PacsmanError",
     "Problem",
@@ -159,4 +160,15 @@ class JobStoreError(FatalError):
 
     The message names the file, what is wrong and the fix; the run stops with exit 3 and
     what was recorded before stays recorded.
+    """
+
+
+class JobStoreConnectionLost(JobStoreError):
+    """The PostgreSQL job store's connection was lost in the middle of a transaction, or
+    the server cannot be reached again yet (a restart, a fail-over, a network cut, a
+    session the server ended).
+
+    Nothing of the lost transaction was recorded.  The one-shot command stops with exit 3,
+    like any job-store error; the service puts the job back in the queue instead, since
+    the same command resumes it from what the job store holds.
     """

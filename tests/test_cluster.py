@@ -7,7 +7,9 @@ instance) and the XNAT emulator driven by the real ``xnat`` client.
   more than ``max_associations`` at once, each study's files are on the one node that pushed
   it, and each node retrieves at least 10 studies;
 - ``kill -9`` of one node mid-pull: its studies finish on the others within 2x the lease;
-- a node stopped (SIGSTOP) past its lease, then resumed (SIGCONT), pushes nothing it lost.
+- a node stopped (SIGSTOP) past its lease, then resumed (SIGCONT), pushes nothing it lost;
+- the server ends every node's job-store sessions again and again mid-pull (a restart, a
+  fail-over): every job still ends DONE, every session once and complete.
 """
 
 # ruff: noqa: SIM300 - STYLE.md asks for `expected == actual` in assertions
@@ -233,6 +235,55 @@ def test_a_stopped_node_pushes_nothing_it_lost(cluster: Cluster) -> None:
         ]
     assert {StudyState.DONE} == {h.state for h in finished}
     assert "head3" not in {h.holder_node for h in finished}  # finished by the nodes that took them
+
+
+#: Times the job-store sessions are ended (one more study done between two).
+ENDINGS = 5
+
+
+def test_job_store_sessions_ended_mid_pull_fail_no_job(
+    cluster: Cluster, postgres: PostgresServer
+) -> None:
+    """pg_terminate_backend of every node's job-store connection (and its helper
+    processes'), five times while the jobs run, a study done between two: a connection
+    lost outside a transaction is opened again, one lost inside a transaction puts the job
+    back in the queue to resume.  Nothing fails, nothing is pushed twice."""
+    cluster.pacs.faults = Faults(pending_delay=0.05)
+    database = cluster.url.rsplit("/", 1)[1]
+    ended = 0
+    with ExitStack() as stack:
+        services, ids = cluster.run_all(stack, studies=SMALL)
+        _wait_until_holding(cluster.url, "head1")
+        for _ in range(ENDINGS):
+            ended += int(
+                postgres.psql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    f"WHERE datname = '{database}' AND application_name = 'pacsman'"
+                ).strip()
+                or 0
+            )
+            _wait_for_more_done(cluster.url, _done_studies(cluster.url))
+        done = wait_for_jobs(cluster.url, ids, {JobState.DONE, JobState.FAILED}, timeout=240)
+        alive = {node: not service.exited() for node, service in services.items()}
+    assert ended >= ENDINGS  # at least one session each time
+    assert {node: True for node in NODES} == alive
+    assert [JobState.DONE] * 3 == [job.state for job in done], [job.detail for job in done]
+    sessions = {s.label: s.file_count for s in cluster.xnat.sessions("PROJ")}
+    assert 3 * SMALL == len(sessions)
+    assert {SERIES * INSTANCES} == set(sessions.values())
+    assert [] == [label for label, count in _imports(cluster.xnat).items() if count > 1]
+
+
+def _done_studies(url: str) -> int:
+    with JobStore(url, read_only=True) as store:
+        places = [h for job in store.jobs() for h in store.study_places(job.id)]
+    return sum(h.state is StudyState.DONE for h in places)
+
+
+def _wait_for_more_done(url: str, than: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _done_studies(url) <= than and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _held_by(url: str, node: str) -> set[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ import pytest
 
 from pacsman.cli import main
 from pacsman.config import load_config
-from pacsman.errors import ConfigError, InputError, JobStoreError
+from pacsman.errors import ConfigError, InputError, JobStoreConnectionLost, JobStoreError
 from pacsman.jobstore import SCHEMA_VERSION, JobStore
 from pacsman.jobstore.jobs import JobAction, JobOptions, JobState
 from pacsman.jobstore.migrate import TABLES
@@ -464,20 +465,74 @@ def test_a_user_that_may_not_create_tables(
         JobStore(postgres.dsn("postgres", user=password_user))
 
 
+def _end_sessions(postgres: PostgresServer, url: str) -> None:
+    """pg_terminate_backend of the store's own connection(s) (a restart, a fail-over)."""
+    postgres.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{url.rsplit('/', 1)[1]}' AND application_name = 'pacsman'"
+    )
+
+
 def test_a_dropped_connection_is_opened_again(postgres: PostgresServer, pg_url: str) -> None:
-    """The server drops the connection (restart, network cut): the call that meets it
-    fails with a JobStoreError naming the store; the next call connects again."""
+    """The server drops the connection (restart, network cut) between two calls: psycopg
+    learns it only from the next statement, and a read or a transaction's BEGIN (nothing
+    the server keeps) is run again on a new connection.  No call fails."""
     with JobStore(pg_url) as store:
         assert [] == store.run_records()
-        postgres.psql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            f"WHERE datname = '{pg_url.rsplit('/', 1)[1]}' AND application_name = 'pacsman'"
-        )
-        with pytest.raises(JobStoreError, match=rf"^job store {re.escape(pg_url)}: "):
-            store.run_records()
+        _end_sessions(postgres, pg_url)
         assert [] == store.run_records()
+        _end_sessions(postgres, pg_url)
         job = store.add_job(name="j", queryfile_name="q", content=b"x", options=JobOptions())
         assert 1 == job.id
+
+
+def test_a_connection_lost_inside_a_transaction_is_named_and_recorded_nowhere(
+    postgres: PostgresServer, pg_url: str
+) -> None:
+    """The connection is ended while a write waits inside its transaction: that call fails
+    with JobStoreConnectionLost (the service waits it out), nothing of it is recorded, and
+    the next call connects again."""
+    with JobStore(pg_url) as store:
+        store.add_job(name="first", queryfile_name="q", content=b"x", options=JobOptions())
+        failed: list[BaseException] = []
+
+        def add() -> None:
+            try:
+                store.add_job(name="lost", queryfile_name="q", content=b"x", options=JobOptions())
+            except BaseException as exc:
+                failed.append(exc)
+
+        with psycopg.connect(pg_url, autocommit=True) as blocker:
+            blocker.execute("BEGIN")
+            blocker.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+            writer = threading.Thread(target=add)
+            writer.start()
+            _wait_for_lock_wait(blocker, pg_url)
+            _end_sessions(postgres, pg_url)
+            writer.join(timeout=30)
+            blocker.execute("ROLLBACK")
+        assert not writer.is_alive()
+        assert [JobStoreConnectionLost] == [type(e) for e in failed]
+        assert str(failed[0]).startswith(f"job store {pg_url}: ")
+        assert ["first"] == [job.name for job in store.jobs()]
+        store.add_job(name="again", queryfile_name="q", content=b"x", options=JobOptions())
+        assert ["again", "first"] == sorted(job.name for job in store.jobs())
+
+
+def _wait_for_lock_wait(blocker: Any, url: str, timeout: float = 30.0) -> None:
+    """Until the store's connection waits for the blocker's lock."""
+    deadline = time.monotonic() + timeout
+    database = url.rsplit("/", 1)[1]
+    while time.monotonic() < deadline:
+        found = blocker.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+            "AND application_name = 'pacsman' AND wait_event_type = 'Lock'",
+            (database,),
+        ).fetchone()
+        if found and found[0]:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the store never waited for the lock in {timeout:g} s")
 
 
 # -- no password in the config or on the command line -------------------------------------------

@@ -96,9 +96,10 @@ def test_version_imports_neither_logging_nor_dicom() -> None:
 
 
 def test_storage_scp_stops_at_once(tmp_path: Path) -> None:
-    """stop() wakes the accept loop instead of waiting for its poll (0.5 s, and right after
-    start() the whole of it): it returns within a fraction of that, and the port is free.
-    The quickest of three stops is judged, so that a loaded machine cannot fail it."""
+    """stop() does not wait for socketserver's 0.5 s poll (right after start(), the whole
+    of it): the stop wakes the accept loop, or its short poll (hooks.ACCEPT_POLL) sees it,
+    and the port is free.  The quickest of three stops is judged, so that a loaded machine
+    cannot fail it."""
     took = []
     for _ in range(3):
         writer = InstanceWriter(unrouted_directory=tmp_path)

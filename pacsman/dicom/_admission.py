@@ -310,9 +310,9 @@ class AdmissionServer(ThreadedAssociationServer):
         return sock, address
 
     def shutdown(self) -> None:
-        """Stop serving now, not at the accept loop's next poll (socketserver checks for a
-        stop request every 0.5 s): shutting the listening socket's read side wakes the loop
-        at once (Linux; elsewhere the poll still ends it).  Then close, as pynetdicom does."""
+        """Stop serving now, not at the accept loop's next poll: shutting the listening
+        socket's read side wakes the loop at once (Linux; elsewhere the poll, every
+        :data:`~pacsman.dicom.hooks.ACCEPT_POLL` s, ends it).  Then close, as pynetdicom does."""
         with suppress(OSError):
             cast(socket.socket, self.socket).shutdown(socket.SHUT_RD)
         super().shutdown()

@@ -355,12 +355,20 @@ def make_server(
     return server
 
 
+#: Seconds between two looks of the accept loop at a stop request (socketserver's: 0.5).
+#: A stop wakes the loop at once where the kernel allows it (Linux: ``shutdown(SHUT_RD)``
+#: of the listening socket); elsewhere, and on kernels or sandboxes that do not wake a
+#: waiting ``poll`` that way, this bounds it.  Twenty wake-ups a second cost nothing.
+ACCEPT_POLL = 0.05
+
+
 def serve_in_background(ae: ApplicationEntity, server: ThreadedAssociationServer) -> None:
     """Serve on a daemon thread, stopped by ``ae.shutdown()`` as ``AE.start_server``'s are."""
     # pynetdicom 3.0.4: AE.start_server(block=False) starts serve_forever() on a daemon
     # thread and appends the server to AE._servers, which AE.shutdown() stops.
     name = f"AcceptorServer@{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    serve = functools.partial(server.serve_forever, poll_interval=ACCEPT_POLL)
+    threading.Thread(target=serve, name=name, daemon=True).start()
     ae._servers.append(server)
 
 

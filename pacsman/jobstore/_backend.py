@@ -202,18 +202,47 @@ class PostgresDatabase(Database):
             self.connection.close()
             self.connection = self._connect()
 
-    def changed_elsewhere(self, channel: str) -> bool:
-        if self._listener is None:  # the first call starts listening: nothing seen yet
-            import psycopg
+    def _once_more_if_lost(self, sql: str, params: Sequence[object] = ()) -> Cursor:
+        """``sql``, run again on a new connection if the old one turns out to be lost.
 
+        Only for what the server keeps nothing of: ``BEGIN``, or a ``SELECT`` outside a
+        transaction.  psycopg learns that a connection is gone (the server ended its
+        session, or restarted) only from the next statement on it, so without this one
+        lost connection would fail one call of every process that held one.
+        """
+        import psycopg
+
+        self._reconnect_if_lost()
+        try:
+            return self.connection.execute(sql, params)
+        except psycopg.OperationalError:
+            if self._explicit or not self.connection.broken:
+                raise
+        self._reconnect_if_lost()
+        return self.connection.execute(sql, params)
+
+    def changed_elsewhere(self, channel: str) -> bool:
+        import psycopg
+
+        if self._listener is None:  # the first call starts listening: nothing seen yet
             self._listener = psycopg.connect(
-                self.url, autocommit=True, application_name="pacsman-listen"
+                self.url,
+                autocommit=True,
+                connect_timeout=self._connect_timeout,
+                application_name="pacsman-listen",
             )
             self._listener.execute(f"LISTEN {channel}")
             return False
-        return any(True for _ in self._listener.notifies(timeout=0))
+        try:
+            return any(True for _ in self._listener.notifies(timeout=0))
+        except psycopg.OperationalError:  # the server dropped it: listen again next time
+            self._listener.close()
+            self._listener = None
+            return True  # what was sent meanwhile is lost: look at the store
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> Cursor:
+        if not self._explicit and sql.lstrip()[:6].upper() == "SELECT":
+            return self._once_more_if_lost(postgresql_sql(sql), params)
         self._reconnect_if_lost()
         return self.connection.execute(postgresql_sql(sql), params)
 
@@ -222,13 +251,11 @@ class PostgresDatabase(Database):
             cursor.executemany(postgresql_sql(sql), params)
 
     def begin(self) -> None:
-        self._reconnect_if_lost()
-        self.connection.execute("BEGIN")
+        self._once_more_if_lost("BEGIN")
         self._explicit = True
 
     def begin_snapshot(self) -> None:
-        self._reconnect_if_lost()
-        self.connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._once_more_if_lost("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         self._explicit = True
 
     def commit(self) -> None:

@@ -1,14 +1,15 @@
 """What went wrong with a PostgreSQL job store, in words, with the fix (private).
 
 Connection problems (server down, wrong host or port, authentication, no such database)
-and a lost connection become a :class:`~pacsman.errors.JobStoreError` naming the store (its
-URL without a password) and what to do.  Errors in pacsman's own SQL stay as they are: they
-are bugs, reported as such.
+become a :class:`~pacsman.errors.JobStoreError` naming the store (its URL without a
+password) and what to do; a connection lost once open (or not yet open again) becomes its
+kind :class:`~pacsman.errors.JobStoreConnectionLost`, which the service waits out.  Errors
+in pacsman's own SQL stay as they are: they are bugs, reported as such.
 """
 
 from __future__ import annotations
 
-from pacsman.errors import JobStoreError
+from pacsman.errors import JobStoreConnectionLost, JobStoreError
 from pacsman.jobstore._backend import PostgresDatabase, redacted
 
 __all__ = ["connect_postgresql", "raise_for_server"]
@@ -19,6 +20,9 @@ __all__ = ["connect_postgresql", "raise_for_server"]
 _ABOUT_THE_SERVER = ("08", "53", "57", "58", "28", "3D")
 #: The user may not create or change the store's tables (PostgreSQL 15: no CREATE on public).
 _INSUFFICIENT_PRIVILEGE = "42501"
+#: The server ended the session: an administrator (pg_terminate_backend, or
+#: idle_in_transaction_session_timeout), a crash of another backend, or a shutdown.
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 
 
 def connect_postgresql(url: str) -> PostgresDatabase:
@@ -46,14 +50,21 @@ def raise_for_server(where: str, exc: Exception) -> None:
 
     state = getattr(exc, "sqlstate", None) or ""
     about_the_server = state[:2] in _ABOUT_THE_SERVER or state == _INSUFFICIENT_PRIVILEGE
-    if isinstance(exc, psycopg.OperationalError) or about_the_server:
+    operational = isinstance(exc, psycopg.OperationalError)
+    if operational and (not state or state[:2] == "08" or state in _SESSION_ENDED):
+        # psycopg gives no SQLSTATE for a connection that broke under it, nor for a server
+        # that refuses a new one: both are the connection, never the SQL.
+        raise _server_error(where, exc, JobStoreConnectionLost) from exc
+    if operational or about_the_server:
         raise _server_error(where, exc) from exc
 
 
-def _server_error(where: str, exc: Exception) -> JobStoreError:
+def _server_error(
+    where: str, exc: Exception, kind: type[JobStoreError] = JobStoreError
+) -> JobStoreError:
     primary = getattr(getattr(exc, "diag", None), "message_primary", None)  # no SQL echoed
     what = primary or " ".join(str(exc).split()) or type(exc).__name__
-    return JobStoreError(f"job store {where}: {what}; {_fix(what, getattr(exc, 'sqlstate', None))}")
+    return kind(f"job store {where}: {what}; {_fix(what, getattr(exc, 'sqlstate', None))}")
 
 
 #: Where a password goes: never the config, nor the URL.

@@ -8,9 +8,11 @@ transaction that picks OPEN studies, or CLAIMED ones whose lease expired, with
 each other) and ``BEGIN IMMEDIATE`` on SQLite.  The node that claims a study retrieves,
 verifies, de-identifies and pushes it: its files never leave that node's disk.
 
-A claim lasts ``lease_seconds`` on the database's clock; the node renews every lease it holds
-a few times per lease (:meth:`StudyClaims.renew_leases`).  A node killed, stopped or cut off
-stops renewing; once its leases have expired, another node takes its studies over with a new
+A claim lasts ``lease_seconds`` on the database's clock; the node renews the leases its job
+threads work on (:class:`LiveLeases`) a few times per lease (:meth:`StudyClaims.renew_leases`).
+A claim no thread works on (its thread ended before it could settle or give it back, or the
+claim's commit was lost with the connection) is left to expire.  A node killed, stopped or
+cut off stops renewing; once its leases have expired, another node takes its studies over with a new
 generation, and a study whose files were on the other node (``holder_node``) is retrieved
 again from the start, unless its session is already pushed.  The old node's writes carry its
 old generation and are refused (:class:`~pacsman.errors.LeaseLost`), so a node that comes
@@ -20,8 +22,8 @@ back after its lease expired cannot record or push what it lost.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -34,9 +36,33 @@ from pacsman.jobstore._schema import Lease, Run
 from pacsman.jobstore.jobs import CHANNEL
 from pacsman.models import ItemState
 
-__all__ = ["ClaimCounts", "StudyClaims", "StudyState"]
+__all__ = ["ClaimCounts", "LiveLeases", "StudyClaims", "StudyState"]
 
 _log = structlog.get_logger("pacsman.jobstore")
+
+
+class LiveLeases:
+    """The study leases (generations) this process's job threads work on now: the only
+    ones its lease loop renews."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generations: set[int] = set()
+
+    @contextmanager
+    def working_on(self, lease: Lease) -> Iterator[None]:
+        """While the block runs, ``lease`` is renewed."""
+        with self._lock:
+            self._generations.add(lease.generation)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._generations.discard(lease.generation)
+
+    def generations(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._generations)
 
 
 class StudyState(StrEnum):
@@ -179,20 +205,26 @@ class StudyClaims:
                     _transition(db, run.id, uid, f"taken over from {owner} by {node}")
         return Lease(node, generation, len(found))
 
-    def renew_leases(self, node: str, lease_seconds: float) -> set[int]:
-        """Extend every unexpired lease ``node`` holds, on jobs and studies; return the
-        generations of the study leases still held (one that expired is lost for good)."""
+    def renew_leases(
+        self, node: str, lease_seconds: float, *, generations: Collection[int]
+    ) -> set[int]:
+        """Extend every unexpired lease ``node`` holds on jobs, and on studies those of
+        ``generations`` (the ones its threads work on); return the generations of the study
+        leases still held (one that expired is lost for good)."""
         with self._tx() as db:
             db.execute(
                 f"UPDATE jobs SET lease_expires_at = {EPOCH_NOW} + ? WHERE owner_node = ? "
                 f"AND state = 'RUNNING' AND lease_expires_at > {EPOCH_NOW}",
                 (float(lease_seconds), node),
             )
+            if not generations:
+                return set()
+            marks = ",".join("?" * len(generations))
             held = db.execute(
                 f"UPDATE study_claims SET lease_expires_at = {EPOCH_NOW} + ? "
-                "WHERE owner_node = ? AND state = ? "
+                f"WHERE owner_node = ? AND state = ? AND generation IN ({marks}) "
                 f"AND lease_expires_at > {EPOCH_NOW} RETURNING generation",
-                (float(lease_seconds), node, StudyState.CLAIMED.value),
+                (float(lease_seconds), node, StudyState.CLAIMED.value, *sorted(generations)),
             ).fetchall()
         return {int(r[0]) for r in held}
 

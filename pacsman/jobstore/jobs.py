@@ -190,6 +190,9 @@ class JobQueue:
     def _tx(self) -> AbstractContextManager[Database]:
         raise NotImplementedError  # JobStore's
 
+    def _raise_for(self, exc: Exception) -> None:
+        raise NotImplementedError  # JobStore's
+
     # -- adding and reading ---------------------------------------------------------------
 
     def add_job(
@@ -465,7 +468,11 @@ class JobQueue:
         ``pacsman submit`` queued a job: SQLite's ``data_version`` (cheap, no disk read), or
         a PostgreSQL NOTIFY on the work channel (LISTEN, no polling of the database)."""
         with self._lock:
-            return self._db.changed_elsewhere(CHANNEL)
+            try:
+                return self._db.changed_elsewhere(CHANNEL)
+            except self._db.errors as exc:
+                self._raise_for(exc)
+                raise
 
     # -- service nodes ----------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ import structlog
 from pacsman.config import Config, PacsNode
 from pacsman.errors import InputError, LeaseLost
 from pacsman.jobstore import JobStore, Run
+from pacsman.jobstore.claims import LiveLeases
 from pacsman.layout import anonymized_series_directory, raw_series_directories
 from pacsman.log import HUMAN, bind_process, current_settings, demoted
 from pacsman.models import ItemState, QueryFile
@@ -159,6 +160,8 @@ class ServiceJob:
 
     job_id: int
     reception: Reception
+    #: The service's study leases its threads work on: the only ones its lease loop renews.
+    leases: LiveLeases
     on_run: Callable[[Run], None] = lambda run: None
     #: The head node working on it (``serve.node_name``) and how long its claims last.
     node: str = "pacsman"
@@ -356,6 +359,7 @@ def _work_job(
             )
             if background is not None:
                 background.sync()  # the batch de-identified and pushed: it can be settled
+                batches.raise_if_ended()
             return retrieved
 
         worked = work_by_study(
@@ -368,6 +372,7 @@ def _work_job(
             one_pass=one_pass,
             wants=(options.deidentify, options.push),
             takeover=job.takeover,
+            leases=job.leases,
         )
     return queried, worked + batches.worked, batches.adopted
 
@@ -407,6 +412,19 @@ class _BatchProcess:
         process = _deidentify_push(scoped, self._config, self._options, self._tracker)
         self._process = self._stack.enter_context(process)
         return self._process
+
+    def raise_if_ended(self) -> None:
+        """After a batch's sync: if the process ended meanwhile, raise why (a lease lost,
+        the job store's connection lost, an error) before the batch is settled.  Its
+        studies were not worked through, and must not be settled as failed for it.
+
+        Raises:
+            LeaseLost: the batch's lease no longer holds (nothing of it is settled).
+            JobStoreConnectionLost: the process lost the job store (the job waits again).
+            FatalError: the process stopped for another reason, named.
+        """
+        if self._process is not None and not self._process.alive():
+            self._close(None, None, None)
 
     def _close(
         self,

@@ -53,7 +53,7 @@ from typing import IO, TYPE_CHECKING, Any
 import structlog
 
 from pacsman.config import Config
-from pacsman.errors import FatalError, Halted, LeaseLost
+from pacsman.errors import FatalError, Halted, JobStoreConnectionLost, LeaseLost
 from pacsman.jobstore import Lease
 from pacsman.log import forward
 from pacsman.pipeline.nifti import NiftiOptions
@@ -220,6 +220,8 @@ class DeidentifyPushProcess:
         if status != 0 and exc is None:
             if "lease_lost" in self._report:
                 raise LeaseLost(str(self._report["lease_lost"]))
+            if "store_lost" in self._report:  # the service waits it out: not a failure
+                raise JobStoreConnectionLost(str(self._report["store_lost"]))
             reason = str(self._report.get("error", "")) or "its reason is logged above"
             raise FatalError(
                 f"the de-identify/push process stopped (exit {status}): {reason}; "

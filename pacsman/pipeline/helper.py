@@ -29,7 +29,14 @@ from typing import Any
 import structlog
 
 from pacsman.config import Config
-from pacsman.errors import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, LeaseLost, PacsmanError
+from pacsman.errors import (
+    EXIT_FATAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    JobStoreConnectionLost,
+    LeaseLost,
+    PacsmanError,
+)
 from pacsman.jobstore import JobStore, Lease, Run
 from pacsman.log import bind_process, configure_logging, demoted
 from pacsman.pipeline.anonymize import anonymize_complete
@@ -225,6 +232,10 @@ def _work() -> int:
     except LeaseLost as exc:
         counts.flush()
         _message({"report": {"lease_lost": str(exc)}})  # the run stops this batch
+        return EXIT_FATAL
+    except JobStoreConnectionLost as exc:
+        counts.flush()
+        _message({"report": {"store_lost": str(exc)}})  # the run raises it as such
         return EXIT_FATAL
     except PacsmanError as exc:
         counts.flush()

@@ -24,7 +24,7 @@ import structlog
 
 from pacsman.errors import LeaseLost
 from pacsman.jobstore import JobStore, Run
-from pacsman.jobstore.claims import ClaimCounts
+from pacsman.jobstore.claims import ClaimCounts, LiveLeases
 from pacsman.models import ItemState
 from pacsman.throttle import check_halt, current_ticket
 
@@ -61,12 +61,14 @@ def work_by_study(
     coordinator: bool,
     one_pass: Callable[[Run], int],
     wants: tuple[bool, str | None],
+    leases: LiveLeases,
     takeover: bool = False,
 ) -> int:
     """Claim, work through and settle batches of the job's studies; return items worked on.
 
     ``one_pass(run)`` works on the run seen through a lease; ``wants`` is (de-identify,
-    push target) to tell a study worked through from one that failed.  With ``takeover``,
+    push target) to tell a study worked through from one that failed.  Each batch's lease is
+    in ``leases`` while it is worked on (the node renews only those).  With ``takeover``,
     only studies whose lease expired are claimed (all of them at once), and the work ends
     when none is left: a dead node's studies need not wait for a batch to end.
 
@@ -92,7 +94,8 @@ def work_by_study(
                 expired_only=takeover,
             )
         if lease is not None:
-            worked += _one_batch(store, replace(run, lease=lease), one_pass, wants)
+            with leases.working_on(lease):
+                worked += _one_batch(store, replace(run, lease=lease), one_pass, wants)
             continue
         if not coordinator or takeover or counts.unsettled == 0:
             return worked

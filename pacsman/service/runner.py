@@ -5,7 +5,9 @@ under ``store_root/jobs/`` (0600; the folder 0700), and the job goes through
 :func:`pacsman.pipeline.run_job`: the same steps, checks and records as the one-shot
 command, with the service's one Storage SCP and its courtesy shared by every job.  How it
 ended becomes the job's state: DONE, FAILED (with the reason), or, when it was asked to
-stop, CANCELLED, PAUSED or (a drain) QUEUED again for the next start.
+stop, CANCELLED, PAUSED or (a drain) QUEUED again for the next start.  A job whose
+connection to the job store was lost (a PostgreSQL restart or fail-over) is QUEUED again
+too: it resumes from what the job store holds, on this node or another.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 import structlog
 
 from pacsman.config import Config
-from pacsman.errors import Halted, InputError, PacsmanError
+from pacsman.errors import Halted, InputError, JobStoreConnectionLost, PacsmanError
 from pacsman.jobstore import JobStore, Run
+from pacsman.jobstore.claims import LiveLeases
 from pacsman.jobstore.jobs import Job, JobState
 from pacsman.layout import private_directory
 from pacsman.pipeline import RunOptions, RunSummary, ServiceJob, run_job
@@ -50,6 +53,9 @@ class JobEnd:
     state: JobState
     detail: str
     summary: RunSummary | None = None
+    #: The job store's connection was lost: the job waits again (QUEUED), a bounded number
+    #: of times in a row (:data:`~pacsman.service.scheduler.STORE_LOSSES`).
+    store_lost: bool = False
 
 
 def job_folder(config: Config, job: Job) -> Path:
@@ -79,13 +85,14 @@ class JobThread:
         config: Config,
         reception: Reception,
         shared: SharedCourtesy,
+        leases: LiveLeases,
         on_end: Callable[[JobThread], None],
     ) -> None:
         """Start working on the job in a daemon thread; ``on_end`` is called when it ends."""
 
         def work() -> None:
             try:
-                self.end = self._work(store, config, reception, shared)
+                self.end = self._work(store, config, reception, shared, leases)
             finally:
                 on_end(self)
 
@@ -97,7 +104,12 @@ class JobThread:
         return self.thread is not None and self.thread.is_alive()
 
     def _work(
-        self, store: JobStore, config: Config, reception: Reception, shared: SharedCourtesy
+        self,
+        store: JobStore,
+        config: Config,
+        reception: Reception,
+        shared: SharedCourtesy,
+        leases: LiveLeases,
     ) -> JobEnd:
         job = self.job
         structlog.contextvars.bind_contextvars(job_id=job.id)
@@ -114,11 +126,16 @@ class JobThread:
                 coordinator=self.coordinator,
                 run_id=job.run_id,
                 takeover=self.takeover,
+                leases=leases,
             )
             with working_for(ticket):
                 summary = run_job(options, config, service_job)
         except Halted:
             return self._halted()
+        except JobStoreConnectionLost as exc:  # the node's connection, not the job's fault
+            _log.warning("job_store_connection_lost", job_id=job.id, problem=str(exc))
+            detail = f"{exc}; the job waits again and resumes from what the job store holds"
+            return JobEnd(JobState.QUEUED, detail, store_lost=True)
         except InputError as exc:
             return JobEnd(JobState.FAILED, f"bad input: {exc}")
         except PacsmanError as exc:

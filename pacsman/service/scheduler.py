@@ -12,6 +12,11 @@ half second or when woken (a submission, a request, a job that ended):
    draining; each runs in its own thread (:mod:`.runner`), sharing the PACS courtesy;
 6. keep the heartbeat and systemd's STATUS= line current.
 
+A PostgreSQL job store that goes away (a restart, a fail-over, a network cut) stops
+nothing for good: the loop tries again every few seconds, ``/ready`` says why it is not
+ready meanwhile, and a job whose thread lost its connection waits again (QUEUED) and
+resumes, up to :data:`STORE_LOSSES` times in a row before it fails with the reason.
+
 SIGTERM (or Ctrl-C) drains: STOPPING=1, no new claims, in-flight units and pushes may
 finish until ``serve.drain_timeout``, then every open association is aborted and the
 process exits 0; every series is left in a state the next start resumes.  A second
@@ -26,15 +31,17 @@ import itertools
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import structlog
 
 from pacsman.config import Config, load_config
-from pacsman.errors import EXIT_OK, ConfigError, PacsmanError
+from pacsman.errors import EXIT_OK, ConfigError, JobStoreConnectionLost, PacsmanError
 from pacsman.jobstore import JobStore
+from pacsman.jobstore.claims import LiveLeases
 from pacsman.jobstore.jobs import JobAction, JobState
 from pacsman.jobstore.slots import ClusterSlots
 from pacsman.layout import private_directory
@@ -66,8 +73,24 @@ BEAT = 5.0
 ECHO_EVERY = 60.0
 #: Seconds a drain's abort may take before the process exits anyway.
 ABORT_GRACE = 10.0
+#: Times in a row a job may lose the job store's connection (and wait again) before it fails.
+STORE_LOSSES = 5
+#: Seconds between two tries of a job store whose connection was lost.
+STORE_RETRY = 2.0
 #: Settings a SIGHUP cannot change: they need a restart.
 _RESTART_KEYS = ("local", "jobstore", "store_root", "serve.http", "serve.node_name")
+
+
+@dataclass
+class _Clock:
+    """When the loop last did each thing (:func:`time.monotonic`), and the drain's times."""
+
+    turn: float = 0.0
+    beat: float = 0.0
+    inbox: float = 0.0
+    watchdog: float = 0.0
+    deadline: float | None = None
+    abort_at: float | None = None
 
 
 def run_service(config: Config) -> int:
@@ -91,6 +114,8 @@ class Service:
         self._running: dict[int, JobThread] = {}
         self._numbers = itertools.count(1)
         self._shared = SharedCourtesy()
+        #: The study leases this node's job threads work on: the only ones it renews.
+        self.leases = LiveLeases()
         self._lock = threading.Lock()
         self._term_signals = 0
         self._reload_asked = False
@@ -104,6 +129,10 @@ class Service:
         #: Set when the service leaves: lease renewal ends.
         self._left = threading.Event()
         self._store: JobStore | None = None
+        #: Why the job store cannot be used now (its connection was lost), or None.
+        self._store_problem: str | None = None
+        #: Jobs by id: how many times in a row their thread lost the job store's connection.
+        self._store_losses: Counter[int] = Counter()
         self._inbox: Inbox | None = None
         self.metrics = ServiceMetrics(self)
         self.systemd = Notifier.from_environ()
@@ -131,12 +160,15 @@ class Service:
         return self._config.serve.node_name
 
     def readiness(self) -> Readiness:
-        checks = {"jobstore": self._store is not None, "storage_scp": self._scp_bound}
+        store_usable = self._store is not None and self._store_problem is None
+        checks = {"jobstore": store_usable, "storage_scp": self._scp_bound}
         found, problems = self.health.checks()
         checks.update(found)
+        if self._store_problem is not None:
+            problems.append(self._store_problem)
         if self._draining:
             problems.append("the service is stopping (drain): no new work is claimed")
-        claiming = not self._draining and self.health.disk_problem is None
+        claiming = store_usable and not self._draining and self.health.disk_problem is None
         return Readiness(checks=checks, problems=tuple(problems), claiming=claiming)
 
     def associations_in_use(self) -> Mapping[str, int]:
@@ -224,48 +256,55 @@ class Service:
         return HttpServer(app, http)
 
     def _loop(self) -> None:
-        last_beat = last_inbox = 0.0
+        clock = _Clock()
         watchdog = self.systemd.watchdog_interval()
-        last_watchdog = 0.0
-        deadline: float | None = None
-        abort_at: float | None = None
-        last_turn = 0.0
         while True:
             woken = self._wake.wait(GLANCE)
             self._wake.clear()
             now = time.monotonic()
-            if watchdog is not None and now - last_watchdog >= watchdog:
+            if watchdog is not None and now - clock.watchdog >= watchdog:
                 self.systemd.watchdog()
-                last_watchdog = now
-            # A full turn every TICK, or at once when woken or when another process (pacsman
-            # submit, a job's own connection) committed to the job store: a glance is cheap.
-            if not (woken or now - last_turn >= TICK or self.store.changed_elsewhere()):
+                clock.watchdog = now
+            if self._store_problem is not None and now - clock.turn < STORE_RETRY:
+                continue  # the job store was lost: try again every STORE_RETRY seconds
+            try:
+                # A full turn every TICK, or at once when woken or when another process
+                # (pacsman submit, a job's own connection) committed: a glance is cheap.
+                if not (woken or now - clock.turn >= TICK or self.store.changed_elsewhere()):
+                    continue
+                clock.turn = now
+                if self._turn(now, clock):
+                    return
+            except JobStoreConnectionLost as exc:
+                clock.turn = now
+                self._store_lost(exc)
                 continue
-            last_turn = now
-            if self._reload_asked:
-                self._reload_asked = False
-                self._reload()
-            self._settle_ended()
-            if self._term_signals and not self._draining:
-                deadline = self._start_drain(now)
-            if self._draining:
-                abort_at = self._drain_step(now, deadline, abort_at)
-                if abort_at is not None and (now >= abort_at or not self._running):
-                    return
-                if not self._running:
-                    return
-            else:
-                self._apply_requests()
-                if (
-                    self._inbox is not None
-                    and now - last_inbox >= self._config.serve.inbox_interval
-                ):
-                    self._scan_inbox()
-                    last_inbox = now
-                self._claim()
-            if now - last_beat >= BEAT:
-                self._beat()
-                last_beat = now
+            self._store_back()
+
+    def _turn(self, now: float, clock: _Clock) -> bool:
+        """One full turn of the loop; True when the service is to leave it (drained)."""
+        if self._reload_asked:
+            self._reload_asked = False
+            self._reload()
+        self._settle_ended()
+        if self._term_signals and not self._draining:
+            clock.deadline = self._start_drain(now)
+        if self._draining:
+            clock.abort_at = self._drain_step(now, clock.deadline, clock.abort_at)
+            if clock.abort_at is not None and now >= clock.abort_at:
+                return True
+            if not self._running:
+                return True
+        else:
+            self._apply_requests()
+            if self._inbox is not None and now - clock.inbox >= self._config.serve.inbox_interval:
+                self._scan_inbox()
+                clock.inbox = now
+            self._claim()
+        if now - clock.beat >= BEAT:
+            self._beat()
+            clock.beat = now
+        return False
 
     def _claim(self) -> None:
         """Claim QUEUED jobs (or jobs a dead node held); then join jobs other nodes run whose
@@ -308,7 +347,9 @@ class Service:
         thread.number = next(self._numbers)
         with self._lock:
             self._running[thread.number] = thread
-        thread.start(self.store, self._config, self.reception, self._shared, self._job_ended)
+        thread.start(
+            self.store, self._config, self.reception, self._shared, self.leases, self._job_ended
+        )
 
     def _job_ended(self, thread: JobThread) -> None:
         self._ended.put(thread)
@@ -327,7 +368,13 @@ class Service:
             if not thread.coordinator:  # the node that claimed the job settles it
                 _log.info("job_left", job_id=job.id, state=end.state.value, detail=end.detail)
                 continue
-            if not self.store.settle_job(job.id, end.state, end.detail, owner=self.node_name):
+            end = self._bounded(job.id, end)
+            try:
+                settled = self.store.settle_job(job.id, end.state, end.detail, owner=self.node_name)
+            except JobStoreConnectionLost:
+                self._ended.put(thread)  # settled at the next turn that reaches the store
+                raise
+            if not settled:
                 _log.warning("job_lost", job_id=job.id, detail="another node took it over")
                 continue
             _log.info(
@@ -339,6 +386,40 @@ class Service:
             )
             if end.state in (JobState.DONE, JobState.FAILED):
                 self._notify(thread, end)
+
+    def _bounded(self, job_id: int, end: JobEnd) -> JobEnd:
+        """``end``, or FAILED once the job has lost the job store's connection more than
+        :data:`STORE_LOSSES` times in a row (a server that drops it at the same step each
+        time would otherwise have it wait again for ever)."""
+        if not end.store_lost:
+            self._store_losses.pop(job_id, None)
+            return end
+        self._store_losses[job_id] += 1
+        losses = self._store_losses[job_id]
+        if losses <= STORE_LOSSES:
+            return end
+        self._store_losses.pop(job_id, None)
+        return JobEnd(
+            JobState.FAILED,
+            f"lost the job store's connection {losses} times in a row, the last: "
+            f"{end.detail.split('; the job waits again')[0]}; see the PostgreSQL server's log, "
+            "then resume the job (pacsman resume)",
+        )
+
+    def _store_lost(self, exc: JobStoreConnectionLost) -> None:
+        """The loop met a job store it cannot reach: said once, tried again later."""
+        if self._store_problem is None:
+            _log.warning(
+                "job_store_unreachable",
+                problem=str(exc),
+                **{HUMAN: f"{exc}; trying again every {STORE_RETRY:g} s, jobs go on"},
+            )
+        self._store_problem = f"the job store cannot be reached: {exc}"
+
+    def _store_back(self) -> None:
+        if self._store_problem is not None:
+            self._store_problem = None
+            _log.info("job_store_reachable", **{HUMAN: "the job store is reachable again"})
 
     def _notify(self, thread: JobThread, end: JobEnd) -> None:
         job = self.store.job(thread.job.id)
@@ -474,7 +555,9 @@ class Service:
         while not self._stopped.is_set() or self._running:
             lease = self._config.serve.lease_seconds
             try:
-                self.store.renew_leases(self.node_name, lease)
+                self.store.renew_leases(
+                    self.node_name, lease, generations=self.leases.generations()
+                )
             except PacsmanError as exc:
                 _log.warning("lease_renewal_failed", problem=str(exc))
             if self._left.wait(lease / 3):
