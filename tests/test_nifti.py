@@ -4,8 +4,10 @@ dcm2niix of the pinned wheel; geometry, slice count, SOP-class skips and the PHI
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -478,3 +480,24 @@ def test_dcm2niix_output_with_an_original_is_withheld(
         "series 2: dcm2niix exited with 1 (unspecified error): (its output is withheld: the "
         "leak check found an original patient name part in it)"
     )
+
+
+def test_old_scratch_folders_of_a_killed_process_are_swept(tmp_path: Path) -> None:
+    """A kill -9 mid-conversion leaves a hidden 0700 folder in <out>/nifti; the first
+    conversion of a later process removes those older than SCRATCH_AGE, and only those."""
+    from pacsman.nifti import _place
+
+    parent = private_directory(tmp_path / "nifti")
+    old = [private_directory(parent / f"{prefix}left") for prefix in (".convert-", ".stage-")]
+    (old[0] / "s.nii.gz").write_bytes(b"x")
+    fresh = private_directory(parent / ".convert-running")
+    subject = private_directory(parent / "SUBJ01")
+    long_ago = time.time() - _place.SCRATCH_AGE - 60
+    for folder in [*old, subject]:
+        os.utime(folder, (long_ago, long_ago))
+    _place._swept.discard(parent)
+    made = _place.scratch(tmp_path)
+    assert not any(folder.exists() for folder in old)
+    assert fresh.is_dir()
+    assert subject.is_dir()  # outputs are never swept, however old
+    assert made.parent == parent

@@ -6,6 +6,9 @@ destination, files 0600 and folders 0700, then one rename into place (or into qu
 <SeriesNumber>/`` (default quarantine: ``<out>/nifti-quarantine``) with ``reason.txt``.
 Converting a series again replaces its earlier outputs; an earlier quarantine copy is
 replaced only by a new CONVERTED or QUARANTINED outcome (it is evidence for a person).
+Temporary folders (``.convert-*``, ``.stage-*``) that a killed process left in
+``<out>/nifti`` are removed by the first conversion of a later process, once older than
+:data:`SCRATCH_AGE`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,6 +41,7 @@ __all__ = [
     "nifti_directory",
     "quarantine_directory",
     "scratch",
+    "scratch_parent",
     "write_json",
 ]
 
@@ -84,11 +89,38 @@ def quarantine_directory(
     return _series_path(root, subject, session, series_number)
 
 
+#: Seconds after which a temporary folder in ``<out>/nifti`` is taken as left by a killed
+#: process (a conversion is stopped after its timeout, 600 s by default).
+SCRATCH_AGE = 6 * 3600.0
+#: The folders of temporary files: one a conversion writes to, one of links to a series.
+_SCRATCH_PREFIXES = (".convert-", ".stage-")
+_swept: set[Path] = set()
+
+
 def scratch(out_root: Path) -> Path:
     """A new 0700 temporary folder under ``<out_root>/nifti`` (same file system as the
     destination, so the outputs move with one rename)."""
+    return Path(tempfile.mkdtemp(prefix=".convert-", dir=scratch_parent(out_root)))
+
+
+def scratch_parent(out_root: Path) -> Path:
+    """``<out_root>/nifti`` (made 0700), swept of old temporary folders once per process."""
     parent = private_directory(out_root / NIFTI_DIRECTORY)
-    return Path(tempfile.mkdtemp(prefix=".convert-", dir=parent))
+    if parent not in _swept:
+        _swept.add(parent)
+        _sweep(parent, time.time() - SCRATCH_AGE)
+    return parent
+
+
+def _sweep(parent: Path, before: float) -> None:
+    for entry in parent.iterdir():
+        if not entry.name.startswith(_SCRATCH_PREFIXES) or entry.is_symlink():
+            continue
+        try:
+            if entry.is_dir() and entry.stat().st_mtime < before:
+                shutil.rmtree(entry)
+        except OSError:  # another process's, or gone: the next process tries again
+            continue
 
 
 def write_json(path: Path, data: Mapping[str, object]) -> None:

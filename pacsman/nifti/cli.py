@@ -25,7 +25,7 @@ from pacsman.errors import EXIT_OK, InputError, ItemFailed
 from pacsman.nifti._bids import BidsPlacement, BidsSeries, write_bids
 from pacsman.nifti._bids_rules import BidsMapping, bids_mapping
 from pacsman.nifti._convert import convert_series
-from pacsman.nifti._place import NIFTI_DIRECTORY, QUARANTINE_DIRECTORY
+from pacsman.nifti._place import NIFTI_DIRECTORY, QUARANTINE_DIRECTORY, scratch_parent
 from pacsman.nifti._result import NiftiOutcome, NiftiResult
 from pacsman.nifti._walk import Series, find_series, raw_originals, stage
 
@@ -112,7 +112,7 @@ def nifti_main(argv: list[str]) -> int:
 def _convert(
     series: Series, out_dir: Path, originals: Originals | None, timeout: float
 ) -> NiftiResult:
-    folder = stage(series, out_dir / NIFTI_DIRECTORY)
+    folder = stage(series, scratch_parent(out_dir))
     try:
         return convert_series(
             folder,

@@ -32,7 +32,7 @@ from pacsman.push.targets import TargetKind
 from pacsman.service.submit import safe_folder_name
 from pacsman.throttle import Halt, SharedCourtesy, Ticket, working_for
 
-__all__ = ["JobEnd", "JobThread", "StopReason", "job_folder"]
+__all__ = ["JobEnd", "JobThread", "NodeShare", "StopReason", "job_folder"]
 
 _log = structlog.get_logger("pacsman.service")
 _TARGETS: dict[str, TargetKind] = {"xnat": "xnat", "dicom": "dicom", "folder": "folder"}
@@ -53,14 +53,27 @@ class JobEnd:
     state: JobState
     detail: str
     summary: RunSummary | None = None
-    #: The job store's connection was lost: the job waits again (QUEUED), a bounded number
-    #: of times in a row (:data:`~pacsman.service.scheduler.STORE_LOSSES`).
-    store_lost: bool = False
+    #: Why the job store's connection was lost ('' if it was not): the job waits again
+    #: (QUEUED), a bounded number of times (:data:`~pacsman.service.scheduler.STORE_LOSSES`).
+    store_lost: str = ""
 
 
 def job_folder(config: Config, job: Job) -> Path:
     """``store_root/jobs/00012-ct-cohort``: the job's query file and everything it retrieves."""
     return config.store_root / "jobs" / safe_folder_name(job)
+
+
+@dataclass(frozen=True)
+class NodeShare:
+    """What the node's job threads share: the scheduler's job store, the config (as of the
+    thread's start: a SIGHUP reloads it), the one Storage SCP's reception, the PACS courtesy
+    and the study leases the node renews."""
+
+    store: JobStore
+    config: Config
+    reception: Reception
+    shared: SharedCourtesy
+    leases: LiveLeases
 
 
 @dataclass
@@ -79,20 +92,12 @@ class JobThread:
     run_id: int | None = None
     thread: threading.Thread | None = None
 
-    def start(
-        self,
-        store: JobStore,
-        config: Config,
-        reception: Reception,
-        shared: SharedCourtesy,
-        leases: LiveLeases,
-        on_end: Callable[[JobThread], None],
-    ) -> None:
+    def start(self, node: NodeShare, on_end: Callable[[JobThread], None]) -> None:
         """Start working on the job in a daemon thread; ``on_end`` is called when it ends."""
 
         def work() -> None:
             try:
-                self.end = self._work(store, config, reception, shared, leases)
+                self.end = self._work(node)
             finally:
                 on_end(self)
 
@@ -103,30 +108,23 @@ class JobThread:
     def alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
-    def _work(
-        self,
-        store: JobStore,
-        config: Config,
-        reception: Reception,
-        shared: SharedCourtesy,
-        leases: LiveLeases,
-    ) -> JobEnd:
-        job = self.job
+    def _work(self, node: NodeShare) -> JobEnd:
+        job, store, config = self.job, node.store, node.config
         structlog.contextvars.bind_contextvars(job_id=job.id)
-        ticket = Ticket(job=str(job.id), priority=job.priority, halt=self.halt, shared=shared)
+        ticket = Ticket(job=str(job.id), priority=job.priority, halt=self.halt, shared=node.shared)
         _log.info("job_started", job_id=job.id, options=job.options.describe())
         try:
             options = _run_options(job, _write_queryfile(store, config, job))
             service_job = ServiceJob(
                 job.id,
-                reception,
+                node.reception,
                 on_run=self._on_run(store),
                 node=config.serve.node_name,
                 lease_seconds=config.serve.lease_seconds,
                 coordinator=self.coordinator,
                 run_id=job.run_id,
                 takeover=self.takeover,
-                leases=leases,
+                leases=node.leases,
             )
             with working_for(ticket):
                 summary = run_job(options, config, service_job)
@@ -135,7 +133,7 @@ class JobThread:
         except JobStoreConnectionLost as exc:  # the node's connection, not the job's fault
             _log.warning("job_store_connection_lost", job_id=job.id, problem=str(exc))
             detail = f"{exc}; the job waits again and resumes from what the job store holds"
-            return JobEnd(JobState.QUEUED, detail, store_lost=True)
+            return JobEnd(JobState.QUEUED, detail, store_lost=str(exc))
         except InputError as exc:
             return JobEnd(JobState.FAILED, f"bad input: {exc}")
         except PacsmanError as exc:

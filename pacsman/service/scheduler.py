@@ -15,7 +15,8 @@ half second or when woken (a submission, a request, a job that ended):
 A PostgreSQL job store that goes away (a restart, a fail-over, a network cut) stops
 nothing for good: the loop tries again every few seconds, ``/ready`` says why it is not
 ready meanwhile, and a job whose thread lost its connection waits again (QUEUED) and
-resumes, up to :data:`STORE_LOSSES` times in a row before it fails with the reason.
+resumes; one that loses it more than :data:`STORE_LOSSES` times within
+:data:`STORE_LOSS_WINDOW` seconds fails with the reason.
 
 SIGTERM (or Ctrl-C) drains: STOPPING=1, no new claims, in-flight units and pushes may
 finish until ``serve.drain_timeout``, then every open association is aborted and the
@@ -31,7 +32,6 @@ import itertools
 import queue
 import threading
 import time
-from collections import Counter
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -54,7 +54,7 @@ from pacsman.service.http import HttpServer, load_token, make_app
 from pacsman.service.inbox import Inbox
 from pacsman.service.metrics import ServiceMetrics
 from pacsman.service.notify import JobNotifier, JobSummary
-from pacsman.service.runner import JobEnd, JobThread, StopReason
+from pacsman.service.runner import JobEnd, JobThread, NodeShare, StopReason
 from pacsman.service.state import Readiness
 from pacsman.service.systemd import Notifier
 from pacsman.throttle import SharedCourtesy
@@ -73,8 +73,10 @@ BEAT = 5.0
 ECHO_EVERY = 60.0
 #: Seconds a drain's abort may take before the process exits anyway.
 ABORT_GRACE = 10.0
-#: Times in a row a job may lose the job store's connection (and wait again) before it fails.
+#: Times a job may lose the job store's connection (and wait again) within STORE_LOSS_WINDOW
+#: seconds before it fails: a long job that meets a restart now and then never does.
 STORE_LOSSES = 5
+STORE_LOSS_WINDOW = 600.0
 #: Seconds between two tries of a job store whose connection was lost.
 STORE_RETRY = 2.0
 #: Settings a SIGHUP cannot change: they need a restart.
@@ -131,8 +133,8 @@ class Service:
         self._store: JobStore | None = None
         #: Why the job store cannot be used now (its connection was lost), or None.
         self._store_problem: str | None = None
-        #: Jobs by id: how many times in a row their thread lost the job store's connection.
-        self._store_losses: Counter[int] = Counter()
+        #: Jobs by id: when their thread lost the job store's connection (time.monotonic).
+        self._store_losses: dict[int, list[float]] = {}
         self._inbox: Inbox | None = None
         self.metrics = ServiceMetrics(self)
         self.systemd = Notifier.from_environ()
@@ -347,9 +349,8 @@ class Service:
         thread.number = next(self._numbers)
         with self._lock:
             self._running[thread.number] = thread
-        thread.start(
-            self.store, self._config, self.reception, self._shared, self.leases, self._job_ended
-        )
+        share = NodeShare(self.store, self._config, self.reception, self._shared, self.leases)
+        thread.start(share, self._job_ended)
 
     def _job_ended(self, thread: JobThread) -> None:
         self._ended.put(thread)
@@ -389,21 +390,23 @@ class Service:
 
     def _bounded(self, job_id: int, end: JobEnd) -> JobEnd:
         """``end``, or FAILED once the job has lost the job store's connection more than
-        :data:`STORE_LOSSES` times in a row (a server that drops it at the same step each
-        time would otherwise have it wait again for ever)."""
+        :data:`STORE_LOSSES` times within :data:`STORE_LOSS_WINDOW` seconds (a server that
+        drops it at the same step each time would otherwise have it wait again for ever)."""
         if not end.store_lost:
             self._store_losses.pop(job_id, None)
             return end
-        self._store_losses[job_id] += 1
-        losses = self._store_losses[job_id]
-        if losses <= STORE_LOSSES:
+        now = time.monotonic()
+        losses = [t for t in self._store_losses.get(job_id, []) if now - t < STORE_LOSS_WINDOW]
+        losses.append(now)
+        self._store_losses[job_id] = losses
+        if len(losses) <= STORE_LOSSES:
             return end
-        self._store_losses.pop(job_id, None)
+        del self._store_losses[job_id]
         return JobEnd(
             JobState.FAILED,
-            f"lost the job store's connection {losses} times in a row, the last: "
-            f"{end.detail.split('; the job waits again')[0]}; see the PostgreSQL server's log, "
-            "then resume the job (pacsman resume)",
+            f"lost the job store's connection {len(losses)} times in "
+            f"{now - losses[0]:.0f} s, the last: {end.store_lost}; see the PostgreSQL server's "
+            "log, then queue the job again (pacsman retry-failed)",
         )
 
     def _store_lost(self, exc: JobStoreConnectionLost) -> None:
