@@ -568,6 +568,36 @@ def test_status_of_a_running_dqr_run_lists_what_is_in_flight() -> None:
     assert 4 == status.exit_code
 
 
+def test_status_of_an_interrupted_dqr_run_lists_what_its_resume_takes_up() -> None:
+    """kill -9 left a study ISSUED and one not yet asked for: they are listed as unfinished,
+    not as needing attention (the same command takes them up); only what failed is."""
+    now = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+    query = RowQuery(2, "p", {"AccessionNumber": "A1"}, "S1", "E1", ItemState.QUERIED, "", "")
+    issued = DqrStudyRecord(
+        DqrStudy(2, "1.2.3", "S1", "E1"), DqrState.ISSUED, request_id=12, attempts=1
+    )
+    pending = DqrStudyRecord(DqrStudy(3, "1.2.4", "S2", "E2"), DqrState.PENDING)
+    failed = DqrStudyRecord(
+        DqrStudy(4, "1.2.5", "S3", "E3"), DqrState.FAILED, attempts=3, detail="gave up"
+    )
+    rows = tuple(
+        DqrRow(replace(query, line=study.study.line), (study,))
+        for study in (issued, pending, failed)
+    )
+    status = DqrRunStatus(
+        record=RunRecord(1, "q.csv", "2026-12-06T09:00:00+00:00"),
+        activity=Activity(RunActivity.INTERRUPTED, "process 1 on vm is gone"),
+        rows=rows,
+        now=now,
+        resume="pacsman dqr --queryfile q.csv",
+    )
+    lines = dqr_status_lines(status)
+    assert "unfinished when it stopped: 2 study(ies)" in lines
+    assert [(4, "FAILED: gave up")] == status.attention
+    assert "attention so far: 1 row(s)" in lines
+    assert 1 == status.exit_code
+
+
 def test_a_bad_query_file_exits_2_and_sends_nothing(
     tmp_path: Path,
     demo_orthanc: OrthancServer,

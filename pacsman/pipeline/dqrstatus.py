@@ -84,9 +84,16 @@ class DqrRunStatus:
         return [study for row in self.rows for study in row.studies]
 
     @property
+    def settled(self) -> bool:
+        """Whether the run ended for good: what it did not do is left undone (a run that is
+        working, or was interrupted or stopped, resumes what is pending)."""
+        return self.activity.state in (RunActivity.FINISHED, RunActivity.UNKNOWN)
+
+    @property
     def attention(self) -> list[tuple[int, str]]:
-        """(line, reason) of the rows that need attention (while running: what failed)."""
-        settled = not self.activity.running
+        """(line, reason) of the rows that need attention (before the run is settled: what
+        failed)."""
+        settled = self.settled
         found = [(row.query.line, "; ".join(row.reasons(settled=settled))) for row in self.rows]
         return [(line, reason) for line, reason in found if reason]
 
@@ -100,7 +107,7 @@ class DqrRunStatus:
 
     def as_run_status(self) -> RunStatus:
         """The same run as the pipeline's :class:`RunStatus` (for ``pacsman runs``)."""
-        settled = not self.activity.running
+        settled = self.settled
         views = [
             RowView(row.query, RowOutcome(), "", "", "", row.reasons(settled=settled))
             for row in self.rows
@@ -143,12 +150,14 @@ def _row_counts(rows: Sequence[DqrRow]) -> str:
 
 
 def _in_flight_lines(status: DqrRunStatus) -> list[str]:
-    """Studies at XNAT now (or waiting for their next attempt), oldest status first."""
+    """Studies at XNAT now (or waiting for their next attempt), oldest status first; for a
+    run that was interrupted or stopped, those its resume takes up."""
     moving = [s for s in status.studies if s.in_flight or s.state is DqrState.PENDING]
-    if not moving or not status.activity.running:
+    if not moving or status.settled:
         return []
     now = status.now.timestamp()
-    lines = [f"in flight: {len(moving)} study(ies)"]
+    heading = "in flight" if status.activity.running else "unfinished when it stopped"
+    lines = [f"{heading}: {len(moving)} study(ies)"]
     for study in sorted(moving, key=lambda s: s.status_since or now)[:_SHOWN]:
         since = f" for {_duration(now - study.status_since)}" if study.status_since else ""
         request = f" request {study.request_id}" if study.request_id is not None else ""
@@ -172,7 +181,7 @@ def dqr_status_lines(status: DqrRunStatus) -> list[str]:
     lines += _in_flight_lines(status)
     attention = status.attention
     if attention:
-        so_far = " so far" if status.activity.running else ""
+        so_far = "" if status.settled else " so far"
         lines.append(f"attention{so_far}: {len(attention)} row(s)")
         lines += [f"  line {line}: {reason}" for line, reason in attention[:_SHOWN]]
         if len(attention) > _SHOWN:
