@@ -34,12 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from push_e2e import children_cpu, emulator_process  # benchmarks/push_e2e.py
+from push_e2e import children_cpu, emulator_process, write_config  # benchmarks/push_e2e.py
 from retrieve_command import _events, _when  # benchmarks/retrieve_command.py
 from retrieve_throughput import Cohort, _load, _thirty_studies  # benchmarks/retrieve_throughput.py
 from service import bytecode_cache, run_script, sigterm_as_interrupt  # benchmarks/service.py
 
-from pacsman.testing.net import free_port
 from pacsman.testing.orthanc import OrthancServer
 
 RUN_TIMEOUT = 1800.0  # seconds: any one run
@@ -48,15 +47,6 @@ LINES = {
     "push": "pacsman --save --anonymize --push xnat",
     "nifti": "pacsman --save --anonymize --push xnat --nifti",
 }
-CONFIG = """\
-local: {{ae_title: PACSMAN, bind_host: 127.0.0.1, port: {local_port}}}
-pacs:
-  bench: {{host: 127.0.0.1, port: {port}, called_ae_title: {aet}}}
-store_root: {work}/data
-jobstore: {work}/jobs.sqlite
-xnat: {{url: "{url}", project: BENCH}}
-log: {{level: info}}
-"""
 
 
 @dataclass
@@ -105,20 +95,7 @@ def run_once(
     work.mkdir(parents=True)
     emulator, url = emulator_process(work / "xnat")
     try:
-        local_port = free_port()
-        orthanc.add_modality("pacsman", "PACSMAN", "127.0.0.1", local_port)
-        config = work / "pacsman.yaml"
-        config.write_text(
-            CONFIG.format(
-                local_port=local_port,
-                port=orthanc.dicom_port,
-                aet=orthanc.ae_title,
-                work=work,
-                url=url,
-            )
-        )
-        env = {**os.environ, "XNAT_USER": "bench", "XNAT_PASS": "bench"}
-        env["XDG_CONFIG_HOME"] = str(work / "state")
+        config, env = write_config(work, orthanc, url, extra="log: {level: info}\n")
         command = [*_pacsman(), "-q", str(queryfile), "--save", "--anonymize", "--push", "xnat"]
         command += ["--config", str(config), *(["--nifti"] if nifti else [])]
         cpu_before = children_cpu()

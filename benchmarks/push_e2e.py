@@ -46,6 +46,23 @@ def emulator_process(data: Path) -> tuple[subprocess.Popen[str], str]:
     return process, process.stdout.readline().strip()
 
 
+def write_config(
+    work: Path, orthanc: OrthancServer, url: str, *, extra: str = ""
+) -> tuple[Path, dict[str, str]]:
+    """The benchmark's config in ``work`` (Orthanc told of pacsman's Storage SCP, the
+    emulator at ``url``; ``extra`` YAML appended) and the environment to run pacsman in."""
+    local_port = free_port()
+    orthanc.add_modality("pacsman", "PACSMAN", "127.0.0.1", local_port)
+    config = work / "pacsman.yaml"
+    text = CONFIG.format(
+        local_port=local_port, port=orthanc.dicom_port, aet=orthanc.ae_title, work=work, url=url
+    )
+    config.write_text(text + extra)
+    env = {**os.environ, "XNAT_USER": "bench", "XNAT_PASS": "bench"}
+    env["XDG_CONFIG_HOME"] = str(work / "state")
+    return config, env
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -57,20 +74,7 @@ def _run(work: Path, orthanc: OrthancServer, queryfile: Path, *, push: bool) -> 
     cpu_before = children_cpu()
     process, url = emulator_process(work / "xnat")
     try:
-        config = work / "pacsman.yaml"
-        local_port = free_port()
-        orthanc.add_modality("pacsman", "PACSMAN", "127.0.0.1", local_port)
-        config.write_text(
-            CONFIG.format(
-                local_port=local_port,
-                port=orthanc.dicom_port,
-                aet=orthanc.ae_title,
-                work=work,
-                url=url,
-            )
-        )
-        env = {**os.environ, "XNAT_USER": "bench", "XNAT_PASS": "bench"}
-        env["XDG_CONFIG_HOME"] = str(work / "state")
+        config, env = write_config(work, orthanc, url)
         command = ["pacsman", "-q", str(queryfile), "--save", "--config", str(config)]
         command += ["--push"] if push else []
         start = time.perf_counter()
