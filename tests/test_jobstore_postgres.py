@@ -100,7 +100,8 @@ def _scenario(store: JobStore, tmp_path: Path) -> list[tuple[str, Any]]:
         raw=[(p, tmp_path / "raw" / p.series_instance_uid) for p in places],
         anonymized=[(places[0], tmp_path / "anon")],
     )
-    out.append(("recorded_elsewhere", store.recorded_elsewhere(run, [(places[0], tmp_path)])))
+    raw0 = tmp_path / "raw" / places[0].series_instance_uid
+    out.append(("placed_before", store.placed_before([(places[0], raw0), (places[1], raw0)])))
     for n, series in enumerate(store.series_for_retrieve(run)):
         state = ItemState.FAILED if n == 3 else ItemState.COMPLETE
         store.update_series(run, series, state, received=n, reported=(n, 0), new_pass=True)

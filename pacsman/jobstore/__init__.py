@@ -642,8 +642,9 @@ class JobStore(OperatorViews, JobQueue, StudyClaims, MetricsViews, ClusterViews)
             for r in rows
         ]
 
-    def recorded_elsewhere(self, run: Run, placed: Sequence[tuple[SeriesPlace, Path]]) -> set[str]:
-        """The SeriesInstanceUIDs of ``placed`` that another run records in the same folder.
+    def placed_before(self, placed: Sequence[tuple[SeriesPlace, Path]]) -> set[str]:
+        """The SeriesInstanceUIDs of ``placed`` that a run of this job store recorded in the
+        same folder before: another run, or this one before a takeover cleared it.
 
         Files found there were put there by a run this job store knows, not by something
         it lost.
@@ -651,9 +652,9 @@ class JobStore(OperatorViews, JobQueue, StudyClaims, MetricsViews, ClusterViews)
         known = set()
         for series, directory in placed:
             found = self._read(
-                "SELECT 1 FROM series WHERE series_instance_uid = ? AND pacs = ? "
-                "AND run_id != ? AND raw_directory = ? LIMIT 1",
-                (series.series_instance_uid, series.pacs, run.id, str(directory)),
+                "SELECT 1 FROM series_folders WHERE series_instance_uid = ? AND pacs = ? "
+                "AND directory = ? LIMIT 1",
+                (series.series_instance_uid, series.pacs, str(directory)),
             )
             if found:
                 known.add(series.series_instance_uid)
@@ -766,6 +767,12 @@ class JobStore(OperatorViews, JobQueue, StudyClaims, MetricsViews, ClusterViews)
                         "WHERE run_id = ? AND pacs = ? AND series_instance_uid = ?",
                         (str(directory), run.id, series.pacs, series.series_instance_uid),
                     )
+            for series, directory in raw:
+                db.execute(
+                    "INSERT OR IGNORE INTO series_folders(run_id, pacs, series_instance_uid, "
+                    "directory) VALUES (?,?,?,?)",
+                    (run.id, series.pacs, series.series_instance_uid, str(directory)),
+                )
 
     def update_series(
         self,

@@ -25,6 +25,9 @@ seconds, the database's clock) under lease ``generation``, or settled DONE or FA
 first query-file line that selected it (claims follow query-file order, by index).  ``jobs``
 gains the lease of the node that coordinates the job and ``studies_open`` (its studies may be
 claimed).
+
+Since version 11, ``series_folders`` keeps every folder a run recorded for each series, even
+after a takeover cleared ``series.raw_directory``: files there are the run's own.
 """
 
 from __future__ import annotations
@@ -264,6 +267,24 @@ _VERSION_10_NIFTI: tuple[str, ...] = (
     "ALTER TABLE series ADD COLUMN nifti_push_detail TEXT NOT NULL DEFAULT ''",
 )
 
+#: Version 11: every folder a series was ever received in, for the run that put it there.
+#: A study taken over by another head node gets its ``raw_directory`` cleared (it is
+#: retrieved again there); when a node later takes it back, the files its earlier attempt
+#: left in its own folder are the run's, not files the job store lost.  Filled from
+#: ``series.raw_directory`` for stores recorded before.
+_VERSION_11 = (
+    """CREATE TABLE IF NOT EXISTS series_folders (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    pacs TEXT NOT NULL,
+    series_instance_uid TEXT NOT NULL,
+    directory TEXT NOT NULL,
+    PRIMARY KEY (run_id, pacs, series_instance_uid, directory)
+)""",
+    "INSERT INTO series_folders(run_id, pacs, series_instance_uid, directory) "
+    "SELECT run_id, pacs, series_instance_uid, raw_directory FROM series "
+    "WHERE raw_directory != ''",
+)
+
 #: Every schema change, oldest first.  Append only: a released migration never changes.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, query rows, studies, series and the transition log", _VERSION_1),
@@ -274,6 +295,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "jobs (the service's queue), their transitions, and service nodes", _VERSION_8),
     Migration(9, "leases: jobs and studies claimed by head nodes, with generations", _VERSION_9),
     Migration(10, "XNAT DQR studies; NIfTI conversions", _VERSION_10_DQR + _VERSION_10_NIFTI),
+    Migration(11, "every folder each series was received in", _VERSION_11),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -2,9 +2,10 @@
 
 When a series is about to get its folder recorded and that folder already holds files:
 
-* another run of this job store recorded the same folder for the same series: the files
-  are known, and the series is recorded COMPLETE at once when their count equals this run's
-  C-FIND count (else it is retrieved, keeping the files already there);
+* a run of this job store recorded the same folder for the same series before (another
+  run, or this one before another head node took the study over): the files are known, and
+  the series is recorded COMPLETE at once when their count equals this run's C-FIND count
+  (else it is retrieved, keeping the files already there);
 * no run did (the job store was lost, emptied or replaced): the run stops before any C-MOVE
   and names the folders, unless ``--adopt-existing`` (adopt those whose count equals C-FIND,
   retrieve the rest) or ``--new-run`` (retrieve them all again, on purpose) is given.
@@ -53,7 +54,7 @@ def settle_series_on_disk(
     ]
     if not found:
         return 0
-    known = store.recorded_elsewhere(run, [(series, folder) for series, folder, _ in found])
+    known = store.placed_before([(series, folder) for series, folder, _ in found])
     unknown = [f for f in found if f[0].series_instance_uid not in known]
     if unknown and not (adopt or new_run):
         raise InputError(_refusal(store.where, unknown))
