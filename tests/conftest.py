@@ -6,6 +6,7 @@ A missing Orthanc or DCMTK skips the tests that need it, with the reason, except
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from pacsman.testing.orthanc import ORTHANC_BINARY, OrthancServer, orthanc_avail
 from pacsman.testing.postgres import POSTGRES_ROOT, PostgresServer, postgres_available
 from pacsman.testing.synthetic import DEMO_STUDIES, StudySpec, iter_datasets
 
+_DATABASES = itertools.count(1)
 _ORTHANC_FIXTURES = {"orthanc", "demo_orthanc", "make_orthanc"}
 _DCMTK_FIXTURES = {"dcmtk_bin", "store_scp"}
 
@@ -44,6 +46,24 @@ def postgres() -> Iterator[PostgresServer]:
     )
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """A new, empty database of the test PostgreSQL: its URL (no password: the test server
+    trusts local logins)."""
+    name = f"test_{next(_DATABASES)}"
+    postgres.create_database(name)
+    return postgres.dsn(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """A new job store on each backend: a SQLite file, or a new PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return tmp_path / "jobs.sqlite"
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 def _require_orthanc() -> None:

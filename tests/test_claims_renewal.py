@@ -10,30 +10,15 @@ held for ever, and the job's coordinator waited for them for ever.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
-
-import pytest
 
 from pacsman.jobstore import JobStore
 from pacsman.jobstore.claims import LiveLeases, StudyState
 from pacsman.jobstore.jobs import JobOptions
 from pacsman.models import QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
-from pacsman.testing.postgres import PostgresServer
 
 PACS = "orthanc"
 UIDS = ("1.2.826.0.1.8881", "1.2.826.0.1.8882")
-_NAMES = itertools.count(1)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    if request.param == "sqlite":
-        return tmp_path / "jobs.sqlite"
-    server: PostgresServer = request.getfixturevalue("postgres")
-    name = f"renewal_{next(_NAMES)}"
-    server.create_database(name)
-    return server.dsn(name)
 
 
 def _study(uid: str) -> StudyMatch:
@@ -41,11 +26,11 @@ def _study(uid: str) -> StudyMatch:
     return StudyMatch(uid, patient_id="PID", study_date="20240101", series=series)
 
 
-def test_only_the_leases_worked_on_are_renewed(location: Path | str, tmp_path: Path) -> None:
+def test_only_the_leases_worked_on_are_renewed(store_location: Path | str, tmp_path: Path) -> None:
     """Two claims of one node, 5 s each; a thread works on the first only.  Renewing for
     300 s extends the first; the second keeps its 5 s and expires, to be taken over."""
     leases = LiveLeases()
-    with JobStore(location) as store:
+    with JobStore(store_location) as store:
         rows = tuple(QueryRow(line=n + 2, keys={"StudyInstanceUID": u}) for n, u in enumerate(UIDS))
         queryfile = QueryFile(path=tmp_path / "q.csv", sha256="b" * 64, rows=rows)
         run = store.open_run(queryfile, "c" * 64)

@@ -10,7 +10,6 @@ within a bound: tiny intervals and staleness timers come from the config.
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -456,27 +455,14 @@ def test_backoff_doubles_up_to_backoff_max() -> None:
 
 # -- the job store's dqr tables, on both backends ---------------------------------------------
 
-_DATABASES = itertools.count(1)
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    """A new job store: a SQLite file, or a new database of the test PostgreSQL."""
-    if request.param == "sqlite":
-        return tmp_path / "jobs.sqlite"
-    postgres = request.getfixturevalue("postgres")
-    name = f"dqr_{next(_DATABASES)}"
-    postgres.create_database(name)
-    return str(postgres.dsn(name))
-
-
-def test_ledger_records_runs_studies_and_lines_on_both_backends(location: Path | str) -> None:
+def test_ledger_records_runs_studies_and_lines_on_both_backends(store_location: Path | str) -> None:
     """A dqr run is found again (never the pipeline's run of the same file), its studies keep
     their state, a renumbered row takes its study along, --new-run retires it."""
     rows = (QueryRow(2, {"AccessionNumber": "A1"}), QueryRow(3, {"AccessionNumber": "A2"}))
     queryfile = QueryFile(Path("q.csv"), "sha", rows)
     study = DqrStudy(3, "1.2.3", "S1", "E1", expected=(), counts_verified=False)
-    with JobStore(location) as store:
+    with JobStore(store_location) as store:
         ledger = DqrLedger(store)
         pipeline_run = store.open_run(queryfile, "cfg", default_pacs="p")
         run = ledger.open_run(queryfile, "cfg", default_pacs="p", new_run=False)

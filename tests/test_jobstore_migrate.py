@@ -12,7 +12,6 @@ second copy into the same database is refused, and a wrong URL gets the clear er
 from __future__ import annotations
 
 import hashlib
-import itertools
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -35,16 +34,8 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed; pip i
 
 pytestmark = pytest.mark.postgres
 
-_NAMES = itertools.count(1)
 _AGE = re.compile(r'("heartbeat_age":|heartbeat) [0-9.]+')
 QUERY = "PatientID,Subject,Session\nMIG0,S0,E0\nMIG1,S1,E1\nNOPE,S9,E9\n"
-
-
-@pytest.fixture
-def pg_url(postgres: PostgresServer) -> str:
-    name = f"migrate_{next(_NAMES)}"
-    postgres.create_database(name)
-    return postgres.dsn(name)
 
 
 def _specs() -> list[StudySpec]:

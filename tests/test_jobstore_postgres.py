@@ -43,23 +43,6 @@ _NAMES = itertools.count(1)
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00")
 
 
-@pytest.fixture
-def pg_url(postgres: PostgresServer) -> str:
-    """A new, empty database: its URL (no password: the test server trusts local logins)."""
-    name = f"store_{next(_NAMES)}"
-    postgres.create_database(name)
-    return postgres.dsn(name)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    """A new job store on each backend: a SQLite file, or a PostgreSQL URL."""
-    if request.param == "sqlite":
-        return tmp_path / "jobs.sqlite"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 # -- one scenario, both backends, the same answers ---------------------------------------------
 
 
@@ -217,23 +200,25 @@ def test_read_only_views_of_a_postgresql_store(pg_url: str, tmp_path: Path) -> N
 
 
 def test_same_queryfile_and_config_resume_the_same_run(
-    location: Path | str, tmp_path: Path
+    store_location: Path | str, tmp_path: Path
 ) -> None:
     """A run is (query file hash, config hash): the same pair is found again."""
-    with JobStore(location) as store:
+    with JobStore(store_location) as store:
         first = store.open_run(_queryfile(tmp_path), "c" * 64)
-    with JobStore(location) as store:
+    with JobStore(store_location) as store:
         again = store.open_run(_queryfile(tmp_path), "c" * 64)
         other = store.open_run(_queryfile(tmp_path), "d" * 64)
     assert (first.resumed, again.resumed, other.resumed) == (False, True, False)
     assert first.id == again.id != other.id
 
 
-def test_series_is_claimed_by_the_first_row_only(location: Path | str, tmp_path: Path) -> None:
+def test_series_is_claimed_by_the_first_row_only(
+    store_location: Path | str, tmp_path: Path
+) -> None:
     """A series two rows select belongs to the first; the second row reports the duplicate."""
     queryfile = _queryfile(tmp_path)
     rows = queryfile.rows
-    with JobStore(location) as store:
+    with JobStore(store_location) as store:
         run = store.open_run(queryfile, "c" * 64)
         store.add_rows(run, [(row, "pacs") for row in rows])
         first = store.record_query(run, RowResult(rows[0], "pacs", (_study("1.2.3", "1.1"),)))
@@ -250,10 +235,10 @@ def test_series_is_claimed_by_the_first_row_only(location: Path | str, tmp_path:
     assert records[-1].row_detail == "every matching series is already selected by line 2"
 
 
-def test_reordered_rows_keep_their_state(location: Path | str, tmp_path: Path) -> None:
+def test_reordered_rows_keep_their_state(store_location: Path | str, tmp_path: Path) -> None:
     """Rows are found by their values: re-ordered, each keeps its state under its new line."""
     queryfile = _queryfile(tmp_path)
-    with JobStore(location) as store:
+    with JobStore(store_location) as store:
         run = store.open_run(queryfile, "c" * 64)
         store.add_rows(run, [(row, "pacs") for row in queryfile.rows])
         store.fail_row(run, 4, "no such patient")

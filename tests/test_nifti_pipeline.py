@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import itertools
 import json
 import os
 import sqlite3
@@ -48,7 +47,6 @@ from pacsman.push.nifti import NiftiUpload, push_nifti
 from pacsman.push.xnat import XnatTarget
 from pacsman.testing.net import free_port, wait_for
 from pacsman.testing.orthanc import OrthancServer
-from pacsman.testing.postgres import PostgresServer
 from pacsman.testing.synthetic import SeriesSpec, StudySpec, document_series, iter_datasets
 from pacsman.testing.xnat_emulator import XnatEmulator
 from tests.helpers import kill_process_group, write_config, write_queryfile
@@ -399,22 +397,9 @@ def test_the_command_that_resumes_a_run_keeps_nifti_and_bids() -> None:
 
 # -- the job store's NIfTI records, on both backends -------------------------------------------
 
-_DATABASES = itertools.count(1)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    """A new job store on each backend: a SQLite file, or a PostgreSQL URL."""
-    if request.param == "sqlite":
-        return tmp_path / "jobs.sqlite"
-    server: PostgresServer = request.getfixturevalue("postgres")
-    name = f"nifti_{next(_DATABASES)}"
-    server.create_database(name)
-    return server.dsn(name)
-
 
 def test_nifti_records_settle_converted_and_skipped_and_wait_for_the_dicom_push(
-    location: Path | str, tmp_path: Path
+    store_location: Path | str, tmp_path: Path
 ) -> None:
     """Converted and skipped series are settled, a failed one is tried again; a converted
     series is ready for its upload only once its session's DICOM push is DONE; counts,
@@ -427,7 +412,7 @@ def test_nifti_records_settle_converted_and_skipped_and_wait_for_the_dicom_push(
         )
         for n in (1, 2, 3)
     )
-    with JobStore(location) as store:
+    with JobStore(store_location) as store:
         run = store.open_run(queryfile, "c" * 64, default_pacs="main")
         store.add_rows(run, [(rows[0], "main")])
         store.record_query(

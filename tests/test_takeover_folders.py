@@ -10,7 +10,6 @@ job store does not know (the failure CI met in test_cluster's sessions-ended tes
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,23 +20,11 @@ from pacsman.jobstore.jobs import JobOptions
 from pacsman.layout import raw_series_directories
 from pacsman.models import ItemState, QueryFile, QueryRow, RowResult, SeriesMatch, StudyMatch
 from pacsman.pipeline._disk import settle_series_on_disk
-from pacsman.testing.postgres import PostgresServer
 
 PACS = "orthanc"
 UID = "1.2.826.0.1.8891"
 SERIES = f"{UID}.1"
 EXPECTED = 3
-_NAMES = itertools.count(1)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    if request.param == "sqlite":
-        return tmp_path / "jobs.sqlite"
-    server: PostgresServer = request.getfixturevalue("postgres")
-    name = f"takeover_{next(_NAMES)}"
-    server.create_database(name)
-    return server.dsn(name)
 
 
 def _job(store: JobStore, tmp_path: Path) -> tuple[Run, int]:
@@ -78,9 +65,9 @@ def _instances(folder: Path, count: int) -> None:
 
 @pytest.mark.parametrize("left", [1, EXPECTED])
 def test_files_a_node_left_are_its_own_when_it_takes_the_study_back(
-    location: Path | str, tmp_path: Path, left: int
+    store_location: Path | str, tmp_path: Path, left: int
 ) -> None:
-    with JobStore(location) as store:
+    with JobStore(store_location) as store:
         run, job_id = _job(store, tmp_path)
         first, folder_a = _claim(store, run, job_id, "alpha", tmp_path / "alpha")
         _instances(folder_a, left)  # alpha's C-MOVE got this far
