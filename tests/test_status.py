@@ -308,6 +308,7 @@ def test_an_older_store_is_read_through_a_copy_and_left_as_it_was(tmp_path: Path
         for table in ("jobs", "job_transitions", "service_nodes", "study_claims", "pacs_pace"):
             db.execute(f"DROP TABLE {table}")  # versions 8 and 9
         db.execute("DROP TABLE dqr_studies")  # version 10
+        db.execute("DROP TABLE series_folders")  # version 11
         for column in ("nifti", "nifti_detail", "nifti_directory", "nifti_tool", "nifti_files"):
             db.execute(f"ALTER TABLE series DROP COLUMN {column}")
         for column in ("nifti_push", "nifti_push_detail"):
@@ -324,7 +325,7 @@ def test_an_older_store_is_read_through_a_copy_and_left_as_it_was(tmp_path: Path
     assert _digest(path) == before
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta").fetchone()[0] == "6"
-    assert SCHEMA_VERSION == 10
+    assert SCHEMA_VERSION == 11
 
 
 def test_status_names_a_missing_job_store_and_the_fix(
