@@ -113,6 +113,7 @@ def test_status_is_the_same_after_the_migration(
     assert printed.startswith(f"copied the job store {sqlite} into {pg_url} (schema version ")
     for table in TABLES:
         assert f"  {table} " in printed
+    assert re.search(r"^  series_folders +[1-9]", printed, re.M)  # the run's folders too
     assert "MIG0" not in printed  # counts only, never a value
     assert before == _digest(sqlite)
     shown: list[str] = []

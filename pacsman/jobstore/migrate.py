@@ -30,6 +30,7 @@ TABLES = (
     "rows",
     "studies",
     "series",
+    "series_folders",
     "transitions",
     "pushes",
     "jobs",
